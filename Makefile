@@ -1,0 +1,30 @@
+# Two commands do everything: `make suite` (the built-in scenario suite) and `make test`.
+# Both install what is missing first: Debian packages (as root, or through sudo), a virtualenv, the package.
+PYTHON ?= python3
+VENV := .venv
+INSTALLED := $(VENV)/.installed
+DEBIAN_PACKAGES := libsodium-dev pkg-config gdb gcc make
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+.PHONY: suite test deps system-deps
+
+suite: deps
+	$(VENV)/bin/remanence run --out reports
+
+test: deps
+	$(VENV)/bin/pytest -q
+
+deps: system-deps $(INSTALLED)
+
+system-deps:
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages: $$missing"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@

@@ -1,0 +1,162 @@
+"""A running target: spawned in its own session, spoken to over fd 3 (targets/PROTOCOL.md), always reaped."""
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+PROTOCOL_VERSION = "1"
+CONTROL_FD = 3
+MAX_LINE = 4096
+
+
+class TargetError(Exception):
+    """The target broke the protocol, crashed, or timed out. The process group is already killed."""
+
+
+@dataclass(frozen=True)
+class TargetEvent:
+    kind: str                 # "checkpoint", "note", "done", "error"
+    text: str                 # the rest of the line (checkpoint name, note body, error message)
+    address: int | None = None
+
+
+def describe_status(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        return f"killed by {signal.Signals(sig).name}" + (" (core dumped)" if os.WCOREDUMP(status) else "")
+    return f"exit status {os.waitstatus_to_exitcode(status)}"
+
+
+class TargetProcess:
+    """One target run. Use as a context manager: leaving it always kills and reaps the whole process group."""
+
+    def __init__(self, binary: Path, entry: str, secret_len: int, canary_len: int, log_path: Path, cwd: Path):
+        self.log_path = log_path
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock = parent
+        self._buffer = b""
+        self.status: int | None = None
+        env = {k: v for k, v in os.environ.items() if not k.startswith("REMANENCE_")}
+        env.update(REMANENCE_PROTOCOL=PROTOCOL_VERSION, REMANENCE_SECRET_LEN=str(secret_len), REMANENCE_CANARY_LEN=str(canary_len))
+        # dup2 onto itself would keep close-on-exec set, so make sure the source is not already fd 3.
+        source_fd = child.fileno() if child.fileno() != CONTROL_FD else os.dup(child.fileno())
+        actions = [
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_OPEN, 1, str(log_path), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600),
+            (os.POSIX_SPAWN_DUP2, 1, 2),
+            (os.POSIX_SPAWN_DUP2, source_fd, CONTROL_FD),
+        ]
+        try:
+            self.pid = self._spawn_in(cwd, binary, entry, env, actions)
+        finally:
+            if source_fd != child.fileno():
+                os.close(source_fd)
+            child.close()
+
+    @staticmethod
+    def _spawn_in(cwd: Path, binary: Path, entry: str, env: dict, actions: list) -> int:
+        # posix_spawn has no chdir action before Python 3.13's; hop into cwd around the call.
+        previous = os.getcwd()
+        os.chdir(cwd)
+        try:
+            return os.posix_spawn(str(binary), [str(binary), entry], env, file_actions=actions, setsid=True)
+        finally:
+            os.chdir(previous)
+
+    def __enter__(self) -> "TargetProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.kill()
+
+    # --- protocol -----------------------------------------------------------
+
+    def expect_ready(self, timeout: float) -> None:
+        line = self._read_line(timeout, "the ready line")
+        if line != f"ready {PROTOCOL_VERSION}":
+            self.kill()
+            raise TargetError(f"expected 'ready {PROTOCOL_VERSION}', got {line[:80]!r}")
+
+    def send_secrets(self, canary: bytes, secret: bytes) -> None:
+        self._sock.sendall(canary + secret)
+
+    def next_event(self, timeout: float) -> TargetEvent:
+        line = self._read_line(timeout, "the next checkpoint")
+        word, _, rest = line.partition(" ")
+        if word == "checkpoint":
+            name, _, where = rest.partition(" ")
+            try:
+                address = None if where in ("", "-") else int(where, 16)
+            except ValueError:
+                self.kill()
+                raise TargetError(f"bad checkpoint address {where[:40]!r}") from None
+            return TargetEvent("checkpoint", name, address)
+        if word in ("note", "done", "error"):
+            return TargetEvent(word, rest)
+        self.kill()
+        raise TargetError(f"unexpected message {line[:80]!r}")
+
+    def resume(self) -> None:
+        self._sock.sendall(b"continue\n")
+
+    def wait_exit(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while self.poll() is None:
+            if time.monotonic() > deadline:
+                self.kill()
+                raise TargetError(f"did not exit within {timeout:.0f} s after 'done'; process group killed")
+            time.sleep(0.01)
+        return self.status
+
+    # --- lifecycle ----------------------------------------------------------
+
+    def poll(self) -> int | None:
+        if self.status is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.status = status
+        return self.status
+
+    def kill(self) -> None:
+        """Kill the whole process group and reap the leader. Safe to call more than once."""
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if self.status is None:
+            _, self.status = os.waitpid(self.pid, 0)
+        self._sock.close()
+
+    def log_tail(self, limit: int = 800) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-limit:].strip()
+        except OSError:
+            return ""
+
+    def _read_line(self, timeout: float, waiting_for: str) -> str:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self.kill()
+                raise TargetError(f"timed out after {timeout:.0f} s waiting for {waiting_for}; process group killed")
+            ready, _, _ = select.select([self._sock], [], [], min(remaining, 0.2))
+            if not ready:
+                continue
+            data = self._sock.recv(MAX_LINE)
+            if not data:
+                self.kill()
+                tail = self.log_tail()
+                raise TargetError(f"target ended ({describe_status(self.status)}) while waiting for {waiting_for}"
+                                  + (f"; its output: {tail}" if tail else ""))
+            self._buffer += data
+            if len(self._buffer) > MAX_LINE and b"\n" not in self._buffer:
+                self.kill()
+                raise TargetError("protocol line too long")
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line.decode("ascii", errors="replace")

@@ -1,0 +1,77 @@
+"""results.json: the versioned, documented record of a run (schema: harness/schema/results-v1.schema.json)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from .. import __version__
+from ..model import Gap, Region
+from ..results import Results, RunRecord
+from ..verdict import Finding, Verdict
+
+SCHEMA_VERSION = 1
+
+
+def _address(value: int | None) -> str | None:
+    return None if value is None else f"{value:#x}"
+
+
+def _region(r: Region) -> dict:
+    return {"start": _address(r.start), "size": r.size, "perms": r.perms, "kind": r.kind.value, "name": r.name,
+            "locked": r.locked, "dont_dump": r.dont_dump, "thread": r.thread, "register_set": r.register_set}
+
+
+def _gap(g: Gap) -> dict:
+    return {"start": _address(g.start), "size": g.size, "name": g.name, "kind": g.kind.value, "reason": g.reason}
+
+
+def _finding(f: Finding) -> dict:
+    h = f.hit
+    return {"encoding": h.encoding, "full": h.full, "fragment": list(h.fragment) if h.fragment else None,
+            "address": _address(h.address), "length": h.length, "in_intended_region": f.in_intended_region,
+            "region": _region(h.region)}
+
+
+def _verdict(v: Verdict) -> dict:
+    snapshot = None
+    if v.snapshot is not None:
+        s = v.snapshot
+        snapshot = {"method": s.method, "captured_bytes": s.captured_bytes, "duration_s": round(s.duration_s, 4),
+                    "regions": [_region(r) for r in s.regions], "gaps": [_gap(g) for g in s.gaps], "notes": s.notes,
+                    "kept_path": str(s.path) if s.path.exists() else None}
+    return {"scenario": v.scenario, "repetition": v.repetition, "checkpoint": v.checkpoint, "method": v.method,
+            "expect": v.expect.value, "why": v.why, "outcome": v.outcome.value, "reason": v.reason,
+            "canary_seen": v.canary_seen, "intended_address": _address(v.intended_address),
+            "scan": {"bytes": v.scan_bytes, "duration_s": round(v.scan_duration_s, 4)},
+            "snapshot": snapshot, "hits": [_finding(f) for f in v.findings]}
+
+
+def _run(r: RunRecord) -> dict:
+    s = r.scenario
+    return {"scenario": s.name, "repetition": r.repetition, "target": s.target, "entry": s.entry,
+            "source": str(s.source), "description": s.description,
+            "secret": {"form": r.secret_spec.form, "length": r.secret_spec.length, "sha256_prefix": r.secret_fingerprint},
+            "canary_sha256_prefix": r.canary_fingerprint, "pid": r.pid, "exit": r.exit, "notes": r.notes,
+            "error": r.error, "skip_reason": r.skip_reason, "target_output": r.target_output,
+            "duration_s": round(r.duration_s, 3)}
+
+
+def results_document(results: Results) -> dict:
+    return {
+        "schema": "remanence-results", "schema_version": SCHEMA_VERSION,
+        "tool": {"name": "remanence", "version": __version__},
+        "started_at": results.started_at, "finished_at": results.finished_at,
+        "interrupted": results.interrupted, "exit_code": results.exit_code(), "machine": results.machine,
+        "summary": results.counts(),
+        "runs": [_run(r) for r in results.runs],
+        "verdicts": [_verdict(v) for v in results.verdicts],
+    }
+
+
+@dataclass(frozen=True)
+class JsonReporter:
+    format: str = "json"
+    filename: str = "results.json"
+
+    def render(self, results: Results) -> str:
+        return json.dumps(results_document(results), indent=2) + "\n"

@@ -1,0 +1,61 @@
+"""What a run produced: records per planned run, their verdicts, and the exit code they imply."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .model import Outcome
+from .scenario import Scenario, SecretSpec
+from .verdict import Verdict
+
+EXIT_OK = 0
+EXIT_FAIL = 1
+EXIT_USAGE = 2
+EXIT_INCONCLUSIVE = 3
+EXIT_INTERRUPTED = 130
+
+
+@dataclass
+class RunRecord:
+    scenario: Scenario
+    repetition: int
+    secret_spec: SecretSpec
+    secret_fingerprint: str | None = None
+    canary_fingerprint: str | None = None
+    pid: int | None = None
+    exit: str | None = None               # "exit status 0", "killed by SIGKILL", ...
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None              # why the run could not complete
+    skip_reason: str | None = None
+    target_output: str = ""
+    verdicts: list[Verdict] = field(default_factory=list)
+    duration_s: float = 0.0
+
+
+@dataclass
+class Results:
+    runs: list[RunRecord]
+    started_at: str
+    finished_at: str = ""
+    interrupted: bool = False
+    machine: dict = field(default_factory=dict)
+
+    @property
+    def verdicts(self) -> list[Verdict]:
+        return [v for run in self.runs for v in run.verdicts]
+
+    def counts(self) -> dict[str, int]:
+        counts = {o.value: 0 for o in Outcome}
+        for v in self.verdicts:
+            counts[v.outcome.value] += 1
+        return counts
+
+    def exit_code(self) -> int:
+        """1 if anything FAILed (the gate's first concern), else 3 for ERROR/INCONCLUSIVE or an interrupted run, else 0."""
+        outcomes = {v.outcome for v in self.verdicts}
+        if Outcome.FAIL in outcomes:
+            return EXIT_FAIL
+        if self.interrupted:
+            return EXIT_INTERRUPTED
+        if outcomes & {Outcome.ERROR, Outcome.INCONCLUSIVE}:
+            return EXIT_INCONCLUSIVE
+        return EXIT_OK

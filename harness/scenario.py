@@ -1,0 +1,209 @@
+"""Scenario files: declarative TOML, validated strictly; every error names the file and the key."""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .model import Expect
+
+LANGUAGES = ("c",)
+SNAPSHOT_METHODS = ("procmem", "gcore", "gcore-all")
+SECRET_FORMS = ("binary", "password")
+# Where hits must lie for a `present` expectation to hold.
+WHERE_CHOICES = ("any", "intended", "elsewhere", "heap", "stack", "anonymous")
+REGION_FLAG_KEYS = ("locked", "dont_dump")
+
+
+class ScenarioError(Exception):
+    """A scenario file is broken. The message names the file and the key."""
+
+    def __init__(self, path: Path | str, key: str, message: str):
+        self.path, self.key = Path(path), key
+        where = f"{path}: {key}: " if key else f"{path}: "
+        super().__init__(where + message)
+
+
+@dataclass(frozen=True)
+class MethodExpectation:
+    expect: Expect
+    why: str
+    where: str = "any"
+
+
+@dataclass(frozen=True)
+class CheckpointSpec:
+    name: str
+    default: MethodExpectation
+    per_method: dict[str, MethodExpectation] = field(default_factory=dict)
+    # Flags the region holding the secret must have (e.g. {"locked": False}), checked where a snapshot knows them.
+    intended_region: dict[str, bool] = field(default_factory=dict)
+
+    def for_method(self, method: str) -> MethodExpectation:
+        return self.per_method.get(method, self.default)
+
+
+@dataclass(frozen=True)
+class SecretSpec:
+    form: str = "binary"
+    length: int = 32
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    target: str
+    entry: str
+    methods: tuple[str, ...]
+    repeat: int
+    timeout_s: float
+    secret: SecretSpec
+    checkpoints: tuple[CheckpointSpec, ...]
+    source: Path
+
+    def checkpoint(self, name: str) -> CheckpointSpec | None:
+        return next((c for c in self.checkpoints if c.name == name), None)
+
+
+class _Reader:
+    """Typed access to one TOML table, rejecting unknown keys with the full key path."""
+
+    def __init__(self, path: Path, table: dict, prefix: str):
+        self.path, self.table, self.prefix = path, table, prefix
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+    def fail(self, name: str, message: str) -> ScenarioError:
+        return ScenarioError(self.path, self.key(name), message)
+
+    def get(self, name: str, kind: type | tuple[type, ...], default=None, required: bool = False):
+        if name not in self.table:
+            if required:
+                raise self.fail(name, "required key is missing")
+            return default
+        value = self.table[name]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+            expected = " or ".join(k.__name__ for k in kinds)
+            raise self.fail(name, f"expected {expected}, got {type(value).__name__} {value!r}")
+        return value
+
+    def choice(self, name: str, choices: tuple[str, ...], default: str | None = None, required: bool = False) -> str:
+        value = self.get(name, str, default, required)
+        if value not in choices:
+            raise self.fail(name, f"{value!r} is not one of: {', '.join(choices)}")
+        return value
+
+    def sub(self, name: str, required: bool = False) -> "_Reader | None":
+        table = self.get(name, dict, None, required)
+        return None if table is None else _Reader(self.path, table, self.key(name) + ".")
+
+    def reject_unknown(self, allowed: tuple[str, ...]) -> None:
+        for name in self.table:
+            if name not in allowed:
+                raise self.fail(name, f"unknown key (allowed: {', '.join(allowed)})")
+
+
+def _expectation(r: _Reader, inherit: MethodExpectation | None) -> MethodExpectation:
+    r.reject_unknown(("expect", "why", "where"))
+    required = inherit is None
+    expect = r.choice("expect", tuple(e.value for e in Expect), inherit and inherit.expect.value, required)
+    changed = inherit is None or expect != inherit.expect.value
+    # A changed expectation must say why: the scenario records what really happens and the reason.
+    why = r.get("why", str, None if changed else inherit.why, required=changed)
+    where = r.choice("where", WHERE_CHOICES, "any" if changed else inherit.where)
+    return MethodExpectation(Expect(expect), why.strip(), where)
+
+
+def _checkpoint(r: _Reader, methods: tuple[str, ...]) -> CheckpointSpec:
+    r.reject_unknown(("name", "expect", "why", "where", "per_method", "intended_region"))
+    name = r.get("name", str, required=True)
+    if not name or any(c.isspace() for c in name):
+        raise r.fail("name", f"{name!r} must be a non-empty word without spaces")
+    default = _expectation(_Reader(r.path, {k: v for k, v in r.table.items() if k in ("expect", "why", "where")}, r.prefix), None)
+    per_method: dict[str, MethodExpectation] = {}
+    overrides = r.sub("per_method")
+    if overrides:
+        for method in overrides.table:
+            if method not in SNAPSHOT_METHODS:
+                raise overrides.fail(method, f"unknown method (known: {', '.join(SNAPSHOT_METHODS)})")
+            if method not in methods:
+                raise overrides.fail(method, f"method is not in this scenario's methods ({', '.join(methods)})")
+            per_method[method] = _expectation(overrides.sub(method, required=True), default)
+    flags: dict[str, bool] = {}
+    region = r.sub("intended_region")
+    if region:
+        region.reject_unknown(REGION_FLAG_KEYS)
+        flags = {k: region.get(k, bool) for k in region.table}
+    return CheckpointSpec(name, default, per_method, flags)
+
+
+def load_scenario(path: Path) -> Scenario:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ScenarioError(path, "", f"not valid TOML: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ScenarioError(path, "", f"cannot read: {e}") from None
+    r = _Reader(path, data, "")
+    r.reject_unknown(("name", "description", "target", "entry", "methods", "repeat", "timeout", "secret", "checkpoints"))
+    name = r.get("name", str, required=True)
+    target = r.choice("target", LANGUAGES, required=True)
+    methods = r.get("methods", list, list(SNAPSHOT_METHODS))
+    for i, method in enumerate(methods):
+        if method not in SNAPSHOT_METHODS:
+            raise r.fail(f"methods[{i}]", f"unknown method {method!r} (known: {', '.join(SNAPSHOT_METHODS)})")
+    if not methods or len(set(methods)) != len(methods):
+        raise r.fail("methods", "must list one or more distinct methods")
+    repeat = r.get("repeat", int, 1)
+    if not 1 <= repeat <= 1000:
+        raise r.fail("repeat", f"{repeat} is out of range 1..1000")
+    timeout = r.get("timeout", (int, float), 60)
+    if not 0 < timeout <= 3600:
+        raise r.fail("timeout", f"{timeout} is out of range (0, 3600] seconds")
+    secret = SecretSpec()
+    if s := r.sub("secret"):
+        s.reject_unknown(("form", "length"))
+        secret = SecretSpec(s.choice("form", SECRET_FORMS, "binary"), s.get("length", int, 32))
+        if not 8 <= secret.length <= 4096:
+            raise s.fail("length", f"{secret.length} is out of range 8..4096 bytes")
+    raw_checkpoints = r.get("checkpoints", list, required=True)
+    if not raw_checkpoints:
+        raise r.fail("checkpoints", "at least one checkpoint is required")
+    checkpoints = []
+    for i, table in enumerate(raw_checkpoints):
+        if not isinstance(table, dict):
+            raise r.fail(f"checkpoints[{i}]", "expected a table ([[checkpoints]])")
+        checkpoints.append(_checkpoint(_Reader(path, table, f"checkpoints[{i}]."), tuple(methods)))
+    names = [c.name for c in checkpoints]
+    if len(set(names)) != len(names):
+        raise r.fail("checkpoints", f"checkpoint names repeat: {names}")
+    return Scenario(
+        name=name,
+        description=r.get("description", str, "").strip(),
+        target=target,
+        entry=r.get("entry", str, name),
+        methods=tuple(methods),
+        repeat=repeat,
+        timeout_s=float(timeout),
+        secret=secret,
+        checkpoints=tuple(checkpoints),
+        source=path,
+    )
+
+
+def load_scenarios(directory: Path) -> list[Scenario]:
+    """Every *.toml under `directory`, sorted by name; duplicate names are an error."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ScenarioError(directory, "", "scenario directory not found")
+    scenarios: dict[str, Scenario] = {}
+    for path in sorted(directory.rglob("*.toml")):
+        scenario = load_scenario(path)
+        if scenario.name in scenarios:
+            raise ScenarioError(path, "name", f"{scenario.name!r} is already defined in {scenarios[scenario.name].source}")
+        scenarios[scenario.name] = scenario
+    return sorted(scenarios.values(), key=lambda s: s.name)

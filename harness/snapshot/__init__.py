@@ -1,0 +1,77 @@
+"""Snapshot methods: copy a live target's memory into a file described by a `Snapshot`.
+
+procmem    /proc/PID/mem under SIGSTOP: everything readable, including PROT_NONE and MADV_DONTDUMP pages.
+gcore      gdb's gcore with gdb's defaults: honours MADV_DONTDUMP and the target's coredump_filter.
+gcore-all  gcore with excluded mappings dumped too (what an attacker with gdb would get).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+from harness.model import Snapshot
+
+
+class SnapshotError(Exception):
+    """The snapshot could not be taken (target gone, access denied, gdb failed, ...)."""
+
+
+METHODS = ("procmem", "gcore", "gcore-all")
+
+_CAP_SYS_PTRACE = 19
+
+
+def _ptrace_scope() -> int:
+    try:
+        return int(Path("/proc/sys/kernel/yama/ptrace_scope").read_text())
+    except (OSError, ValueError):
+        return 0                     # no Yama: classic same-uid rules
+
+
+def _has_cap_sys_ptrace() -> bool:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) >> _CAP_SYS_PTRACE & 1)
+    return False
+
+
+def method_unavailable(method: str) -> str | None:
+    """None if this machine can run `method`, else why not."""
+    if method not in METHODS:
+        raise ValueError(f"unknown snapshot method {method!r}; known: {', '.join(METHODS)}")
+    if not os.path.exists("/proc/self/mem"):
+        return "/proc is not mounted (no /proc/PID/mem)"
+    scope = _ptrace_scope()
+    if scope >= 3:
+        return "Yama ptrace_scope=3 forbids all ptrace access, /proc/PID/mem and gdb attach included"
+    privileged = _has_cap_sys_ptrace()
+    if method == "procmem":
+        # ptrace_scope 1 still lets the harness read its own children's memory; 2 needs the capability.
+        if scope == 2 and not privileged:
+            return "Yama ptrace_scope=2 requires CAP_SYS_PTRACE to read /proc/PID/mem"
+        return None
+    if shutil.which("gdb") is None:
+        return "gdb not found on PATH"
+    if scope >= 1 and not privileged:
+        return f"Yama ptrace_scope={scope}: gdb cannot attach to a process it did not start without CAP_SYS_PTRACE"
+    return None
+
+
+def take_snapshot(method: str, pid: int, workdir: Path) -> Snapshot:
+    """Snapshot process `pid` with `method`, writing the snapshot file into `workdir`."""
+    reason = method_unavailable(method)
+    if reason:
+        raise SnapshotError(f"{method} unavailable: {reason}")
+    workdir = Path(workdir)
+    workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    started = time.monotonic()
+    if method == "procmem":
+        from harness.snapshot.procmem import take_procmem
+        snapshot = take_procmem(pid, workdir)
+    else:
+        from harness.snapshot.gcore import take_gcore
+        snapshot = take_gcore(pid, workdir, dump_all=method == "gcore-all")
+    snapshot.duration_s = time.monotonic() - started
+    return snapshot

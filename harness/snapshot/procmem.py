@@ -1,0 +1,167 @@
+"""Live snapshot through /proc/PID/mem while the whole process is frozen with SIGSTOP."""
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import tempfile
+import time
+from pathlib import Path
+
+from harness.model import Gap, GapKind, Region, RegionKind, Snapshot
+from harness.snapshot import SnapshotError
+from harness.snapshot.procmaps import LiveMapping, read_mappings
+
+CHUNK_SIZE = 8 << 20
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+_MAX_OFFSET = (1 << 63) - 1          # pread takes a signed off_t
+
+
+def _thread_states(pid: int) -> dict[int, str]:
+    states = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return {}
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+                # The state follows the last ')' (the comm may itself contain parentheses).
+                states[int(tid)] = f.read().rsplit(b")", 1)[1].split()[0].decode()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue                 # thread exited meanwhile
+    return states
+
+
+def freeze(pid: int, timeout: float = 5.0) -> float:
+    """SIGSTOP the process and wait until every thread is stopped; returns the seconds waited.
+    The caller must SIGCONT in a finally, whatever happens."""
+    try:
+        os.kill(pid, signal.SIGSTOP)
+    except ProcessLookupError as exc:
+        raise SnapshotError(f"process {pid} does not exist (exited?)") from exc
+    except PermissionError as exc:
+        raise SnapshotError(f"cannot signal process {pid}: permission denied") from exc
+    started = time.monotonic()
+    delay = 0.0005
+    while True:
+        states = _thread_states(pid)
+        if not states or all(s in "ZX" for s in states.values()):
+            raise SnapshotError(f"process {pid} exited")
+        running = {tid: s for tid, s in states.items() if s not in "TtZX"}
+        if not running:
+            return time.monotonic() - started
+        if time.monotonic() - started > timeout:
+            detail = ", ".join(f"{tid} ({s})" for tid, s in sorted(running.items()))
+            raise SnapshotError(f"process {pid}: threads did not stop within {timeout:g}s: {detail}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def resume(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGCONT)
+    except ProcessLookupError:
+        pass
+
+
+def _read_span(mem_fd: int, out, pid: int, start: int, end: int, buffer: bytearray | None = None
+               ) -> list[tuple[int, int, int, str | None]]:
+    """Copy [start, end) into `out`. Returns pieces (start, end, file_offset, error-or-None) in address order.
+    A failing read is bisected down to single pages so readable neighbours are kept."""
+    buffer = buffer if buffer is not None and len(buffer) >= end - start else bytearray(end - start)
+    view = memoryview(buffer)
+    pieces: list[tuple[int, int, int, str | None]] = []
+    work = [(start, end)]            # a stack: push the upper half first so addresses come out in order
+    while work:
+        a, b = work.pop()
+        if a > _MAX_OFFSET:
+            pieces.append((a, b, -1, "address beyond the off_t range of /proc/PID/mem"))
+            continue
+        try:
+            count = os.preadv(mem_fd, [view[: b - a]], a)   # into one reused buffer: no 8 MiB allocation per read
+        except OSError as exc:
+            if exc.errno == errno.ESRCH:
+                raise SnapshotError(f"process {pid} exited during the snapshot") from exc
+            if b - a <= PAGE_SIZE:
+                name = errno.errorcode.get(exc.errno, str(exc.errno))
+                pieces.append((a, b, -1, f"{name} reading /proc/{pid}/mem"))
+            else:
+                mid = a + max(1, (b - a) // PAGE_SIZE // 2) * PAGE_SIZE
+                work += [(mid, b), (a, mid)]
+            continue
+        if count == 0:               # the address space is gone: the process exited
+            raise SnapshotError(f"process {pid} exited during the snapshot (read 0 bytes at {a:#x})")
+        offset = out.tell()
+        written = 0
+        while written < count:
+            written += out.write(view[written:count])
+        pieces.append((a, a + count, offset, None))
+        if a + count < b:            # short read: the next page failed; retry from there
+            work.append((a + count, b))
+    return pieces
+
+
+def _merge(pieces):
+    """Join neighbours that continue each other (same error, or readable and contiguous in the file)."""
+    merged: list[list] = []
+    for a, b, offset, error in pieces:
+        last = merged[-1] if merged else None
+        if last and last[1] == a and last[3] == error and (error is not None or last[2] + (last[1] - last[0]) == offset):
+            last[1] = b
+        else:
+            merged.append([a, b, offset, error])
+    return merged
+
+
+def _copy_mapping(mem_fd: int, out, pid: int, m: LiveMapping, buffer: bytearray, regions: list, gaps: list) -> None:
+    if m.kind == RegionKind.KERNEL:
+        gaps.append(Gap(m.start, m.size, m.name, GapKind.KERNEL, "kernel-owned mapping, not read", m.dont_dump))
+        return
+    pieces = []
+    for chunk_start in range(m.start, m.end, len(buffer)):
+        pieces += _read_span(mem_fd, out, pid, chunk_start, min(m.end, chunk_start + len(buffer)), buffer)
+    for a, b, offset, error in _merge(pieces):
+        if error is None:
+            regions.append(Region(start=a, size=b - a, perms=m.perms, kind=m.kind, name=m.name, file_offset=offset,
+                                  locked=m.locked, dont_dump=m.dont_dump, vm_flags=m.vm_flags))
+        else:
+            gaps.append(Gap(a, b - a, m.name, GapKind.UNREADABLE, error, m.dont_dump))
+
+
+def take_procmem(pid: int, workdir: Path, chunk_size: int = CHUNK_SIZE, stop_timeout: float = 5.0) -> Snapshot:
+    workdir = Path(workdir)
+    try:
+        mem_fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY)
+    except (FileNotFoundError, ProcessLookupError) as exc:
+        raise SnapshotError(f"process {pid} does not exist (exited?)") from exc
+    except PermissionError as exc:
+        raise SnapshotError(f"cannot open /proc/{pid}/mem: permission denied "
+                            "(different uid, not dumpable, or Yama; needs CAP_SYS_PTRACE)") from exc
+    # mkstemp: O_CREAT|O_EXCL with mode 0600, so the memory copy is private from the first byte.
+    fd, raw_name = tempfile.mkstemp(prefix=f"procmem-{pid}-", suffix=".raw", dir=workdir)
+    raw_path = Path(raw_name)
+    regions: list[Region] = []
+    gaps: list[Gap] = []
+    try:
+        with os.fdopen(fd, "wb", buffering=0) as out:
+            buffer = bytearray(max(PAGE_SIZE, chunk_size // PAGE_SIZE * PAGE_SIZE))   # whole pages, for the bisection
+            try:
+                waited = freeze(pid, stop_timeout)
+                frozen_at = time.monotonic()
+                mappings = read_mappings(pid)
+                if not mappings:
+                    raise SnapshotError(f"process {pid} has no memory mappings (exited?)")
+                for m in mappings:
+                    _copy_mapping(mem_fd, out, pid, m, buffer, regions, gaps)
+                frozen_for = time.monotonic() - frozen_at
+            finally:
+                resume(pid)
+    except BaseException:
+        raw_path.unlink(missing_ok=True)   # never leave a partial copy of the target's memory behind
+        raise
+    finally:
+        os.close(mem_fd)
+    notes = [f"all threads stopped after {waited:.4f}s; held stopped {frozen_for:.3f}s",
+             f"{len(mappings)} mappings, {sum(r.size for r in regions)} bytes read, {len(gaps)} gaps"]
+    return Snapshot(method="procmem", path=raw_path, regions=regions, gaps=gaps, notes=notes)

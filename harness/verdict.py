@@ -1,0 +1,135 @@
+"""Judging one snapshot's scan against a checkpoint's expectation, honestly.
+
+`absent` is only worth something when the same run showed the secret really planted where the
+scenario put it (the positive control), the snapshot saw the canary (the method could see ordinary
+memory), and nothing the method failed to read could hide the secret. Otherwise: INCONCLUSIVE.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .model import Expect, Gap, GapKind, Hit, Outcome, Region, RegionKind, Snapshot
+from .scenario import MethodExpectation
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A hit of the secret, attributed: is it in the region where the scenario keeps the secret?"""
+
+    hit: Hit
+    in_intended_region: bool
+
+    def describe(self) -> str:
+        h = self.hit
+        what = "full copy" if h.full else f"fragment [{h.fragment[0]}:{h.fragment[1]}]"
+        where = f"{h.region.register_set} of thread {h.region.thread}" if h.region.kind == RegionKind.REGISTERS \
+            else f"{h.region.name or h.region.kind.value} at {h.address:#x}" if h.address is not None else h.region.name
+        return f"{what} ({h.encoding}) in {where}" + (" [intended region]" if self.in_intended_region else "")
+
+
+@dataclass
+class Verdict:
+    scenario: str
+    repetition: int
+    checkpoint: str
+    method: str
+    expect: Expect
+    why: str                               # the scenario's stated reason for the expectation
+    outcome: Outcome
+    reason: str                            # the harness's reason for the outcome
+    findings: list[Finding] = field(default_factory=list)
+    canary_seen: bool | None = None
+    snapshot: Snapshot | None = None
+    scan_bytes: int = 0
+    scan_duration_s: float = 0.0
+    intended_address: int | None = None
+
+
+def attribute(hits: list[Hit], intended_address: int | None, snapshot: Snapshot) -> list[Finding]:
+    intended = snapshot.region_at(intended_address) if intended_address is not None else None
+    return [Finding(h, intended is not None and h.region == intended) for h in hits]
+
+
+def _matches_where(finding: Finding, where: str) -> bool:
+    kind = finding.hit.region.kind
+    return {
+        "any": True,
+        "intended": finding.in_intended_region,
+        "elsewhere": not finding.in_intended_region,
+        "heap": kind == RegionKind.HEAP,
+        "stack": kind == RegionKind.STACK,
+        "anonymous": kind == RegionKind.ANONYMOUS,
+    }[where]
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+def _summarise(findings: list[Finding], limit: int = 3) -> str:
+    shown = "; ".join(f.describe() for f in findings[:limit])
+    return shown + (f"; and {len(findings) - limit} more" if len(findings) > limit else "")
+
+
+def _region_flag_mismatch(region: Region | None, wanted: dict[str, bool]) -> str | None:
+    if region is None:
+        return None
+    for flag, value in wanted.items():
+        actual = getattr(region, flag)
+        if actual is not None and actual != value:
+            return f"the intended region {region.name or region.kind.value} has {flag}={actual}, the scenario requires {flag}={value}"
+    return None
+
+
+def _exclusion_note(gaps: list[Gap], intended_address: int | None) -> str:
+    for gap in gaps:
+        if gap.kind == GapKind.EXCLUDED and intended_address is not None and gap.start <= intended_address < gap.start + gap.size:
+            return f"; the secret's region was left out of the snapshot ({gap.reason})"
+    return ""
+
+
+def judge(
+    *,
+    expectation: MethodExpectation,
+    snapshot: Snapshot,
+    secret_hits: list[Hit],
+    canary_seen: bool,
+    intended_address: int | None,
+    control_established: bool,
+    control_note: str,
+    intended_flags: dict[str, bool],
+) -> tuple[Outcome, str, list[Finding]]:
+    findings = attribute(secret_hits, intended_address, snapshot)
+    covered = f"{_mib(snapshot.captured_bytes)} in {len(snapshot.regions)} regions"
+    unreadable = [g for g in snapshot.gaps if g.kind == GapKind.UNREADABLE]
+    intended_region = snapshot.region_at(intended_address) if intended_address is not None else None
+    if mismatch := _region_flag_mismatch(intended_region, intended_flags):
+        return Outcome.FAIL, mismatch, findings
+
+    if expectation.expect == Expect.OBSERVE:
+        if not findings and not canary_seen:
+            return Outcome.INCONCLUSIVE, "the canary was not seen either: this snapshot could not show ordinary memory", findings
+        return Outcome.PASS, (f"observed {len(findings)} hit(s): {_summarise(findings)}" if findings
+                              else f"observed: not found in {covered}"), findings
+
+    if expectation.expect == Expect.PRESENT:
+        wanted = [f for f in findings if _matches_where(f, expectation.where)]
+        if wanted:
+            return Outcome.PASS, f"found as expected: {_summarise(wanted)}", findings
+        if findings:
+            return Outcome.FAIL, f"found, but not where expected ({expectation.where}): {_summarise(findings)}", findings
+        if not canary_seen:
+            return Outcome.INCONCLUSIVE, "not found, but the canary was not seen either: this snapshot could not show ordinary memory", findings
+        return Outcome.FAIL, f"expected present, not found in {covered}{_exclusion_note(snapshot.gaps, intended_address)}", findings
+
+    # ABSENT
+    if findings:
+        return Outcome.FAIL, f"expected absent, found {len(findings)}: {_summarise(findings)}", findings
+    if not canary_seen:
+        return Outcome.INCONCLUSIVE, "not found, but the canary was not seen either: this snapshot could not show ordinary memory", findings
+    if not control_established:
+        return Outcome.INCONCLUSIVE, "not found, but the secret was never seen where the scenario put it in this run: absence proves nothing", findings
+    if unreadable:
+        size = sum(g.size for g in unreadable)
+        return Outcome.INCONCLUSIVE, f"not found, but {size} bytes in {len(unreadable)} range(s) could not be read and could hide it", findings
+    return Outcome.PASS, f"absent from {covered}; canary seen; {control_note}{_exclusion_note(snapshot.gaps, intended_address)}", findings

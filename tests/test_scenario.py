@@ -1,0 +1,101 @@
+from pathlib import Path
+
+import pytest
+
+from harness.model import Expect
+from harness.scenario import ScenarioError, load_scenario, load_scenarios
+
+GOOD = """
+name = "demo.case"
+description = "a demo"
+target = "c"
+methods = ["procmem", "gcore"]
+repeat = 2
+
+[secret]
+form = "password"
+length = 24
+
+[[checkpoints]]
+name = "in_use"
+expect = "present"
+where = "intended"
+why = "the key is live"
+intended_region = { locked = true }
+
+[checkpoints.per_method.gcore]
+expect = "absent"
+why = "MADV_DONTDUMP"
+
+[[checkpoints]]
+name = "freed"
+expect = "absent"
+why = "wiped"
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "demo.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_good_file_loads_with_per_method_overrides(tmp_path):
+    s = load_scenario(write(tmp_path, GOOD))
+    assert (s.name, s.entry, s.repeat, s.methods) == ("demo.case", "demo.case", 2, ("procmem", "gcore"))
+    assert (s.secret.form, s.secret.length) == ("password", 24)
+    in_use = s.checkpoint("in_use")
+    assert in_use.for_method("procmem").expect == Expect.PRESENT
+    assert in_use.for_method("procmem").where == "intended"
+    assert in_use.for_method("gcore").expect == Expect.ABSENT
+    assert in_use.for_method("gcore").why == "MADV_DONTDUMP"
+    assert in_use.intended_region == {"locked": True}
+    assert s.checkpoint("freed").for_method("gcore").expect == Expect.ABSENT
+
+
+@pytest.mark.parametrize("old, new, key, words", [
+    ('target = "c"', 'target = "cobol"', "target", "not one of"),
+    ('target = "c"\n', "", "target", "required key is missing"),
+    ('repeat = 2', 'repeat = "2"', "repeat", "expected int"),
+    ('repeat = 2', 'repeat = 0', "repeat", "out of range"),
+    ('repeat = 2', 'repaet = 2', "repaet", "unknown key"),
+    ('methods = ["procmem", "gcore"]', 'methods = ["procmem", "gcroe"]', "methods[1]", "unknown method"),
+    ('expect = "present"', 'expect = "maybe"', "checkpoints[0].expect", "not one of"),
+    ('[checkpoints.per_method.gcore]', '[checkpoints.per_method.gcore-all]', "checkpoints[0].per_method.gcore-all", "not in this scenario's methods"),
+    ('why = "MADV_DONTDUMP"\n', "", "checkpoints[0].per_method.gcore.why", "required key is missing"),
+    ('intended_region = { locked = true }', 'intended_region = { locked = "yes" }', "checkpoints[0].intended_region.locked", "expected bool"),
+    ('length = 24', 'length = 2', "secret.length", "out of range"),
+    ('name = "freed"', 'name = "in_use"', "checkpoints", "repeat"),
+])
+def test_errors_name_file_and_key(tmp_path, old, new, key, words):
+    assert old in GOOD
+    path = write(tmp_path, GOOD.replace(old, new, 1))
+    with pytest.raises(ScenarioError) as err:
+        load_scenario(path)
+    assert err.value.key == key
+    assert str(err.value).startswith(f"{path}: {key}: ")
+    assert words in str(err.value)
+
+
+def test_invalid_toml_names_the_file_and_line(tmp_path):
+    path = write(tmp_path, GOOD.replace('name = "in_use"', 'name = in_use'))
+    with pytest.raises(ScenarioError, match=r"demo.toml: not valid TOML: Invalid value \(at line 13, column 8\)"):
+        load_scenario(path)
+
+
+def test_duplicate_names_across_files(tmp_path):
+    write(tmp_path, GOOD, "a.toml")
+    write(tmp_path, GOOD, "b.toml")
+    with pytest.raises(ScenarioError, match=r"b.toml: name: 'demo.case' is already defined in .*a.toml"):
+        load_scenarios(tmp_path)
+
+
+def test_builtin_suite_loads():
+    scenarios = load_scenarios(Path(__file__).resolve().parent.parent / "scenarios")
+    names = {s.name for s in scenarios}
+    assert {"sodium.live", "sodium.freed", "sodium.noaccess", "sodium.readonly", "sodium.mlock_denied", "malloc.nowipe",
+            "malloc.memset", "malloc.memzero", "stack.nowipe", "stack.explicit_bzero", "stdio.copy"} <= names
+    for s in scenarios:
+        for c in s.checkpoints:
+            for m in s.methods:
+                assert c.for_method(m).why, f"{s.source}: {c.name}/{m} has no reason"

@@ -1,0 +1,93 @@
+from pathlib import Path
+
+import pytest
+
+from harness.model import Expect, Gap, GapKind, Hit, Outcome, Region, RegionKind, Snapshot
+from harness.results import Results, RunRecord
+from harness.scenario import MethodExpectation, SecretSpec
+from harness.verdict import Verdict, judge
+
+GUARDED = Region(0x7000_0000, 4096, "rw-p", RegionKind.ANONYMOUS, "", 0, locked=True, dont_dump=True)
+HEAP = Region(0x5000_0000, 0x21000, "rw-p", RegionKind.HEAP, "[heap]", 4096, locked=False, dont_dump=False)
+SNAP = Snapshot("procmem", Path("/nonexistent"), [GUARDED, HEAP])
+
+
+def hit(region: Region, offset: int = 16, fragment=None) -> Hit:
+    return Hit("secret", "raw", region.start + offset, region.file_offset + offset, 32, region, fragment)
+
+
+def decide(expect, hits=(), canary=True, control=True, snapshot=SNAP, where="any", flags=None):
+    return judge(expectation=MethodExpectation(expect, "because", where), snapshot=snapshot, secret_hits=list(hits),
+                 canary_seen=canary, intended_address=GUARDED.start + 16, control_established=control,
+                 control_note="planted copy seen by procmem at in_use", intended_flags=flags or {})
+
+
+def test_absent_passes_only_with_canary_control_and_full_coverage():
+    outcome, reason, _ = decide(Expect.ABSENT)
+    assert outcome == Outcome.PASS and "canary seen" in reason and "procmem at in_use" in reason
+    assert decide(Expect.ABSENT, canary=False)[0] == Outcome.INCONCLUSIVE
+    assert decide(Expect.ABSENT, control=False)[0] == Outcome.INCONCLUSIVE
+    gappy = Snapshot("procmem", Path("/x"), [HEAP], [Gap(0x6000_0000, 8192, "", GapKind.UNREADABLE, "EIO")])
+    outcome, reason, _ = decide(Expect.ABSENT, snapshot=gappy)
+    assert outcome == Outcome.INCONCLUSIVE and "8192 bytes" in reason
+
+
+def test_kernel_and_excluded_gaps_do_not_block_absent_but_are_explained():
+    dumped = Snapshot("gcore", Path("/x"), [HEAP], [
+        Gap(GUARDED.start, 4096, "", GapKind.EXCLUDED, "MADV_DONTDUMP"),
+        Gap(0xffff_0000, 8192, "[vvar]", GapKind.KERNEL, "kernel-owned")])
+    outcome, reason, _ = decide(Expect.ABSENT, snapshot=dumped)
+    assert outcome == Outcome.PASS and "left out of the snapshot (MADV_DONTDUMP)" in reason
+
+
+def test_absent_fails_on_any_copy_even_a_fragment():
+    outcome, reason, findings = decide(Expect.ABSENT, [hit(HEAP, fragment=(16, 32))])
+    assert outcome == Outcome.FAIL and "fragment [16:32]" in reason and "[heap]" in reason
+    assert findings[0].in_intended_region is False
+
+
+def test_present_where_intended():
+    outcome, _, findings = decide(Expect.PRESENT, [hit(GUARDED)], where="intended")
+    assert outcome == Outcome.PASS and findings[0].in_intended_region
+    outcome, reason, _ = decide(Expect.PRESENT, [hit(HEAP)], where="intended")
+    assert outcome == Outcome.FAIL and "not where expected" in reason
+    assert decide(Expect.PRESENT, [hit(HEAP)], where="heap")[0] == Outcome.PASS
+
+
+def test_present_missing_is_fail_unless_the_snapshot_was_blind():
+    assert decide(Expect.PRESENT)[0] == Outcome.FAIL
+    assert decide(Expect.PRESENT, canary=False)[0] == Outcome.INCONCLUSIVE
+
+
+def test_intended_region_flags_are_checked():
+    outcome, reason, _ = decide(Expect.PRESENT, [hit(GUARDED)], flags={"locked": False})
+    assert outcome == Outcome.FAIL and "locked=True" in reason
+    assert decide(Expect.PRESENT, [hit(GUARDED)], flags={"locked": True, "dont_dump": True})[0] == Outcome.PASS
+
+
+def test_observe_reports_without_judging():
+    outcome, reason, _ = decide(Expect.OBSERVE, [hit(HEAP)])
+    assert outcome == Outcome.PASS and reason.startswith("observed 1 hit")
+
+
+def _results(*outcomes, interrupted=False) -> Results:
+    from harness.scenario import Scenario
+    scenario = Scenario("x", "", "c", "x", ("procmem",), 1, 10, SecretSpec(), (), Path("x.toml"))
+    run = RunRecord(scenario, 1, SecretSpec())
+    run.verdicts = [Verdict("x", 1, "c", "procmem", Expect.ABSENT, "", o, "") for o in outcomes]
+    return Results([run], "now", interrupted=interrupted)
+
+
+@pytest.mark.parametrize("outcomes, code", [
+    ((Outcome.PASS, Outcome.SKIP), 0),
+    ((Outcome.PASS, Outcome.FAIL, Outcome.ERROR), 1),
+    ((Outcome.PASS, Outcome.INCONCLUSIVE), 3),
+    ((Outcome.ERROR,), 3),
+])
+def test_exit_codes(outcomes, code):
+    assert _results(*outcomes).exit_code() == code
+
+
+def test_interrupted_run_exits_130_unless_something_failed():
+    assert _results(Outcome.PASS, interrupted=True).exit_code() == 130
+    assert _results(Outcome.FAIL, interrupted=True).exit_code() == 1
