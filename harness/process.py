@@ -12,6 +12,7 @@ from pathlib import Path
 PROTOCOL_VERSION = "1"
 CONTROL_FD = 3
 MAX_LINE = 4096
+TARGET_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
 class TargetError(Exception):
@@ -41,8 +42,10 @@ class TargetProcess:
         self._sock = parent
         self._buffer = b""
         self.status: int | None = None
-        env = {k: v for k, v in os.environ.items() if not k.startswith("REMANENCE_")}
-        env.update(REMANENCE_PROTOCOL=PROTOCOL_VERSION, REMANENCE_SECRET_LEN=str(secret_len), REMANENCE_CANARY_LEN=str(canary_len))
+        # A fixed, minimal environment: results must not depend on the caller's (LD_BIND_NOW alone changes
+        # whether the dynamic linker spills vector registers holding a key onto the stack).
+        env = {"PATH": TARGET_PATH, "LC_ALL": "C", "REMANENCE_PROTOCOL": PROTOCOL_VERSION,
+               "REMANENCE_SECRET_LEN": str(secret_len), "REMANENCE_CANARY_LEN": str(canary_len)}
         # dup2 onto itself would keep close-on-exec set, so make sure the source is not already fd 3.
         source_fd = child.fileno() if child.fileno() != CONTROL_FD else os.dup(child.fileno())
         actions = [

@@ -5,6 +5,7 @@ import base64
 import contextlib
 import io
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import pytest
 
 import harness.runner
 from harness.cli import main
+from harness.process import TargetProcess
 from harness.snapshot import method_unavailable
 from harness.targets import PROJECT_ROOT, TargetUnavailable, build_target
 
@@ -244,3 +246,21 @@ def test_interrupted_run_still_writes_results_and_kills_the_target(tmp_path):
     assert hang["exit"] == "killed by SIGKILL"
     assert [v["outcome"] for v in verdicts_of(doc, "selftest.fork_hang")] == ["ERROR"]
 
+
+
+def test_the_secret_travels_only_over_the_control_socket(tmp_path, c_target):
+    secret, canary = b"S" * 8 + bytes(range(24)), bytes(range(100, 132))
+    with TargetProcess(c_target.binary, "sodium.live", len(secret), len(canary), tmp_path / "log", tmp_path) as target:
+        target.expect_ready(10)
+        target.send_secrets(canary, secret)
+        event = target.next_event(10)
+        assert (event.kind, event.text) == ("checkpoint", "in_use")
+        environ = Path(f"/proc/{target.pid}/environ").read_bytes()
+        cmdline = Path(f"/proc/{target.pid}/cmdline").read_bytes()
+        target.resume()
+        assert target.next_event(10).kind == "done"
+        target.wait_exit(10)
+    assert cmdline == str(c_target.binary).encode() + b"\0sodium.live\0"
+    assert sorted(environ.split(b"\0")[:-1]) == [b"LC_ALL=C", b"PATH=/usr/local/bin:/usr/bin:/bin", b"REMANENCE_CANARY_LEN=32",
+                                                 b"REMANENCE_PROTOCOL=1", b"REMANENCE_SECRET_LEN=32"]
+    assert os.WIFEXITED(target.status) and os.WEXITSTATUS(target.status) == 0
