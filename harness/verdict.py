@@ -18,13 +18,15 @@ class Finding:
 
     hit: Hit
     in_intended_region: bool
+    guarded: bool          # the hit's region sits between two inaccessible (PROT_NONE) guard mappings
 
     def describe(self) -> str:
         h = self.hit
         what = "full copy" if h.full else f"fragment [{h.fragment[0]}:{h.fragment[1]}]"
         where = f"{h.region.register_set} of thread {h.region.thread}" if h.region.kind == RegionKind.REGISTERS \
             else f"{h.region.name or h.region.kind.value} at {h.address:#x}" if h.address is not None else h.region.name
-        return f"{what} ({h.encoding}) in {where}" + (" [intended region]" if self.in_intended_region else "")
+        marks = [m for m, on in (("intended region", self.in_intended_region), ("guarded", self.guarded)) if on]
+        return f"{what} ({h.encoding}) in {where}" + (f" [{', '.join(marks)}]" if marks else "")
 
 
 @dataclass
@@ -45,9 +47,18 @@ class Verdict:
     intended_address: int | None = None
 
 
+def _guarded(region: Region, snapshot: Snapshot) -> bool:
+    """Both neighbours in the address space are PROT_NONE, as sodium_malloc's guard pages are."""
+    def inaccessible_at(address: int) -> bool:
+        neighbour = snapshot.region_at(address)
+        return neighbour is not None and neighbour.perms.startswith("---")
+    return region.kind not in (RegionKind.REGISTERS, RegionKind.NOTE) and region.start > 0 \
+        and inaccessible_at(region.start - 1) and inaccessible_at(region.end)
+
+
 def attribute(hits: list[Hit], intended_address: int | None, snapshot: Snapshot) -> list[Finding]:
     intended = snapshot.region_at(intended_address) if intended_address is not None else None
-    return [Finding(h, intended is not None and h.region == intended) for h in hits]
+    return [Finding(h, intended is not None and h.region == intended, _guarded(h.region, snapshot)) for h in hits]
 
 
 def _matches_where(finding: Finding, where: str) -> bool:

@@ -118,7 +118,8 @@ def test_known_leaks_are_found_where_they_should_be(suite):
         assert any(h["region"]["kind"] == "stack" for h in stale["hits"])
     [in_use] = verdicts_of(doc, "stdio.copy", "in_use", "procmem")
     assert {h["in_intended_region"] for h in in_use["hits"]} == {True, False}
-    assert any(h["region"]["kind"] == "heap" and not h["in_intended_region"] for h in in_use["hits"])
+    assert any(h["region"]["kind"] == "heap" and not h["in_intended_region"] and not h["guarded"] for h in in_use["hits"])
+    assert all(h["guarded"] == h["in_intended_region"] for h in in_use["hits"])
 
 
 def test_guarded_page_is_attributed_and_dont_dump_is_explained(suite):
@@ -126,7 +127,7 @@ def test_guarded_page_is_attributed_and_dont_dump_is_explained(suite):
     [live] = verdicts_of(doc, "sodium.live", "in_use", "procmem")
     [hit] = [h for h in live["hits"] if h["in_intended_region"]]
     assert hit["region"]["locked"] is True and hit["region"]["dont_dump"] is True
-    assert hit["region"]["perms"].startswith("rw")
+    assert hit["region"]["perms"].startswith("rw") and hit["guarded"] is True
     [core] = verdicts_of(doc, "sodium.live", "in_use", "gcore")
     assert core["hits"] == [] and "MADV_DONTDUMP" in core["reason"]
     excluded = [g for g in core["snapshot"]["gaps"] if g["kind"] == "excluded"]

@@ -7,9 +7,11 @@ from harness.results import Results, RunRecord
 from harness.scenario import MethodExpectation, SecretSpec
 from harness.verdict import Verdict, judge
 
+GUARD_BELOW = Region(0x7000_0000 - 4096, 4096, "---p", RegionKind.ANONYMOUS, "", 0)
 GUARDED = Region(0x7000_0000, 4096, "rw-p", RegionKind.ANONYMOUS, "", 0, locked=True, dont_dump=True)
+GUARD_ABOVE = Region(0x7000_1000, 4096, "---p", RegionKind.ANONYMOUS, "", 0)
 HEAP = Region(0x5000_0000, 0x21000, "rw-p", RegionKind.HEAP, "[heap]", 4096, locked=False, dont_dump=False)
-SNAP = Snapshot("procmem", Path("/nonexistent"), [GUARDED, HEAP])
+SNAP = Snapshot("procmem", Path("/nonexistent"), [HEAP, GUARD_BELOW, GUARDED, GUARD_ABOVE])
 
 
 def hit(region: Region, offset: int = 16, fragment=None) -> Hit:
@@ -43,12 +45,15 @@ def test_kernel_and_excluded_gaps_do_not_block_absent_but_are_explained():
 def test_absent_fails_on_any_copy_even_a_fragment():
     outcome, reason, findings = decide(Expect.ABSENT, [hit(HEAP, fragment=(16, 32))])
     assert outcome == Outcome.FAIL and "fragment [16:32]" in reason and "[heap]" in reason
-    assert findings[0].in_intended_region is False
+    assert findings[0].in_intended_region is False and findings[0].guarded is False
 
 
 def test_present_where_intended():
-    outcome, _, findings = decide(Expect.PRESENT, [hit(GUARDED)], where="intended")
-    assert outcome == Outcome.PASS and findings[0].in_intended_region
+    outcome, reason, findings = decide(Expect.PRESENT, [hit(GUARDED)], where="intended")
+    assert outcome == Outcome.PASS and findings[0].in_intended_region and findings[0].guarded
+    assert "[intended region, guarded]" in reason
+    half_guarded = Snapshot("procmem", Path("/x"), [HEAP, GUARD_BELOW, GUARDED])
+    assert decide(Expect.PRESENT, [hit(GUARDED)], snapshot=half_guarded)[2][0].guarded is False
     outcome, reason, _ = decide(Expect.PRESENT, [hit(HEAP)], where="intended")
     assert outcome == Outcome.FAIL and "not where expected" in reason
     assert decide(Expect.PRESENT, [hit(HEAP)], where="heap")[0] == Outcome.PASS

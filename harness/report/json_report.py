@@ -28,7 +28,7 @@ def _gap(g: Gap) -> dict:
 def _finding(f: Finding) -> dict:
     h = f.hit
     return {"encoding": h.encoding, "full": h.full, "fragment": list(h.fragment) if h.fragment else None,
-            "address": _address(h.address), "length": h.length, "in_intended_region": f.in_intended_region,
+            "address": _address(h.address), "length": h.length, "in_intended_region": f.in_intended_region, "guarded": f.guarded,
             "region": _region(h.region)}
 
 
