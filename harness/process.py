@@ -36,7 +36,8 @@ def describe_status(status: int) -> str:
 class TargetProcess:
     """One target run. Use as a context manager: leaving it always kills and reaps the whole process group."""
 
-    def __init__(self, binary: Path, entry: str, secret_len: int, canary_len: int, log_path: Path, cwd: Path):
+    def __init__(self, binary: Path, entry: str, secret_len: int, canary_len: int, log_path: Path, cwd: Path,
+                 extra_env: dict[str, str] | None = None):
         self.log_path = log_path
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock = parent
@@ -45,7 +46,7 @@ class TargetProcess:
         # A fixed, minimal environment: results must not depend on the caller's (LD_BIND_NOW alone changes
         # whether the dynamic linker spills vector registers holding a key onto the stack).
         env = {"PATH": TARGET_PATH, "LC_ALL": "C", "REMANENCE_PROTOCOL": PROTOCOL_VERSION,
-               "REMANENCE_SECRET_LEN": str(secret_len), "REMANENCE_CANARY_LEN": str(canary_len)}
+               "REMANENCE_SECRET_LEN": str(secret_len), "REMANENCE_CANARY_LEN": str(canary_len), **(extra_env or {})}
         # dup2 onto itself would keep close-on-exec set, so make sure the source is not already fd 3.
         source_fd = child.fileno() if child.fileno() != CONTROL_FD else os.dup(child.fileno())
         actions = [

@@ -90,7 +90,7 @@ class Runner:
         self.progress(f"{planned.run_id}: starting {scenario.target} target")
         try:
             with TargetProcess(planned.program.binary, scenario.entry, len(secret.value), len(canary.value),
-                               workdir / "target.log", workdir) as target:
+                               workdir / "target.log", workdir, planned.program.env) as target:
                 record.pid = target.pid
                 try:
                     target.expect_ready(STARTUP_TIMEOUT_S)

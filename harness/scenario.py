@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .model import Expect
 
-LANGUAGES = ("c",)
+LANGUAGES = ("c", "go")
 SNAPSHOT_METHODS = ("procmem", "gcore", "gcore-all")
 SECRET_FORMS = ("binary", "password")
 # Where hits must lie for a `present` expectation to hold.

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -10,7 +11,12 @@ from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TARGETS_DIR = PROJECT_ROOT / "targets"
-BINARY_NAMES = {"c": "remanence-target-c"}
+BINARY_NAMES = {"c": "remanence-target-c", "go": "remanence-target-go"}
+MIN_GO = (1, 26)
+RUNTIME_SECRET_PLATFORMS = ("linux/amd64", "linux/arm64")
+# Fixed per-language additions to a target's environment. GOTRACEBACK=crash makes a Go target that gets
+# SIGABRT dump core (the kernel-core method) instead of exiting with status 2.
+TARGET_ENV = {"c": {}, "go": {"GOTRACEBACK": "crash"}}
 
 
 class TargetUnavailable(Exception):
@@ -22,6 +28,10 @@ class TargetProgram:
     language: str
     binary: Path
     entries: tuple[str, ...]
+
+    @property
+    def env(self) -> dict[str, str]:
+        return TARGET_ENV[self.language]
 
 
 def cache_dir() -> Path:
@@ -51,20 +61,63 @@ def _toolchain_version(tool: str) -> str:
     return subprocess.run([tool, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
 
 
-def build_target(language: str) -> TargetProgram:
-    """Build (or reuse the cached build of) the target for `language`; raise TargetUnavailable with the reason."""
-    if language != "c":
-        raise TargetUnavailable(f"no target program for language {language!r} yet")
-    if reason := _c_missing():
-        raise TargetUnavailable(reason)
-    source = TARGETS_DIR / "c"
-    out = cache_dir() / f"c-{_source_hash(source, _toolchain_version('gcc'))}"
-    binary = out / BINARY_NAMES["c"]
+def go_tool() -> str | None:
+    """The go command to use: $REMANENCE_GO if set, else go on PATH."""
+    return os.environ.get("REMANENCE_GO") or shutil.which("go")
+
+
+def _go_problem(go: str | None) -> tuple[str | None, str]:
+    """(why this Go cannot build the target or None, its version string)."""
+    if not go:
+        return f"go not found on PATH (Go >= {MIN_GO[0]}.{MIN_GO[1]} is needed for runtime/secret)", ""
+    try:
+        probe = subprocess.run([go, "env", "GOVERSION", "GOOS", "GOARCH"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"{go} does not run: {e}", ""
+    fields = probe.stdout.split()
+    if probe.returncode != 0 or len(fields) != 3:
+        return f"{go} env failed: {(probe.stderr or probe.stdout).strip()[-300:]}", ""
+    version, platform = fields[0], f"{fields[1]}/{fields[2]}"
+    match = re.match(r"go(\d+)\.(\d+)", version)
+    if not match or (int(match[1]), int(match[2])) < MIN_GO:
+        return f"{version} is older than go{MIN_GO[0]}.{MIN_GO[1]}, the first with runtime/secret", version
+    if platform not in RUNTIME_SECRET_PLATFORMS:
+        return f"runtime/secret only erases on {' and '.join(RUNTIME_SECRET_PLATFORMS)}, this Go targets {platform}", version
+    return None, version
+
+
+def _build(language: str, source: Path, toolchain: str, command: list[str], env: dict | None = None) -> Path:
+    if not source.is_dir():
+        raise TargetUnavailable(f"{source} is missing")
+    out = cache_dir() / f"{language}-{_source_hash(source, toolchain)}"
+    binary = out / BINARY_NAMES[language]
     if not binary.exists():
         out.mkdir(parents=True, exist_ok=True)
-        build = subprocess.run(["make", "-s", "-C", str(source), f"OUT={out}"], capture_output=True, text=True)
-        if build.returncode != 0 or not binary.exists():
-            raise TargetUnavailable(f"building the C target failed: {(build.stderr or build.stdout).strip()[-2000:]}")
+        partial = out / (binary.name + ".partial")
+        build = subprocess.run([c.replace("{OUT}", str(out)).replace("{BIN}", str(partial)) for c in command],
+                               cwd=source, capture_output=True, text=True, env=env)
+        if build.returncode != 0 or not partial.exists():
+            raise TargetUnavailable(f"building the {language} target failed: {(build.stderr or build.stdout).strip()[-2000:]}")
+        partial.rename(binary)  # only a complete build is ever cached
+    return binary
+
+
+def build_target(language: str) -> TargetProgram:
+    """Build (or reuse the cached build of) the target for `language`; raise TargetUnavailable with the reason."""
+    if language == "c":
+        if reason := _c_missing():
+            raise TargetUnavailable(reason)
+        binary = _build("c", TARGETS_DIR / "c", _toolchain_version("gcc"),
+                        ["make", "-s", "OUT={OUT}", "BIN={BIN}"])
+    elif language == "go":
+        go = go_tool()
+        reason, version = _go_problem(go)
+        if reason:
+            raise TargetUnavailable(reason)
+        env = dict(os.environ, GOEXPERIMENT="runtimesecret", CGO_ENABLED="0")
+        binary = _build("go", TARGETS_DIR / "go", version, [go, "build", "-trimpath", "-o", "{BIN}", "."], env)
+    else:
+        raise TargetUnavailable(f"no target program for language {language!r}")
     listing = subprocess.run([str(binary), "--list"], capture_output=True, text=True, timeout=30)
     if listing.returncode != 0:
         raise TargetUnavailable(f"{binary} --list exited {listing.returncode}: {listing.stderr.strip()[-500:]}")
