@@ -95,7 +95,7 @@ def _list(args) -> int:
             [] if s.entry in program.entries else [f"entry {s.entry!r} not in the {s.target} target"])
         problems += [f"{m}: {r}" for m in s.methods if (r := method_unavailable(m))]
         table.add_row(s.name, s.target, " ".join(c.name for c in s.checkpoints), " ".join(s.methods),
-                      "[green]yes[/]" if not problems else "[yellow]no[/]: " + "; ".join(problems))
+                      "[green]yes[/]" if not problems else "[yellow]no[/]: " + escape("; ".join(problems)))
     _console().print(table)
     return 0
 

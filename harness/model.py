@@ -105,6 +105,8 @@ class Snapshot:
     gaps: list[Gap] = field(default_factory=list)
     duration_s: float = 0.0
     notes: list[str] = field(default_factory=list)
+    # Set when the method ran but produced no image (e.g. no kernel core was dumped): a finding, with its reason.
+    not_produced: str | None = None
 
     @property
     def captured_bytes(self) -> int:

@@ -122,9 +122,14 @@ class TargetProcess:
     def poll(self) -> int | None:
         if self.status is None:
             pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
+            if pid and not os.WIFSTOPPED(status):
                 self.status = status
         return self.status
+
+    def adopt_status(self, status: int) -> None:
+        """The wait status collected by someone else who waited for this child (the exit-stop tracer)."""
+        if self.status is None:
+            self.status = status
 
     def kill(self) -> None:
         """Kill the whole process group and reap the leader. Safe to call more than once."""
@@ -132,8 +137,10 @@ class TargetProcess:
             os.killpg(self.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        if self.status is None:
-            _, self.status = os.waitpid(self.pid, 0)
+        while self.status is None:
+            _, status = os.waitpid(self.pid, 0)
+            if not os.WIFSTOPPED(status):  # a ptrace stop is not the end
+                self.status = status
         self._sock.close()
 
     def log_tail(self, limit: int = 800) -> str:

@@ -32,6 +32,19 @@ class RunRecord:
 
 
 @dataclass
+class Aggregate:
+    """One scenario × checkpoint × method over its repetitions: how often each outcome, how often the secret was seen."""
+
+    scenario: str
+    checkpoint: str
+    method: str
+    expect: str
+    runs: int = 0
+    found: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
 class Results:
     runs: list[RunRecord]
     started_at: str
@@ -48,6 +61,16 @@ class Results:
         for v in self.verdicts:
             counts[v.outcome.value] += 1
         return counts
+
+    def aggregates(self) -> list[Aggregate]:
+        groups: dict[tuple[str, str, str], Aggregate] = {}
+        for v in self.verdicts:
+            key = (v.scenario, v.checkpoint, v.method)
+            agg = groups.setdefault(key, Aggregate(*key, v.expect.value))
+            agg.runs += 1
+            agg.found += bool(v.findings)
+            agg.outcomes[v.outcome.value] = agg.outcomes.get(v.outcome.value, 0) + 1
+        return list(groups.values())
 
     def exit_code(self) -> int:
         """1 if anything FAILed (the gate's first concern), else 3 for ERROR/INCONCLUSIVE or an interrupted run, else 0."""

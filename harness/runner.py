@@ -17,6 +17,8 @@ from .scan.engine import ScanError, scan_snapshot
 from .scenario import CheckpointSpec
 from .secretgen import make_canary, make_secret
 from .snapshot import SnapshotError, take_snapshot
+from .snapshot.exitstop import ExitStop
+from .snapshot.kernelcore import take_kernel_core
 from .verdict import Verdict, judge
 
 Progress = Callable[[str], None]
@@ -83,44 +85,23 @@ class Runner:
             return
         secret, canary = make_secret(scenario.secret), make_canary()
         record.secret_fingerprint, record.canary_fingerprint = secret.fingerprint, canary.fingerprint
-        timeout = self.options.timeout_s or scenario.timeout_s
-        workdir = Path(tempfile.mkdtemp(prefix="remanence-"))  # private (0700): snapshots land here
+        workdir = Path(tempfile.mkdtemp(prefix="remanence-"))  # private (0700): snapshots and cores land here
         started = time.monotonic()
-        pending = list(scenario.checkpoints)
+        pending = [c for c in scenario.checkpoints if _methods_at(planned, c)]
         self.progress(f"{planned.run_id}: starting {scenario.target} target")
         try:
             with TargetProcess(planned.program.binary, scenario.entry, len(secret.value), len(canary.value),
                                workdir / "target.log", workdir, planned.program.env) as target:
                 record.pid = target.pid
+                run = _Run(self, planned, record, target, secret, canary, workdir, pending)
                 try:
                     target.expect_ready(STARTUP_TIMEOUT_S)
                     target.send_secrets(canary.value, secret.value)
-                    control = _Control()
-                    while True:
-                        event = target.next_event(timeout)
-                        if event.kind == "note":
-                            record.notes.append(event.text)
-                        elif event.kind == "error":
-                            record.error = f"target reported: {event.text}"
-                            break
-                        elif event.kind == "done":
-                            if pending:
-                                record.error = f"target finished without reaching checkpoint {pending[0].name!r}"
-                            target.wait_exit(EXIT_TIMEOUT_S)
-                            break
-                        else:
-                            expected = pending[0].name if pending else None
-                            if event.text != expected:
-                                record.error = (f"target reached checkpoint {event.text!r}, the scenario expects "
-                                                + (f"{expected!r} next" if expected else "no more checkpoints"))
-                                break
-                            spec = pending.pop(0)
-                            record.verdicts += self._checkpoint(planned, spec, target.pid, event.address, secret, canary,
-                                                                control, workdir)
-                            target.resume()
-                except TargetError as e:
+                    run.carry_out()
+                except (TargetError, SnapshotError) as e:
                     record.error = str(e)
                 finally:
+                    run.disarm()
                     target.kill()
                     record.exit = None if target.status is None else describe_status(target.status)
                     record.target_output = target.log_tail()
@@ -134,55 +115,14 @@ class Runner:
     def _close_unreached(self, planned: PlannedRun, record: RunRecord, checkpoints: list[CheckpointSpec],
                          outcome: Outcome, reason: str) -> None:
         for spec in checkpoints:
-            for method in planned.methods:
+            for method in _methods_at(planned, spec):
                 expectation = spec.for_method(method)
                 record.verdicts.append(Verdict(planned.scenario.name, planned.repetition, spec.name, method,
                                                expectation.expect, expectation.why, outcome, reason))
 
-    # --- one checkpoint ----------------------------------------------------
-
-    def _checkpoint(self, planned: PlannedRun, spec: CheckpointSpec, pid: int, address: int | None,
-                    secret: Secret, canary: Secret, control: _Control, workdir: Path) -> list[Verdict]:
-        taken: list[tuple[str, Snapshot | None, ScanResult | None, str | None]] = []
-        for method in planned.methods:
-            if method in planned.method_skips:
-                taken.append((method, None, None, planned.method_skips[method]))
-                continue
-            self.progress(f"{planned.run_id}: {spec.name}: {method} snapshot")
-            try:
-                snapshot = take_snapshot(method, pid, workdir)
-                scan = scan_snapshot(snapshot, [secret, canary])
-            except (SnapshotError, ScanError, EOFError) as e:
-                taken.append((method, None, None, f"{method} failed: {e}"))
-                continue
-            secret_hits = [h for h in scan.hits if h.secret == secret.label]
-            control.observe(method, spec.name, snapshot, secret_hits, address)
-            taken.append((method, snapshot, scan, None))
-            self.progress(f"{planned.run_id}: {spec.name}: {method}: {scan.bytes_scanned / (1 << 20):.1f} MiB scanned "
-                          f"in {scan.duration_s:.2f} s, {len(secret_hits)} hit(s)")
-        verdicts = []
-        for method, snapshot, scan, problem in taken:
-            expectation = spec.for_method(method)
-            verdict = Verdict(planned.scenario.name, planned.repetition, spec.name, method, expectation.expect,
-                              expectation.why, Outcome.ERROR, problem or "", intended_address=address)
-            if snapshot is None:
-                verdict.outcome = Outcome.SKIP if method in planned.method_skips else Outcome.ERROR
-            else:
-                verdict.canary_seen = any(h.secret == canary.label and h.full for h in scan.hits)
-                verdict.outcome, verdict.reason, verdict.findings = judge(
-                    expectation=expectation, snapshot=snapshot,
-                    secret_hits=[h for h in scan.hits if h.secret == secret.label],
-                    canary_seen=verdict.canary_seen,
-                    intended_address=address, control_established=control.established, control_note=control.note,
-                    intended_flags=spec.intended_region)
-                verdict.snapshot, verdict.scan_bytes, verdict.scan_duration_s = snapshot, scan.bytes_scanned, scan.duration_s
-                self._dispose(snapshot, planned, spec.name)
-            verdicts.append(verdict)
-        return verdicts
-
     def _dispose(self, snapshot: Snapshot, planned: PlannedRun, checkpoint: str) -> None:
         """Delete the snapshot file, or keep it (0600, in a 0700 folder) when asked."""
-        if not self.options.keep_snapshots:
+        if not self.options.keep_snapshots or not snapshot.path.exists():
             snapshot.path.unlink(missing_ok=True)
             return
         folder = self.options.out_dir / "snapshots" / planned.run_id.replace("#", "-")
@@ -192,3 +132,133 @@ class Runner:
         shutil.move(snapshot.path, kept)
         os.chmod(kept, 0o600)
         snapshot.path = kept
+
+
+def _methods_at(planned: PlannedRun, spec: CheckpointSpec) -> tuple[str, ...]:
+    return tuple(m for m in spec.methods if m in planned.methods)
+
+
+def _missing_notes(required: tuple[str, ...], notes: list[str]) -> list[str]:
+    noted = {token for note in notes for token in note.split()}
+    return [r for r in required if r not in noted]
+
+
+class _Run:
+    """One target's life: its checkpoints in order, then (if the scenario asks) its exit."""
+
+    def __init__(self, runner: Runner, planned: PlannedRun, record: RunRecord, target: TargetProcess,
+                 secret: Secret, canary: Secret, workdir: Path, pending: list[CheckpointSpec]):
+        self.runner, self.planned, self.record, self.target = runner, planned, record, target
+        self.secret, self.canary, self.workdir, self.pending = secret, canary, workdir, pending
+        self.control = _Control()
+        self.timeout = runner.options.timeout_s or planned.scenario.timeout_s
+        self.exit_stop: ExitStop | None = None
+
+    def carry_out(self) -> None:
+        announced = [c for c in self.pending if not c.is_exit]
+        exit_spec = next((c for c in self.pending if c.is_exit), None)
+        for spec in announced:
+            event = self._next(("checkpoint",))
+            if event.text != spec.name:
+                raise TargetError(f"target reached checkpoint {event.text!r}, the scenario expects {spec.name!r} next")
+            self.pending.remove(spec)
+            self.record.verdicts += self._checkpoint(spec, event.address)
+            if self.target.status is not None:   # kernel-core ended it
+                return
+            if spec is announced[-1] and exit_spec:
+                self.exit_stop = ExitStop(self.target.pid)
+                self.exit_stop.arm()
+            self.target.resume()
+        if exit_spec:
+            self._exit(exit_spec)
+            return
+        self._next(("done",))
+        self.target.wait_exit(EXIT_TIMEOUT_S)
+
+    def disarm(self) -> None:
+        if self.exit_stop is not None:
+            self.exit_stop.release()
+            if self.exit_stop.exit_status is not None:
+                self.target.adopt_status(self.exit_stop.exit_status)
+            self.exit_stop = None
+
+    def _next(self, wanted: tuple[str, ...]):
+        """The next event of a wanted kind; notes are recorded on the way, anything else ends the run."""
+        while True:
+            event = self.target.next_event(self.timeout)
+            if event.kind == "note":
+                self.record.notes.append(event.text)
+            elif event.kind == "error":
+                raise TargetError(f"target reported: {event.text}")
+            elif event.kind in wanted:
+                return event
+            elif event.kind == "done":
+                raise TargetError(f"target finished without reaching checkpoint {self.pending[0].name!r}")
+            else:
+                raise TargetError(f"target reached checkpoint {event.text!r}, the scenario expects no more checkpoints")
+
+    def _exit(self, spec: CheckpointSpec) -> None:
+        """The target runs to its end under the exit stop; snapshot it there, then let it go."""
+        stop = self.exit_stop
+        reached = stop.wait_for_exit_stop(self.timeout)
+        self.pending.remove(spec)
+        if not reached:
+            ended = describe_status(stop.exit_status) if stop.exit_status is not None else "no status"
+            raise SnapshotError(f"the target ended without stopping at its exit ({ended})")
+        self.record.verdicts += self._checkpoint(spec, None)
+        self.disarm()
+        self._next(("done",))
+        self.target.wait_exit(EXIT_TIMEOUT_S)
+
+    def _take(self, method: str) -> Snapshot:
+        if method == "kernel-core":
+            return take_kernel_core(self.target.pid, self.workdir, self.target.wait_exit)
+        if method == "exit":
+            return self.exit_stop.snapshot(self.workdir)
+        return take_snapshot(method, self.target.pid, self.workdir)
+
+    def _checkpoint(self, spec: CheckpointSpec, address: int | None) -> list[Verdict]:
+        planned, runner = self.planned, self.runner
+        taken: list[tuple[str, Snapshot | None, ScanResult | None, str | None]] = []
+        for method in _methods_at(planned, spec):
+            if method in planned.method_skips:
+                taken.append((method, None, None, planned.method_skips[method]))
+                continue
+            runner.progress(f"{planned.run_id}: {spec.name}: {method} snapshot")
+            try:
+                snapshot = self._take(method)
+                scan = scan_snapshot(snapshot, [self.secret, self.canary]) if snapshot.not_produced is None \
+                    else ScanResult([], 0, 0.0, 0)
+            except (SnapshotError, ScanError, EOFError) as e:
+                taken.append((method, None, None, f"{method} failed: {e}"))
+                continue
+            secret_hits = [h for h in scan.hits if h.secret == self.secret.label]
+            self.control.observe(method, spec.name, snapshot, secret_hits, address)
+            taken.append((method, snapshot, scan, None))
+            runner.progress(f"{planned.run_id}: {spec.name}: {method}: "
+                            + (snapshot.not_produced or f"{scan.bytes_scanned / (1 << 20):.1f} MiB scanned in "
+                               f"{scan.duration_s:.2f} s, {len(secret_hits)} hit(s)"))
+        missing = _missing_notes(spec.require_notes, self.record.notes)
+        verdicts = []
+        for method, snapshot, scan, problem in taken:
+            expectation = spec.for_method(method)
+            verdict = Verdict(planned.scenario.name, planned.repetition, spec.name, method, expectation.expect,
+                              expectation.why, Outcome.ERROR, problem or "", intended_address=address)
+            if snapshot is None:
+                verdict.outcome = Outcome.SKIP if method in planned.method_skips else Outcome.ERROR
+            else:
+                verdict.canary_seen = any(h.secret == self.canary.label and h.full for h in scan.hits)
+                verdict.outcome, verdict.reason, verdict.findings = judge(
+                    expectation=expectation, snapshot=snapshot,
+                    secret_hits=[h for h in scan.hits if h.secret == self.secret.label],
+                    canary_seen=verdict.canary_seen,
+                    intended_address=address, control_established=self.control.established,
+                    control_note=self.control.note, intended_flags=spec.intended_region)
+                if missing and verdict.outcome != Outcome.ERROR:
+                    verdict.outcome = Outcome.FAIL
+                    verdict.reason = f"the target did not note {', '.join(missing)} (its notes: {'; '.join(self.record.notes) or 'none'}); " + verdict.reason
+                verdict.snapshot, verdict.scan_bytes, verdict.scan_duration_s = snapshot, scan.bytes_scanned, scan.duration_s
+                runner._dispose(snapshot, planned, spec.name)
+            verdicts.append(verdict)
+        return verdicts
+

@@ -8,10 +8,13 @@ from pathlib import Path
 from .model import Expect
 
 LANGUAGES = ("c", "go")
-SNAPSHOT_METHODS = ("procmem", "gcore", "gcore-all")
+SNAPSHOT_METHODS = ("procmem", "gcore", "gcore-all", "kernel-core", "exit")
+# The methods that leave the target running; kernel-core kills it, exit happens only at its end.
+LIVE_METHODS = ("procmem", "gcore", "gcore-all")
+EXIT_CHECKPOINT = "exit"
 SECRET_FORMS = ("binary", "password")
 # Where hits must lie for a `present` expectation to hold.
-WHERE_CHOICES = ("any", "intended", "elsewhere", "heap", "stack", "anonymous")
+WHERE_CHOICES = ("any", "intended", "elsewhere", "heap", "stack", "anonymous", "registers")
 REGION_FLAG_KEYS = ("locked", "dont_dump")
 
 
@@ -35,9 +38,16 @@ class MethodExpectation:
 class CheckpointSpec:
     name: str
     default: MethodExpectation
+    methods: tuple[str, ...] = ()          # the snapshot methods taken at this checkpoint, in order
     per_method: dict[str, MethodExpectation] = field(default_factory=dict)
     # Flags the region holding the secret must have (e.g. {"locked": False}), checked where a snapshot knows them.
     intended_region: dict[str, bool] = field(default_factory=dict)
+    # `key=value` facts the target must have noted by this checkpoint (e.g. "do_panicked=false").
+    require_notes: tuple[str, ...] = ()
+
+    @property
+    def is_exit(self) -> bool:
+        return self.name == EXIT_CHECKPOINT
 
     def for_method(self, method: str) -> MethodExpectation:
         return self.per_method.get(method, self.default)
@@ -64,6 +74,15 @@ class Scenario:
 
     def checkpoint(self, name: str) -> CheckpointSpec | None:
         return next((c for c in self.checkpoints if c.name == name), None)
+
+    @property
+    def announced_checkpoints(self) -> tuple[CheckpointSpec, ...]:
+        """The checkpoints the target announces itself (all but the implicit `exit`)."""
+        return tuple(c for c in self.checkpoints if not c.is_exit)
+
+    @property
+    def exit_checkpoint(self) -> CheckpointSpec | None:
+        return self.checkpoint(EXIT_CHECKPOINT)
 
 
 class _Reader:
@@ -117,11 +136,27 @@ def _expectation(r: _Reader, inherit: MethodExpectation | None) -> MethodExpecta
     return MethodExpectation(Expect(expect), why.strip(), where)
 
 
-def _checkpoint(r: _Reader, methods: tuple[str, ...]) -> CheckpointSpec:
-    r.reject_unknown(("name", "expect", "why", "where", "per_method", "intended_region"))
+def _default_methods(name: str, methods: tuple[str, ...], last: bool) -> tuple[str, ...]:
+    if name == EXIT_CHECKPOINT:
+        return ("exit",) if "exit" in methods else ()
+    return tuple(m for m in methods if m in LIVE_METHODS or (m == "kernel-core" and last))
+
+
+def _checkpoint(r: _Reader, methods: tuple[str, ...], last: bool) -> CheckpointSpec:
+    r.reject_unknown(("name", "expect", "why", "where", "methods", "per_method", "intended_region", "require_notes"))
     name = r.get("name", str, required=True)
     if not name or any(c.isspace() for c in name):
         raise r.fail("name", f"{name!r} must be a non-empty word without spaces")
+    at = tuple(r.get("methods", list, list(_default_methods(name, methods, last))))
+    for i, method in enumerate(at):
+        if method not in methods:
+            raise r.fail(f"methods[{i}]", f"{method!r} is not in this scenario's methods ({', '.join(methods)})")
+        if (method == "exit") != (name == EXIT_CHECKPOINT):
+            raise r.fail(f"methods[{i}]", f"the exit method belongs to the checkpoint named {EXIT_CHECKPOINT!r} and only there")
+        if method == "kernel-core" and not last:
+            raise r.fail(f"methods[{i}]", "kernel-core ends the target, so it is only allowed at the last checkpoint")
+    if not at:
+        raise r.fail("methods", "no snapshot method applies at this checkpoint")
     default = _expectation(_Reader(r.path, {k: v for k, v in r.table.items() if k in ("expect", "why", "where")}, r.prefix), None)
     per_method: dict[str, MethodExpectation] = {}
     overrides = r.sub("per_method")
@@ -129,15 +164,19 @@ def _checkpoint(r: _Reader, methods: tuple[str, ...]) -> CheckpointSpec:
         for method in overrides.table:
             if method not in SNAPSHOT_METHODS:
                 raise overrides.fail(method, f"unknown method (known: {', '.join(SNAPSHOT_METHODS)})")
-            if method not in methods:
-                raise overrides.fail(method, f"method is not in this scenario's methods ({', '.join(methods)})")
+            if method not in at:
+                raise overrides.fail(method, f"method is not taken at this checkpoint ({', '.join(at)})")
             per_method[method] = _expectation(overrides.sub(method, required=True), default)
     flags: dict[str, bool] = {}
     region = r.sub("intended_region")
     if region:
         region.reject_unknown(REGION_FLAG_KEYS)
         flags = {k: region.get(k, bool) for k in region.table}
-    return CheckpointSpec(name, default, per_method, flags)
+    notes = r.get("require_notes", list, [])
+    for i, note in enumerate(notes):
+        if not isinstance(note, str) or "=" not in note:
+            raise r.fail(f"require_notes[{i}]", f"expected a 'key=value' string, got {note!r}")
+    return CheckpointSpec(name, default, tuple(sorted(at, key=SNAPSHOT_METHODS.index)), per_method, flags, tuple(notes))
 
 
 def load_scenario(path: Path) -> Scenario:
@@ -173,14 +212,22 @@ def load_scenario(path: Path) -> Scenario:
     raw_checkpoints = r.get("checkpoints", list, required=True)
     if not raw_checkpoints:
         raise r.fail("checkpoints", "at least one checkpoint is required")
+    names = [t.get("name") if isinstance(t, dict) else None for t in raw_checkpoints]
+    if len(set(names)) != len(names):
+        raise r.fail("checkpoints", f"checkpoint names repeat: {names}")
+    if EXIT_CHECKPOINT in names[:-1]:
+        raise r.fail("checkpoints", f"the {EXIT_CHECKPOINT!r} checkpoint (taken at the target's final exit) must come last")
+    if ("exit" in methods) != (EXIT_CHECKPOINT in names):
+        raise r.fail("methods", f"the exit method and a last checkpoint named {EXIT_CHECKPOINT!r} go together")
+    if "exit" in methods and "kernel-core" in methods:
+        raise r.fail("methods", "kernel-core kills the target, so it cannot also be snapshotted at its exit")
+    announced = [n for n in names if n != EXIT_CHECKPOINT]
     checkpoints = []
     for i, table in enumerate(raw_checkpoints):
         if not isinstance(table, dict):
             raise r.fail(f"checkpoints[{i}]", "expected a table ([[checkpoints]])")
-        checkpoints.append(_checkpoint(_Reader(path, table, f"checkpoints[{i}]."), tuple(methods)))
-    names = [c.name for c in checkpoints]
-    if len(set(names)) != len(names):
-        raise r.fail("checkpoints", f"checkpoint names repeat: {names}")
+        last = bool(announced) and table.get("name") == announced[-1]
+        checkpoints.append(_checkpoint(_Reader(path, table, f"checkpoints[{i}]."), tuple(methods), last))
     return Scenario(
         name=name,
         description=r.get("description", str, "").strip(),

@@ -70,6 +70,7 @@ def _matches_where(finding: Finding, where: str) -> bool:
         "heap": kind == RegionKind.HEAP,
         "stack": kind == RegionKind.STACK,
         "anonymous": kind == RegionKind.ANONYMOUS,
+        "registers": kind == RegionKind.REGISTERS,
     }[where]
 
 
@@ -99,6 +100,15 @@ def _exclusion_note(gaps: list[Gap], intended_address: int | None) -> str:
     return ""
 
 
+def _judge_not_produced(expectation: MethodExpectation, why_not: str, control_established: bool) -> tuple[Outcome, str]:
+    """No image at all (e.g. no kernel core was dumped) is a finding: nothing can leak through it."""
+    if expectation.expect == Expect.PRESENT:
+        return Outcome.FAIL, f"expected present, but {why_not}"
+    if expectation.expect == Expect.ABSENT and not control_established:
+        return Outcome.INCONCLUSIVE, f"{why_not}; and the secret was never seen planted in this run"
+    return Outcome.PASS, f"{why_not}: nothing to leak through" if expectation.expect == Expect.ABSENT else why_not
+
+
 def judge(
     *,
     expectation: MethodExpectation,
@@ -110,6 +120,8 @@ def judge(
     control_note: str,
     intended_flags: dict[str, bool],
 ) -> tuple[Outcome, str, list[Finding]]:
+    if snapshot.not_produced is not None:
+        return (*_judge_not_produced(expectation, snapshot.not_produced, control_established), [])
     findings = attribute(secret_hits, intended_address, snapshot)
     covered = f"{_mib(snapshot.captured_bytes)} in {len(snapshot.regions)} regions"
     unreadable = [g for g in snapshot.gaps if g.kind == GapKind.UNREADABLE]

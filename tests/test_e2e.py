@@ -122,6 +122,48 @@ def test_known_leaks_are_found_where_they_should_be(suite):
     assert all(h["guarded"] == h["in_intended_region"] for h in in_use["hits"])
 
 
+def test_kernel_cores_and_exit_stops(suite):
+    _, doc, *_ = suite
+    [core] = verdicts_of(doc, "malloc.nowipe", "freed", "kernel-core")
+    assert core["outcome"] == "PASS" and any(h["region"]["kind"] == "heap" and h["full"] for h in core["hits"])
+    assert any(r["kind"] == "registers" and r["register_set"] == "NT_X86_XSTATE" for r in core["snapshot"]["regions"])
+    [guarded] = verdicts_of(doc, "sodium.live", "in_use", "kernel-core")
+    assert guarded["hits"] == [] and "MADV_DONTDUMP" in guarded["reason"]
+    [at_exit] = verdicts_of(doc, "sodium.freed", "exit", "exit")
+    assert at_exit["outcome"] == "PASS" and at_exit["canary_seen"] is True
+    assert [r["exit"] for r in doc["runs"] if r["scenario"] == "malloc.nowipe"] == ["killed by SIGABRT (core dumped)"]
+    assert [r["exit"] for r in doc["runs"] if r["scenario"] == "sodium.freed"] == ["exit status 0"]
+
+
+def test_no_kernel_core_is_a_finding(tmp_path, capsys):
+    folder = tmp_path / "s"
+    folder.mkdir()
+    (folder / "nocore.toml").write_text("""
+name = "selftest.nocore"
+target = "c"
+methods = ["procmem", "kernel-core"]
+
+[[checkpoints]]
+name = "in_use"
+expect = "present"
+why = "planted"
+
+[checkpoints.per_method.kernel-core]
+expect = "absent"
+why = "the target set its hard core limit to 0, as memguard does"
+""")
+    code, doc, _ = run_cli(["--scenarios", str(folder)], tmp_path / "out", capsys)
+    [core] = verdicts_of(doc, "selftest.nocore", "in_use", "kernel-core")
+    capeff = int(next(line for line in Path("/proc/self/status").read_text().splitlines()
+                      if line.startswith("CapEff:")).split()[1], 16)
+    if capeff >> 24 & 1:  # CAP_SYS_RESOURCE: the harness can raise the limit, so a core appears
+        assert core["outcome"] == "FAIL" and code == 1
+    else:
+        assert (code, core["outcome"]) == (0, "PASS")
+        assert core["reason"].startswith("no core produced: RLIMIT_CORE hard limit is 0")
+        assert core["snapshot"]["not_produced"].startswith("no core produced")
+
+
 def test_guarded_page_is_attributed_and_dont_dump_is_explained(suite):
     _, doc, *_ = suite
     [live] = verdicts_of(doc, "sodium.live", "in_use", "procmem")

@@ -61,7 +61,9 @@ def test_good_file_loads_with_per_method_overrides(tmp_path):
     ('repeat = 2', 'repaet = 2', "repaet", "unknown key"),
     ('methods = ["procmem", "gcore"]', 'methods = ["procmem", "gcroe"]', "methods[1]", "unknown method"),
     ('expect = "present"', 'expect = "maybe"', "checkpoints[0].expect", "not one of"),
-    ('[checkpoints.per_method.gcore]', '[checkpoints.per_method.gcore-all]', "checkpoints[0].per_method.gcore-all", "not in this scenario's methods"),
+    ('[checkpoints.per_method.gcore]', '[checkpoints.per_method.gcore-all]', "checkpoints[0].per_method.gcore-all", "not taken at this checkpoint"),
+    ('methods = ["procmem", "gcore"]', 'methods = ["procmem", "gcore", "kernel-core"]\n', None, None),
+    ('why = "wiped"', 'why = "wiped"\nrequire_notes = ["nonsense"]', "checkpoints[1].require_notes[0]", "key=value"),
     ('why = "MADV_DONTDUMP"\n', "", "checkpoints[0].per_method.gcore.why", "required key is missing"),
     ('intended_region = { locked = true }', 'intended_region = { locked = "yes" }', "checkpoints[0].intended_region.locked", "expected bool"),
     ('length = 24', 'length = 2', "secret.length", "out of range"),
@@ -70,6 +72,9 @@ def test_good_file_loads_with_per_method_overrides(tmp_path):
 def test_errors_name_file_and_key(tmp_path, old, new, key, words):
     assert old in GOOD
     path = write(tmp_path, GOOD.replace(old, new, 1))
+    if key is None:  # a valid variant
+        load_scenario(path)
+        return
     with pytest.raises(ScenarioError) as err:
         load_scenario(path)
     assert err.value.key == key
@@ -99,3 +104,57 @@ def test_builtin_suite_loads():
         for c in s.checkpoints:
             for m in s.methods:
                 assert c.for_method(m).why, f"{s.source}: {c.name}/{m} has no reason"
+
+
+LIFECYCLE = """
+name = "life"
+target = "go"
+methods = [METHODS]
+
+[[checkpoints]]
+name = "in_use"
+expect = "present"
+why = "planted"
+EXTRA
+[[checkpoints]]
+name = "LAST"
+expect = "absent"
+why = "wiped"
+"""
+
+
+def lifecycle(tmp_path, methods: str, last: str = "after", extra: str = "") -> Path:
+    return write(tmp_path, LIFECYCLE.replace("METHODS", methods).replace("LAST", last).replace("EXTRA", extra))
+
+
+def test_methods_per_checkpoint_follow_the_lifecycle(tmp_path):
+    s = load_scenario(lifecycle(tmp_path, '"procmem", "gcore", "kernel-core"'))
+    assert s.checkpoint("in_use").methods == ("procmem", "gcore")
+    assert s.checkpoint("after").methods == ("procmem", "gcore", "kernel-core")
+    s = load_scenario(lifecycle(tmp_path, '"exit", "procmem"', last="exit"))
+    assert s.checkpoint("in_use").methods == ("procmem",)
+    assert s.checkpoint("exit").methods == ("exit",) and s.exit_checkpoint.is_exit
+    assert [c.name for c in s.announced_checkpoints] == ["in_use"]
+    s = load_scenario(lifecycle(tmp_path, '"procmem", "gcore"', extra='methods = ["gcore"]\nrequire_notes = ["a=b"]\n'))
+    assert s.checkpoint("in_use").methods == ("gcore",) and s.checkpoint("in_use").require_notes == ("a=b",)
+
+
+@pytest.mark.parametrize("methods, last, extra, key, words", [
+    ('"procmem", "kernel-core"', "after", 'methods = ["kernel-core"]\n', "checkpoints[0].methods[0]", "only allowed at the last"),
+    ('"procmem", "exit"', "after", "", "methods", "go together"),
+    ('"procmem"', "exit", "", "methods", "go together"),
+    ('"procmem", "exit", "kernel-core"', "exit", "", "methods", "cannot also be snapshotted at its exit"),
+    ('"procmem", "exit"', "exit", 'methods = ["exit"]\n', "checkpoints[0].methods[0]", "only there"),
+    ('"procmem", "gcore"', "after", 'methods = ["gcore-all"]\n', "checkpoints[0].methods[0]", "not in this scenario's methods"),
+])
+def test_lifecycle_errors(tmp_path, methods, last, extra, key, words):
+    with pytest.raises(ScenarioError) as err:
+        load_scenario(lifecycle(tmp_path, methods, last, extra))
+    assert err.value.key == key and words in str(err.value)
+
+
+def test_exit_checkpoint_must_be_last(tmp_path):
+    text = LIFECYCLE.replace("METHODS", '"procmem", "exit"').replace("LAST", "after").replace("EXTRA", "")
+    text = text.replace('name = "in_use"', 'name = "exit"')
+    with pytest.raises(ScenarioError, match="must come last"):
+        load_scenario(write(tmp_path, text))

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from harness.model import GapKind, RegionKind, iter_region_chunks
-from harness.snapshot import METHODS, SnapshotError, method_unavailable, take_snapshot
+from harness.snapshot import LIVE_METHODS, METHODS, SnapshotError, method_unavailable, take_snapshot
 from harness.snapshot import gcore as gcore_module
 from harness.snapshot import procmem as procmem_module
 from harness.snapshot.elfcore import CoreFormatError, read_core_layout, snapshot_from_core
@@ -442,14 +442,14 @@ def _dead_pid() -> int:
     return proc.pid
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", LIVE_METHODS)
 def test_dead_pid_gives_snapshot_error(method, tmp_path):
     with pytest.raises(SnapshotError, match="does not exist"):
         take_snapshot(method, _dead_pid(), tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", LIVE_METHODS)
 def test_zombie_gives_snapshot_error(method, tmp_path):
     proc = subprocess.Popen(["true"])
     deadline = time.monotonic() + 5

@@ -96,3 +96,11 @@ def test_exit_codes(outcomes, code):
 def test_interrupted_run_exits_130_unless_something_failed():
     assert _results(Outcome.PASS, interrupted=True).exit_code() == 130
     assert _results(Outcome.FAIL, interrupted=True).exit_code() == 1
+
+
+def test_no_image_is_a_finding_not_an_error():
+    none = Snapshot("kernel-core", Path("/x"), [], not_produced="no core produced: RLIMIT_CORE hard limit is 0")
+    outcome, reason, findings = decide(Expect.ABSENT, snapshot=none, canary=False)
+    assert outcome == Outcome.PASS and reason.startswith("no core produced") and findings == []
+    assert decide(Expect.ABSENT, snapshot=none, canary=False, control=False)[0] == Outcome.INCONCLUSIVE
+    assert decide(Expect.PRESENT, snapshot=none, canary=False)[0] == Outcome.FAIL

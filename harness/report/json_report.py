@@ -38,7 +38,7 @@ def _verdict(v: Verdict) -> dict:
         s = v.snapshot
         snapshot = {"method": s.method, "captured_bytes": s.captured_bytes, "duration_s": round(s.duration_s, 4),
                     "regions": [_region(r) for r in s.regions], "gaps": [_gap(g) for g in s.gaps], "notes": s.notes,
-                    "kept_path": str(s.path) if s.path.exists() else None}
+                    "kept_path": str(s.path) if s.path.exists() else None, "not_produced": s.not_produced}
     return {"scenario": v.scenario, "repetition": v.repetition, "checkpoint": v.checkpoint, "method": v.method,
             "expect": v.expect.value, "why": v.why, "outcome": v.outcome.value, "reason": v.reason,
             "canary_seen": v.canary_seen, "intended_address": _address(v.intended_address),
@@ -63,6 +63,8 @@ def results_document(results: Results) -> dict:
         "started_at": results.started_at, "finished_at": results.finished_at,
         "interrupted": results.interrupted, "exit_code": results.exit_code(), "machine": results.machine,
         "summary": results.counts(),
+        "aggregates": [{"scenario": a.scenario, "checkpoint": a.checkpoint, "method": a.method, "expect": a.expect,
+                        "runs": a.runs, "found": a.found, "outcomes": a.outcomes} for a in results.aggregates()],
         "runs": [_run(r) for r in results.runs],
         "verdicts": [_verdict(v) for v in results.verdicts],
     }

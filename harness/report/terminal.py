@@ -20,6 +20,15 @@ def print_verdicts(results: Results, console: Console) -> None:
         table.add_row(escape(v.scenario), str(v.repetition), escape(v.checkpoint), v.method, v.expect.value,
                       f"[{STYLES[v.outcome]}]{v.outcome.value}[/]", escape(v.reason))
     console.print(table)
+    repeated = [a for a in results.aggregates() if a.runs > 1]
+    if repeated:
+        rates = Table(title="repetition rates")
+        for column in ("scenario", "checkpoint", "method", "expect", "secret found", "outcomes"):
+            rates.add_column(column)
+        for a in repeated:
+            outcomes = ", ".join(f"[{STYLES[Outcome(k)]}]{n}/{a.runs} {k}[/]" for k, n in a.outcomes.items())
+            rates.add_row(escape(a.scenario), escape(a.checkpoint), a.method, a.expect, f"{a.found}/{a.runs}", outcomes)
+        console.print(rates)
     counts = results.counts()
     summary = ", ".join(f"[{STYLES[Outcome(k)]}]{n} {k}[/]" for k, n in counts.items() if n)
     console.print(f"{len(results.runs)} run(s): {summary or 'no verdicts'}"

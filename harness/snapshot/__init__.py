@@ -3,6 +3,11 @@
 procmem    /proc/PID/mem under SIGSTOP: everything readable, including PROT_NONE and MADV_DONTDUMP pages.
 gcore      gdb's gcore with gdb's defaults: honours MADV_DONTDUMP and the target's coredump_filter.
 gcore-all  gcore with excluded mappings dumped too (what an attacker with gdb would get).
+kernel-core  the kernel's own core dump of the target (SIGABRT); ends the target.
+exit       /proc/PID/mem at the target's final exit_group, after its exit-time wipes (ptrace exit stop).
+
+kernel-core and exit need the target's lifecycle, so the runner drives them (kernelcore.py, exitstop.py);
+take_snapshot covers the live methods.
 """
 from __future__ import annotations
 
@@ -18,7 +23,8 @@ class SnapshotError(Exception):
     """The snapshot could not be taken (target gone, access denied, gdb failed, ...)."""
 
 
-METHODS = ("procmem", "gcore", "gcore-all")
+LIVE_METHODS = ("procmem", "gcore", "gcore-all")
+METHODS = (*LIVE_METHODS, "kernel-core", "exit")
 
 _CAP_SYS_PTRACE = 19
 
@@ -47,6 +53,12 @@ def method_unavailable(method: str) -> str | None:
     if scope >= 3:
         return "Yama ptrace_scope=3 forbids all ptrace access, /proc/PID/mem and gdb attach included"
     privileged = _has_cap_sys_ptrace()
+    if method == "kernel-core":
+        from harness.snapshot.kernelcore import kernel_core_unavailable
+        return kernel_core_unavailable()
+    if method == "exit":
+        from harness.snapshot.exitstop import exit_unavailable
+        return exit_unavailable()
     if method == "procmem":
         # ptrace_scope 1 still lets the harness read its own children's memory; 2 needs the capability.
         if scope == 2 and not privileged:
@@ -60,13 +72,15 @@ def method_unavailable(method: str) -> str | None:
 
 
 def take_snapshot(method: str, pid: int, workdir: Path) -> Snapshot:
-    """Snapshot process `pid` with `method`, writing the snapshot file into `workdir`."""
+    """Snapshot process `pid` with a live method (procmem, gcore, gcore-all), writing the snapshot file into `workdir`."""
     reason = method_unavailable(method)
     if reason:
         raise SnapshotError(f"{method} unavailable: {reason}")
     workdir = Path(workdir)
     workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
     started = time.monotonic()
+    if method in ("kernel-core", "exit"):
+        raise ValueError(f"{method} is driven by the runner, not take_snapshot")
     if method == "procmem":
         from harness.snapshot.procmem import take_procmem
         snapshot = take_procmem(pid, workdir)

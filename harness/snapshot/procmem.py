@@ -1,4 +1,7 @@
-"""Live snapshot through /proc/PID/mem while the whole process is frozen with SIGSTOP."""
+"""Live snapshot through /proc/PID/mem while the whole process is frozen with SIGSTOP.
+
+copy_stopped_memory() is the reading itself, for callers that hold the process still another way (the exit
+method reads it in its ptrace exit stop). Pages read as all zeros are left as holes in the (sparse) file."""
 from __future__ import annotations
 
 import errno
@@ -15,6 +18,15 @@ from harness.snapshot.procmaps import LiveMapping, read_mappings
 CHUNK_SIZE = 8 << 20
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 _MAX_OFFSET = (1 << 63) - 1          # pread takes a signed off_t
+_zeros = memoryview(b"")
+
+
+def _all_zero(buffer: bytearray, count: int) -> bool:
+    """buffer[:count] is all zero bytes (a memcmp, no copy)."""
+    global _zeros
+    if len(_zeros) < count:
+        _zeros = memoryview(bytes(max(count, CHUNK_SIZE)))   # calloc'd: costs no memory until read
+    return buffer.startswith(_zeros[:count])
 
 
 def _thread_states(pid: int) -> dict[int, str]:
@@ -93,9 +105,14 @@ def _read_span(mem_fd: int, out, pid: int, start: int, end: int, buffer: bytearr
         if count == 0:               # the address space is gone: the process exited
             raise SnapshotError(f"process {pid} exited during the snapshot (read 0 bytes at {a:#x})")
         offset = out.tell()
-        written = 0
-        while written < count:
-            written += out.write(view[written:count])
+        if _all_zero(buffer, count):
+            # Never-touched memory (Go reserves >1 GiB PROT_NONE, read as zeros): leave a hole in the file
+            # instead of writing it; copy_stopped_memory sets the final size, so the bytes read back the same.
+            out.seek(count, os.SEEK_CUR)
+        else:
+            written = 0
+            while written < count:
+                written += out.write(view[written:count])
         pieces.append((a, a + count, offset, None))
         if a + count < b:            # short read: the next page failed; retry from there
             work.append((a + count, b))
@@ -129,39 +146,62 @@ def _copy_mapping(mem_fd: int, out, pid: int, m: LiveMapping, buffer: bytearray,
             gaps.append(Gap(a, b - a, m.name, GapKind.UNREADABLE, error, m.dont_dump))
 
 
-def take_procmem(pid: int, workdir: Path, chunk_size: int = CHUNK_SIZE, stop_timeout: float = 5.0) -> Snapshot:
-    workdir = Path(workdir)
+def open_mem(pid: int) -> int:
+    """Open /proc/PID/mem read-only; SnapshotError when the process is gone or access is denied."""
     try:
-        mem_fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY)
+        return os.open(f"/proc/{pid}/mem", os.O_RDONLY)
     except (FileNotFoundError, ProcessLookupError) as exc:
         raise SnapshotError(f"process {pid} does not exist (exited?)") from exc
     except PermissionError as exc:
         raise SnapshotError(f"cannot open /proc/{pid}/mem: permission denied "
                             "(different uid, not dumpable, or Yama; needs CAP_SYS_PTRACE)") from exc
+
+
+def copy_stopped_memory(pid: int, workdir: Path, method: str, mem_fd: int | None = None,
+                        chunk_size: int = CHUNK_SIZE) -> tuple[Snapshot, list[LiveMapping]]:
+    """Copy every mapping of `pid` (PROT_NONE and MADV_DONTDUMP included; unreadable pages become gaps)
+    into a new private file in `workdir`. The caller keeps the process from running meanwhile (SIGSTOP,
+    a ptrace stop, ...): this function does not stop it. Returns the Snapshot (notes empty) and the
+    mappings it read. On any failure the partial file is removed."""
+    workdir = Path(workdir)
+    own_fd = mem_fd is None
+    if own_fd:
+        mem_fd = open_mem(pid)
     # mkstemp: O_CREAT|O_EXCL with mode 0600, so the memory copy is private from the first byte.
-    fd, raw_name = tempfile.mkstemp(prefix=f"procmem-{pid}-", suffix=".raw", dir=workdir)
+    fd, raw_name = tempfile.mkstemp(prefix=f"{method}-{pid}-", suffix=".raw", dir=workdir)
     raw_path = Path(raw_name)
     regions: list[Region] = []
     gaps: list[Gap] = []
     try:
         with os.fdopen(fd, "wb", buffering=0) as out:
             buffer = bytearray(max(PAGE_SIZE, chunk_size // PAGE_SIZE * PAGE_SIZE))   # whole pages, for the bisection
-            try:
-                waited = freeze(pid, stop_timeout)
-                frozen_at = time.monotonic()
-                mappings = read_mappings(pid)
-                if not mappings:
-                    raise SnapshotError(f"process {pid} has no memory mappings (exited?)")
-                for m in mappings:
-                    _copy_mapping(mem_fd, out, pid, m, buffer, regions, gaps)
-                frozen_for = time.monotonic() - frozen_at
-            finally:
-                resume(pid)
+            mappings = read_mappings(pid)
+            if not mappings:
+                raise SnapshotError(f"process {pid} has no memory mappings (exited?)")
+            for m in mappings:
+                _copy_mapping(mem_fd, out, pid, m, buffer, regions, gaps)
+            out.truncate(out.tell())     # a trailing hole still counts in the file size
     except BaseException:
         raw_path.unlink(missing_ok=True)   # never leave a partial copy of the target's memory behind
         raise
     finally:
+        if own_fd:
+            os.close(mem_fd)
+    return Snapshot(method=method, path=raw_path, regions=regions, gaps=gaps), mappings
+
+
+def take_procmem(pid: int, workdir: Path, chunk_size: int = CHUNK_SIZE, stop_timeout: float = 5.0) -> Snapshot:
+    mem_fd = open_mem(pid)
+    try:
+        try:
+            waited = freeze(pid, stop_timeout)
+            frozen_at = time.monotonic()
+            snapshot, mappings = copy_stopped_memory(pid, workdir, "procmem", mem_fd, chunk_size)
+            frozen_for = time.monotonic() - frozen_at
+        finally:
+            resume(pid)
+    finally:
         os.close(mem_fd)
-    notes = [f"all threads stopped after {waited:.4f}s; held stopped {frozen_for:.3f}s",
-             f"{len(mappings)} mappings, {sum(r.size for r in regions)} bytes read, {len(gaps)} gaps"]
-    return Snapshot(method="procmem", path=raw_path, regions=regions, gaps=gaps, notes=notes)
+    snapshot.notes = [f"all threads stopped after {waited:.4f}s; held stopped {frozen_for:.3f}s",
+                      f"{len(mappings)} mappings, {snapshot.captured_bytes} bytes read, {len(snapshot.gaps)} gaps"]
+    return snapshot

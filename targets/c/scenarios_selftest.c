@@ -8,6 +8,7 @@
 
 #include <signal.h>
 #include <stdlib.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 static unsigned char key[REM_SECRET_MAX];
@@ -64,7 +65,19 @@ static void selftest_fail(void)
     rem_fail("deliberate failure for the harness's tests");
 }
 
+/* Forbids its own core dumps, as memguard does: soft and hard RLIMIT_CORE 0. */
+static void selftest_nocore(void)
+{
+    struct rlimit none = {0, 0};
+
+    if (setrlimit(RLIMIT_CORE, &none) != 0)
+        rem_fail("setrlimit(RLIMIT_CORE) failed");
+    read_key();
+    rem_checkpoint("in_use", key);
+}
+
 REMANENCE_SCENARIO("selftest.hang", selftest_hang);
+REMANENCE_SCENARIO("selftest.nocore", selftest_nocore);
 REMANENCE_SCENARIO("selftest.fork_hang", selftest_fork_hang);
 REMANENCE_SCENARIO("selftest.crash", selftest_crash);
 REMANENCE_SCENARIO("selftest.surprise", selftest_surprise);

@@ -1,0 +1,624 @@
+"""kernel-core: make the kernel dump the target's core (SIGABRT) and read that core.
+
+This is what a crash leaves on disk: the kernel honours MADV_DONTDUMP and the target's coredump_filter, and
+writes every thread's register sets (NT_PRSTATUS, NT_FPREGSET, NT_X86_XSTATE) as notes. It ends the target.
+
+The harness owns the target's waitpid; this module never reaps it: the caller passes `wait_for_exit`.
+"No core produced" (a hard RLIMIT_CORE of 0, a non-dumpable process, a Go target without
+GOTRACEBACK=crash, ...) is a finding, not an error: the returned Snapshot has no regions and its first note
+says `no core produced: <reason>`.
+"""
+from __future__ import annotations
+
+import errno
+import glob
+import os
+import re
+import resource
+import shutil
+import signal
+import stat
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from harness.model import Snapshot
+from harness.snapshot import SnapshotError
+from harness.snapshot.elfcore import CoreFormatError, snapshot_from_core
+from harness.snapshot.procmaps import read_mappings
+
+METHOD = "kernel-core"
+NO_CORE_PREFIX = "no core produced: "
+CORE_PATTERN = Path("/proc/sys/kernel/core_pattern")
+CORE_USES_PID = Path("/proc/sys/kernel/core_uses_pid")
+SUID_DUMPABLE = Path("/proc/sys/fs/suid_dumpable")
+_ULONG_MAX = (1 << 64) - 1           # how the kernel prints RLIM_INFINITY for %c
+_CAP_SYS_RESOURCE = 24
+_MTIME_SLACK_S = 2.0                 # file timestamps are coarse (jiffies); accept a core this much "older"
+
+
+# --- core_pattern ----------------------------------------------------------------------------------------
+
+def read_core_pattern() -> tuple[str, bool]:
+    """(core_pattern, core_uses_pid). OSError when /proc/sys/kernel/core_pattern cannot be read."""
+    pattern = CORE_PATTERN.read_text().rstrip("\n")
+    try:
+        uses_pid = CORE_USES_PID.read_text().strip() not in ("", "0")
+    except OSError:
+        uses_pid = False
+    return pattern, uses_pid
+
+
+def pattern_unusable(pattern: str) -> str | None:
+    """Why cores written per `pattern` cannot be collected by the harness, or None."""
+    if pattern.startswith("|"):
+        return f"core_pattern pipes cores to {pattern!r}: the harness cannot collect them"
+    if pattern.startswith("@"):
+        return f"core_pattern sends cores to the socket {pattern!r}: the harness cannot collect them"
+    if not pattern.strip():
+        return "core_pattern is empty: the kernel writes no core file"
+    return None
+
+
+def kernel_core_unavailable() -> str | None:
+    """None if this machine can produce kernel cores the harness can find, else why not."""
+    if not os.path.exists("/proc/self/status"):
+        return "/proc is not mounted"
+    try:
+        pattern, _ = read_core_pattern()
+    except OSError as exc:
+        return f"cannot read {CORE_PATTERN}: {exc.strerror or exc}"
+    return pattern_unusable(pattern)
+
+
+@dataclass(frozen=True)
+class CoreFacts:
+    """What the kernel substitutes for each core_pattern specifier. None / () = unknown: matched loosely.
+    Multi-valued fields (thread ids, thread names) list every thread that may be the dumping one."""
+
+    pid: int                                  # %p: thread-group id in the target's own pid namespace
+    global_pid: int | None = None             # %P: thread-group id in the initial pid namespace
+    tids: tuple[int, ...] = ()                # %i: thread ids in the target's own pid namespace
+    global_tids: tuple[int, ...] = ()         # %I
+    uid: int | None = None                    # %u: real uid (initial user namespace)
+    gid: int | None = None                    # %g
+    signal: int | None = None                 # %s
+    time: int | None = None                   # %t: seconds since the epoch
+    hostname: str | None = None               # %h
+    comms: tuple[str, ...] = ()               # %e: the dumping thread's comm
+    exe: str | None = None                    # %E / %f: the executable's path
+    core_limit: int | None = None             # %c: soft RLIMIT_CORE (RLIM_INFINITY -> ULONG_MAX)
+    dumpable: int | None = None               # %d: 0, 1 or 2
+    cpu: int | None = None                    # %C
+
+
+def escape_component(value: str) -> str:
+    """cn_esc_printf: '/' becomes '!', a whole "." or ".." gets a '!' first character, "" becomes "!"."""
+    if value in (".", ".."):
+        value = "!" + value[1:]
+    if value == "":
+        value = "!"
+    return value.replace("/", "!")
+
+
+def _specifier_values(spec: str, facts: CoreFacts) -> tuple[str, ...] | None:
+    """The text(s) the kernel may put for %<spec>; None when unknown; ("",) for specifiers it drops."""
+    def one(value):
+        return None if value is None else (str(value),)
+
+    if spec == "%":
+        return ("%",)
+    if spec == "p":
+        return (str(facts.pid),)
+    if spec == "P":
+        return one(facts.global_pid)
+    if spec == "i":
+        return tuple(str(t) for t in facts.tids) or None
+    if spec == "I":
+        return tuple(str(t) for t in facts.global_tids) or None
+    if spec == "u":
+        return one(facts.uid)
+    if spec == "g":
+        return one(facts.gid)
+    if spec == "d":
+        return one(facts.dumpable)
+    if spec == "s":
+        return one(facts.signal)
+    if spec == "t":
+        return one(facts.time)
+    if spec == "h":
+        return None if facts.hostname is None else (escape_component(facts.hostname),)
+    if spec == "e":
+        return tuple(dict.fromkeys(escape_component(c) for c in facts.comms)) or None
+    if spec == "E":
+        return None if facts.exe is None else (escape_component(facts.exe),)
+    if spec == "f":
+        return None if facts.exe is None else (escape_component(facts.exe.rsplit("/", 1)[-1]),)
+    if spec == "c":
+        if facts.core_limit is None:
+            return None
+        return (str(_ULONG_MAX if facts.core_limit in (resource.RLIM_INFINITY, _ULONG_MAX) else facts.core_limit),)
+    if spec == "C":
+        return one(facts.cpu)
+    return ("",)                              # unknown specifiers and %F (pipes only) expand to nothing
+
+
+_NUMERIC = frozenset("pPiIugdstcC")
+
+
+def _tokens(pattern: str):
+    """Split a file core_pattern the way format_corename walks it: ("lit", text) and ("spec", letter)."""
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c != "%":
+            yield "lit", c
+            i += 1
+            continue
+        if i + 1 >= len(pattern):        # a single % at the end is dropped
+            return
+        yield "spec", pattern[i + 1]
+        i += 2
+
+
+def _pid_in_pattern(pattern: str) -> bool:
+    return any(kind == "spec" and value == "p" for kind, value in _tokens(pattern))
+
+
+def expand_core_pattern(pattern: str, facts: CoreFacts, core_uses_pid: bool = False) -> str:
+    """The core file name the kernel makes from `pattern` (a file pattern, not a pipe).
+    ValueError when a specifier it uses is unknown or ambiguous in `facts` (see core_pattern_regex)."""
+    if pattern_unusable(pattern):
+        raise ValueError(pattern_unusable(pattern))
+    out = []
+    for kind, value in _tokens(pattern):
+        if kind == "lit":
+            out.append(value)
+            continue
+        values = _specifier_values(value, facts)
+        if values is None or len(values) != 1:
+            raise ValueError(f"%{value} cannot be expanded exactly: "
+                             + ("unknown" if values is None else f"any of {', '.join(values)}"))
+        out.append(values[0])
+    if core_uses_pid and not _pid_in_pattern(pattern):
+        out.append(f".{facts.pid}")
+    return "".join(out)
+
+
+def core_pattern_regex(pattern: str, facts: CoreFacts, core_uses_pid: bool = False, loose: bool = False) -> re.Pattern:
+    """A regex for the core's path: known specifiers match their value(s), unknown ones any value
+    (digits for numbers, any text without '/' otherwise). loose=True treats every specifier but %p and %% as
+    unknown (for when the facts guessed wrong, e.g. a different pid or user namespace)."""
+    out = []
+    for kind, value in _tokens(pattern):
+        if kind == "lit":
+            out.append(re.escape(value))
+            continue
+        values = _specifier_values(value, facts)
+        if loose and value not in "p%" and values != ("",):
+            values = None
+        if values is None:
+            out.append(r"\d+" if value in _NUMERIC else r"[^/]+")
+        else:
+            out.append("(?:" + "|".join(re.escape(v) for v in values) + ")" if len(values) > 1 else re.escape(values[0]))
+    if core_uses_pid and not _pid_in_pattern(pattern):
+        out.append(re.escape(f".{facts.pid}"))
+    return re.compile("".join(out))
+
+
+def core_pattern_glob(pattern: str, core_uses_pid: bool = False, pid: int | None = None) -> str:
+    """A glob over every name `pattern` can produce (each specifier a '*'), to list candidates."""
+    out = []
+    for kind, value in _tokens(pattern):
+        if kind == "lit":
+            out.append(glob.escape(value))
+        elif value == "%":
+            out.append(glob.escape("%"))
+        else:
+            out.append("*")
+    if core_uses_pid and not _pid_in_pattern(pattern):
+        out.append(f".{pid}" if pid is not None else ".*")
+    return re.sub(r"\*+", "*", "".join(out))
+
+
+def existing_cores(pattern: str, cwd: Path, core_uses_pid: bool, pid: int) -> frozenset[tuple[str, int, int]]:
+    """(path, inode, mtime_ns) of files that could be taken for the core, listed before the signal."""
+    name = core_pattern_glob(pattern, core_uses_pid, pid)
+    found = set()
+    for path in glob.glob(name if name.startswith("/") else os.path.join(str(cwd), name)):
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        found.add((path, st.st_ino, st.st_mtime_ns))
+    return frozenset(found)
+
+
+def find_core(pattern: str, facts: CoreFacts, cwd: Path, core_uses_pid: bool, not_before: float,
+              preexisting: frozenset[tuple[str, int, int]] = frozenset()) -> tuple[Path | None, str]:
+    """The core file the kernel wrote per `pattern` (a relative pattern is relative to the target's cwd):
+    a regular file modified at or after `not_before` (epoch seconds) and not unchanged since `preexisting`
+    (see existing_cores). Returns (path or None, how it was matched)."""
+    def resolve(name: str) -> str:
+        return name if name.startswith("/") else os.path.join(str(cwd), name)
+
+    def fresh(path: str) -> os.stat_result | None:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return None
+        if (path, st.st_ino, st.st_mtime_ns) in preexisting:
+            return None
+        return st if stat.S_ISREG(st.st_mode) and st.st_mtime >= not_before - _MTIME_SLACK_S else None
+
+    try:
+        exact = resolve(expand_core_pattern(pattern, facts, core_uses_pid))
+    except ValueError:
+        exact = None
+    if exact is not None and fresh(exact):
+        return Path(exact), f"exact name {exact}"
+    candidates = glob.glob(resolve(core_pattern_glob(pattern, core_uses_pid, facts.pid)))
+    for loose in (False, True):
+        regex = core_pattern_regex(pattern, facts, core_uses_pid, loose)
+        full = re.compile(re.escape(str(cwd).rstrip("/") + "/") + regex.pattern if not pattern.startswith("/") else regex.pattern)
+        matches = [(st.st_mtime, c) for c in candidates if full.fullmatch(c) and (st := fresh(c))]
+        if matches:
+            path = max(matches)[1]
+            how = "matched with unknown specifiers as wildcards" if not loose else \
+                "matched loosely (every specifier but %p a wildcard)"
+            return Path(path), f"{how}: {path}" + (f" (newest of {len(matches)})" if len(matches) > 1 else "")
+    return None, f"nothing matched {resolve(core_pattern_glob(pattern, core_uses_pid, facts.pid))!r} modified since the signal"
+
+
+# --- facts about the live target ------------------------------------------------------------------------
+
+def _status_fields(pid: int) -> dict[str, list[str]]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = value.split()
+    return fields
+
+
+def _identity_id_map(path: str) -> bool:
+    try:
+        lines = Path(path).read_text().split("\n")
+    except OSError:
+        return False
+    return [line.split() for line in lines if line.strip()] == [["0", "0", "4294967295"]]
+
+
+def _same_namespace(pid: int, kind: str) -> bool:
+    try:
+        return os.stat(f"/proc/{pid}/ns/{kind}").st_ino == os.stat(f"/proc/self/ns/{kind}").st_ino
+    except OSError:
+        return False
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return None
+
+
+def _threads(pid: int) -> list[tuple[int, str | None]]:
+    try:
+        tids = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return []
+    return [(tid, (_read(f"/proc/{pid}/task/{tid}/comm") or "").rstrip("\n") or None) for tid in tids]
+
+
+def gather_facts(pid: int) -> tuple[CoreFacts, Path | None]:
+    """Facts for core_pattern expansion read from /proc before the signal, and the target's cwd."""
+    status = _status_fields(pid)
+    ns_tgid = [int(x) for x in status.get("NStgid", [str(pid)])]
+    threads = _threads(pid)
+    global_tids, tids = [], []
+    for tid, _ in threads:
+        try:
+            ns_pid = [int(x) for x in _status_fields_task(pid, tid).get("NSpid", [str(tid)])]
+        except OSError:
+            continue
+        tids.append(ns_pid[-1])
+        global_tids.append(ns_pid[0])
+    ids_known = _identity_id_map(f"/proc/{pid}/uid_map")
+    try:
+        exe = os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        exe = None
+    try:
+        cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+    except OSError:
+        cwd = None
+    try:
+        soft, _ = resource.prlimit(pid, resource.RLIMIT_CORE)
+    except OSError:
+        soft = None
+    facts = CoreFacts(
+        pid=ns_tgid[-1],
+        # /proc shows pids from its own namespace down: its first NStgid value is the global pid only when
+        # that namespace is the initial one, which cannot be proven from inside; a likely value (find_core
+        # falls back to a loose match when it is wrong).
+        global_pid=ns_tgid[0],
+        tids=tuple(tids), global_tids=tuple(global_tids),
+        uid=int(status["Uid"][0]) if ids_known and "Uid" in status else None,
+        gid=int(status["Gid"][0]) if ids_known and "Gid" in status else None,
+        hostname=os.uname().nodename if _same_namespace(pid, "uts") else None,
+        comms=tuple(c for _, c in threads if c is not None),
+        exe=exe, core_limit=soft)
+    return facts, cwd
+
+
+def _status_fields_task(pid: int, tid: int) -> dict[str, list[str]]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/task/{tid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = value.split()
+    return fields
+
+
+def dumpable_observation(pid: int) -> tuple[bool | None, str]:
+    """(dumpable or None if it cannot be told, how it was told). PR_GET_DUMPABLE only answers for the
+    calling process; from outside, a non-dumpable process's /proc/PID files are owned by root. That tells
+    only when the target's effective uid is not root."""
+    try:
+        status = _status_fields(pid)
+        euid, egid = int(status["Uid"][1]), int(status["Gid"][1])
+        st = os.stat(f"/proc/{pid}/status")
+    except (OSError, KeyError, ValueError, IndexError):
+        return None, "dumpable: unknown (/proc/PID/status unreadable)"
+    if euid == 0 and egid == 0:
+        return None, ("dumpable: not observable (the target runs as root, so its /proc files are root-owned "
+                      "whether dumpable or not; PR_GET_DUMPABLE answers only the process itself)")
+    if (st.st_uid, st.st_gid) == (euid, egid):
+        return True, f"dumpable: yes (/proc/{pid} files owned by the target's uid {euid})"
+    if (st.st_uid, st.st_gid) == (0, 0):
+        return False, f"dumpable: no (/proc/{pid} files owned by root, not the target's uid {euid})"
+    return None, f"dumpable: unknown (/proc/{pid}/status owned by {st.st_uid}:{st.st_gid}, target euid {euid})"
+
+
+def _is_go_binary(exe: str | None) -> bool:
+    if not exe:
+        return False
+    try:
+        from elftools.elf.elffile import ELFFile
+        with open(exe, "rb") as f:
+            elf = ELFFile(f)
+            return any(elf.get_section_by_name(n) is not None for n in (".go.buildinfo", ".gopclntab", ".note.go.buildid"))
+    except Exception:
+        return False
+
+
+def _environ_value(pid: int, name: str) -> str | None:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return None
+    for entry in raw.split(b"\0"):
+        key, sep, value = entry.partition(b"=")
+        if sep and key == name.encode():
+            return value.decode(errors="replace")
+    return None
+
+
+def describe_status(status: int) -> str:
+    if os.WIFEXITED(status):
+        return f"exited with status {os.WEXITSTATUS(status)}"
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        return f"killed by {_signame(sig)}" + (" (core dumped)" if os.WCOREDUMP(status) else ", no core dumped")
+    return f"wait status {status:#x}"
+
+
+def _signame(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return f"signal {sig}"
+
+
+# --- the method -----------------------------------------------------------------------------------------
+
+def _limits_from_proc(pid: int) -> tuple[int, int] | None:
+    """RLIMIT_CORE from /proc/PID/limits (readable even when prlimit() is refused)."""
+    for line in (_read(f"/proc/{pid}/limits") or "").splitlines():
+        if line.startswith("Max core file size"):
+            fields = line[len("Max core file size"):].split()
+            try:
+                return tuple(resource.RLIM_INFINITY if f == "unlimited" else int(f) for f in fields[:2])
+            except ValueError:
+                return None
+    return None
+
+
+def raise_core_limit(pid: int) -> tuple[tuple[int, int] | None, tuple[int, int] | None, str | None]:
+    """Raise RLIMIT_CORE of `pid` alone to unlimited (or as far as its hard limit lets us).
+    Returns (limit before, limit after, why it is not unlimited or None)."""
+    inf = resource.RLIM_INFINITY
+    no_cap = "" if _has_cap(_CAP_SYS_RESOURCE) else ", which the harness lacks"
+    try:
+        before = resource.prlimit(pid, resource.RLIMIT_CORE)
+    except ProcessLookupError as exc:
+        raise SnapshotError(f"process {pid} does not exist (exited?)") from exc
+    except OSError as exc:
+        # prlimit() on a process whose uids/gids differ from ours needs CAP_SYS_RESOURCE, even to read.
+        error = errno.errorcode.get(exc.errno, str(exc.errno))
+        before = _limits_from_proc(pid)
+        if before is None:
+            return None, None, f"cannot read RLIMIT_CORE of process {pid}: {error}"
+        why = (f"RLIMIT_CORE of process {pid} cannot be changed: {error} (prlimit on a process of another uid "
+               f"needs CAP_SYS_RESOURCE{no_cap}); its own soft limit is {_limit_text(before[0])}")
+        if before[0] == 0:
+            why = (f"RLIMIT_CORE soft limit is 0 and could not be raised: {error} (prlimit on a process of another "
+                   f"uid needs CAP_SYS_RESOURCE{no_cap}; start the target with its soft core limit raised)")
+        return before, before, why
+    try:
+        resource.prlimit(pid, resource.RLIMIT_CORE, (inf, inf))
+        return before, (inf, inf), None
+    except ProcessLookupError as exc:
+        raise SnapshotError(f"process {pid} does not exist (exited?)") from exc
+    except OSError as exc:
+        first_error = errno.errorcode.get(exc.errno, str(exc.errno))
+    hard = before[1]
+    why = (f"RLIMIT_CORE hard limit is {_limit_text(hard)} (set by the target) and could not be raised: {first_error}"
+           + (f" (raising a hard limit needs CAP_SYS_RESOURCE{no_cap})" if no_cap else ""))
+    if hard == 0:
+        return before, before, why
+    try:
+        resource.prlimit(pid, resource.RLIMIT_CORE, (hard, hard))
+    except OSError as exc:
+        return before, before, why + f"; raising the soft limit to it failed too: {errno.errorcode.get(exc.errno, exc.errno)}"
+    return before, (hard, hard), why + ": the core is cut at that size"
+
+
+def _limit_text(value: int) -> str:
+    return "unlimited" if value == resource.RLIM_INFINITY else str(value)
+
+
+def _has_cap(bit: int) -> bool:
+    for line in (_read("/proc/self/status") or "").splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) >> bit & 1)
+    return False
+
+
+def _private_copy(src: Path, core_dir: Path, pid: int) -> Path:
+    """Move the core into core_dir as a new 0600 file (rename when possible, else copy and remove)."""
+    fd, name = tempfile.mkstemp(prefix=f"{METHOD}-{pid}-", suffix=".core", dir=core_dir)
+    dest = Path(name)
+    try:
+        try:
+            os.close(fd)
+            os.replace(src, dest)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            with open(src, "rb") as inp, open(dest, "wb") as out:
+                shutil.copyfileobj(inp, out, 8 << 20)
+            os.unlink(src)
+        os.chmod(dest, 0o600)
+        try:                         # a non-root target's core is its own; the copy is the harness's
+            os.chown(dest, os.getuid(), os.getgid())
+        except OSError:
+            pass
+    except BaseException:
+        dest.unlink(missing_ok=True)
+        raise
+    return dest
+
+
+def _no_core(core_dir: Path, pid: int, reason: str, notes: list[str]) -> Snapshot:
+    missing = Path(core_dir) / f"{METHOD}-{pid}.no-core"
+    missing.unlink(missing_ok=True)
+    return Snapshot(method=METHOD, path=missing, regions=[], notes=notes, not_produced=NO_CORE_PREFIX + reason)
+
+
+def take_kernel_core(pid: int, core_dir: Path, wait_for_exit: Callable[[float], int], timeout: float = 120) -> Snapshot:
+    """SIGABRT the (blocked, live) child `pid` with its core limit raised, wait for it with `wait_for_exit`,
+    find the core per core_pattern and move it into `core_dir` (0600). Returns the core's Snapshot, or a
+    region-less Snapshot whose first note is `no core produced: <reason>`."""
+    core_dir = Path(core_dir)
+    started = time.monotonic()
+    try:
+        pattern, uses_pid = read_core_pattern()
+    except OSError as exc:
+        raise SnapshotError(f"kernel-core unavailable: cannot read {CORE_PATTERN}: {exc}") from exc
+    unusable = pattern_unusable(pattern)
+    if unusable:
+        raise SnapshotError(f"kernel-core unavailable: {unusable}")
+
+    live = read_mappings(pid)        # names and smaps flags; the target is blocked, so they stay valid
+    if not live:
+        raise SnapshotError(f"process {pid} has no memory mappings (exited?)")
+    try:
+        facts, cwd = gather_facts(pid)
+    except OSError as exc:
+        raise SnapshotError(f"process {pid} does not exist (exited?)") from exc
+    cwd = cwd or core_dir
+    before, after, limit_problem = raise_core_limit(pid)
+    if after is not None:
+        facts = CoreFacts(**{**facts.__dict__, "core_limit": after[0]})
+    dumpable, dumpable_note = dumpable_observation(pid)
+    coredump_filter = (_read(f"/proc/{pid}/coredump_filter") or "").strip() or "unknown"
+    is_go = _is_go_binary(facts.exe)
+    gotraceback = _environ_value(pid, "GOTRACEBACK") if is_go else None
+    suid_dumpable = (_read(str(SUID_DUMPABLE)) or "?").strip()
+    notes = [
+        f"core_pattern {pattern!r}, core_uses_pid {int(uses_pid)}, fs.suid_dumpable {suid_dumpable}; target cwd {cwd}",
+        "RLIMIT_CORE (soft, hard): " + (f"{tuple(map(_limit_text, before))} -> {tuple(map(_limit_text, after))}"
+                                        if before and after else "unknown")
+        + (f"; {limit_problem}" if limit_problem else ""),
+        dumpable_note,
+        f"coredump_filter: {coredump_filter}",
+    ]
+    if is_go:
+        notes.append(f"Go program; GOTRACEBACK in its environment: {gotraceback if gotraceback is not None else 'unset'}")
+
+    preexisting = existing_cores(pattern, cwd, uses_pid, facts.pid)
+    signal_wall = time.time()
+    try:
+        os.kill(pid, signal.SIGABRT)
+    except ProcessLookupError as exc:
+        raise SnapshotError(f"process {pid} does not exist (exited before SIGABRT)") from exc
+    signalled = time.monotonic()
+    remaining = max(0.1, timeout - (signalled - started))
+    try:
+        status = wait_for_exit(remaining)
+    except (TimeoutError, subprocess.TimeoutExpired) as exc:
+        raise SnapshotError(f"process {pid} did not exit within {remaining:.0f}s of SIGABRT") from exc
+    exited = time.monotonic()
+    outcome = describe_status(status)
+    notes.append(f"{outcome}, {exited - signalled:.3f}s after SIGABRT")
+
+    if not (os.WIFSIGNALED(status) and os.WCOREDUMP(status)):
+        if os.WIFEXITED(status):
+            reason = outcome + " instead of dumping core"
+            if is_go and gotraceback != "crash":
+                reason += " (is GOTRACEBACK=crash set?)"
+            elif is_go:
+                reason += " (the Go program handled SIGABRT itself?)"
+        elif limit_problem and after is not None and after[0] == 0:
+            reason = limit_problem
+        elif limit_problem and after is None:
+            reason = f"{outcome}; {limit_problem}"
+        elif os.WIFSIGNALED(status) and os.WTERMSIG(status) in (signal.SIGABRT, signal.SIGSEGV, signal.SIGQUIT,
+                                                                  signal.SIGBUS, signal.SIGILL, signal.SIGFPE,
+                                                                  signal.SIGTRAP, signal.SIGSYS, signal.SIGXCPU,
+                                                                  signal.SIGXFSZ):
+            if dumpable is False:
+                reason = f"{outcome} (process not dumpable)"
+            else:
+                reason = (f"{outcome} (most likely not dumpable: RLIMIT_CORE was raised and core_pattern names a file; "
+                          + ("dumpability cannot be read from outside for a root target" if dumpable is None else
+                             "yet its /proc files say it is dumpable")
+                          + f"; else the kernel could not create the core file in {cwd})")
+        else:
+            reason = f"{outcome}: that signal does not dump core"
+        return _finish(_no_core(core_dir, pid, reason, notes), started)
+
+    facts = CoreFacts(**{**facts.__dict__, "signal": os.WTERMSIG(status)})
+    core, how = find_core(pattern, facts, cwd, uses_pid, signal_wall, preexisting)
+    if core is None:
+        return _finish(_no_core(core_dir, pid, f"{outcome}, but no core file was found: {how}", notes), started)
+    notes.append(f"core found by {how}")
+    try:
+        path = _private_copy(core, core_dir, pid)
+    except OSError as exc:
+        raise SnapshotError(f"cannot move the core {core} into {core_dir}: {exc}") from exc
+    try:
+        snapshot = snapshot_from_core(path, METHOD, live)
+    except CoreFormatError as exc:
+        path.unlink(missing_ok=True)     # never leave a copy of the target's memory we cannot describe
+        raise SnapshotError(f"the kernel wrote an unreadable core: {exc}") from exc
+    snapshot.notes[:0] = notes
+    return _finish(snapshot, started)
+
+
+def _finish(snapshot: Snapshot, started: float) -> Snapshot:
+    snapshot.duration_s = time.monotonic() - started
+    return snapshot
