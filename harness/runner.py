@@ -157,6 +157,8 @@ class _Run:
     def carry_out(self) -> None:
         announced = [c for c in self.pending if not c.is_exit]
         exit_spec = next((c for c in self.pending if c.is_exit), None)
+        if exit_spec and not announced:
+            self._arm_exit_stop()
         for spec in announced:
             event = self._next(("checkpoint",))
             if event.text != spec.name:
@@ -166,14 +168,17 @@ class _Run:
             if self.target.status is not None:   # kernel-core ended it
                 return
             if spec is announced[-1] and exit_spec:
-                self.exit_stop = ExitStop(self.target.pid)
-                self.exit_stop.arm()
+                self._arm_exit_stop()  # only now: gdb cannot attach to a process we trace
             self.target.resume()
         if exit_spec:
             self._exit(exit_spec)
             return
         self._next(("done",))
         self.target.wait_exit(EXIT_TIMEOUT_S)
+
+    def _arm_exit_stop(self) -> None:
+        self.exit_stop = ExitStop(self.target.pid)
+        self.exit_stop.arm()
 
     def disarm(self) -> None:
         if self.exit_stop is not None:
@@ -200,11 +205,10 @@ class _Run:
     def _exit(self, spec: CheckpointSpec) -> None:
         """The target runs to its end under the exit stop; snapshot it there, then let it go."""
         stop = self.exit_stop
-        reached = stop.wait_for_exit_stop(self.timeout)
-        self.pending.remove(spec)
-        if not reached:
+        if not stop.wait_for_exit_stop(self.timeout):
             ended = describe_status(stop.exit_status) if stop.exit_status is not None else "no status"
             raise SnapshotError(f"the target ended without stopping at its exit ({ended})")
+        self.pending.remove(spec)
         self.record.verdicts += self._checkpoint(spec, None)
         self.disarm()
         self._next(("done",))
