@@ -17,6 +17,7 @@ from rich.table import Table
 from . import __version__
 from .plan import UsageError, availability, make_plan, select
 from .report import reporters, write_report
+from .report.json_report import results_document
 from .report.terminal import print_verdicts
 from .results import EXIT_USAGE
 from .runner import RunOptions, Runner
@@ -76,6 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, default=Path("reports"), help="output folder (default: %(default)s)")
     run.add_argument("--format", type=_formats, default=["json"], help="report formats, comma-separated (default: json)")
     run.add_argument("--keep-snapshots", action="store_true", help="keep snapshot files (mode 0600) under OUT/snapshots")
+    run.add_argument("--show-secrets", action="store_true",
+                     help="do not mask secret bytes in hexdumps (reports then hold the secret: handle with care)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr, no table on stdout")
 
     lst = sub.add_parser("list", help="list scenarios and whether this machine can run them")
@@ -108,8 +111,9 @@ def _run(args) -> int:
     results = Runner(RunOptions(args.out, args.keep_snapshots, args.timeout), progress).run(plan)
     results.machine = _machine()
     known = reporters()
+    doc = results_document(results, show_secrets=args.show_secrets)
     for name in args.format:
-        path = write_report(known[name], results, args.out)
+        path = write_report(known[name], doc, args.out)
         progress(f"wrote {path}")
     if not args.quiet:
         print_verdicts(results, _console())

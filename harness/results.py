@@ -1,6 +1,7 @@
 """What a run produced: records per planned run, their verdicts, and the exit code they imply."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 from .model import Outcome
@@ -12,6 +13,20 @@ EXIT_FAIL = 1
 EXIT_USAGE = 2
 EXIT_INCONCLUSIVE = 3
 EXIT_INTERRUPTED = 130
+
+
+def fingerprint(scenario: str, method: str, checkpoint: str, region_kind: str, encoding: str) -> str:
+    """Stable identity of a finding across runs: never addresses, PIDs, times or the secret."""
+    key = "\0".join((scenario, method, checkpoint, region_kind, encoding))
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def verdict_fingerprints(v: Verdict) -> list[str]:
+    """A verdict's findings' fingerprints; a verdict with no finding (e.g. a missing expected copy) gets one of its own."""
+    if v.findings:
+        return sorted({fingerprint(v.scenario, v.method, v.checkpoint, f.hit.region.kind.value,
+                                   f.hit.encoding + ("" if f.hit.full else ":fragment")) for f in v.findings})
+    return [fingerprint(v.scenario, v.method, v.checkpoint, "-", "none")]
 
 
 @dataclass

@@ -5,7 +5,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -13,6 +13,7 @@ from .model import Outcome, ScanResult, Secret, Snapshot
 from .plan import Plan, PlannedRun
 from .process import TargetError, TargetProcess, describe_status
 from .results import Results, RunRecord
+from .scan.context import hit_context
 from .scan.engine import ScanError, scan_snapshot
 from .scenario import CheckpointSpec
 from .secretgen import make_canary, make_secret
@@ -258,6 +259,7 @@ class _Run:
                     canary_seen=verdict.canary_seen,
                     intended_address=address, control_established=self.control.established,
                     control_note=self.control.note, intended_flags=spec.intended_region)
+                verdict.findings = [replace(f, context=hit_context(snapshot, f.hit, self.secret)) for f in verdict.findings]
                 if missing and verdict.outcome != Outcome.ERROR:
                     verdict.outcome = Outcome.FAIL
                     verdict.reason = f"the target did not note {', '.join(missing)} (its notes: {'; '.join(self.record.notes) or 'none'}); " + verdict.reason

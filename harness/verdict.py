@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .model import Expect, Gap, GapKind, Hit, Outcome, Region, RegionKind, Snapshot
+from .scan.context import HitContext
 from .scenario import MethodExpectation
 
 
@@ -19,6 +20,7 @@ class Finding:
     hit: Hit
     in_intended_region: bool
     guarded: bool          # the hit's region sits between two inaccessible (PROT_NONE) guard mappings
+    context: HitContext | None = None   # the memory around the hit, read before the snapshot is deleted
 
     def describe(self) -> str:
         h = self.hit

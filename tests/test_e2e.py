@@ -84,7 +84,7 @@ def suite(tmp_path_factory):
     out = tmp / "out"
     stdout, stderr = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        code = main(["run", "--out", str(out)])
+        code = main(["run", "--scenarios", str(SCENARIOS / "c"), "--out", str(out)])
     monkeypatch.undo()
     doc = json.loads((out / "results.json").read_text())
     return code, doc, stdout.getvalue() + stderr.getvalue(), capture, scratch, out

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from .. import __version__
 from ..model import Gap, Region
-from ..results import Results, RunRecord
+from ..results import Results, RunRecord, fingerprint, verdict_fingerprints
 from ..verdict import Finding, Verdict
 
 SCHEMA_VERSION = 1
@@ -25,14 +25,20 @@ def _gap(g: Gap) -> dict:
     return {"start": _address(g.start), "size": g.size, "name": g.name, "kind": g.kind.value, "reason": g.reason}
 
 
-def _finding(f: Finding) -> dict:
+def _finding(v: Verdict, f: Finding, show_secrets: bool) -> dict:
     h = f.hit
+    context = None
+    if f.context is not None:
+        context = {"offset": f.context.start, "bytes": " ".join(f.context.masked_hex(reveal=show_secrets)),
+                   "secret_ranges": [list(r) for r in f.context.secret_ranges]}
     return {"encoding": h.encoding, "full": h.full, "fragment": list(h.fragment) if h.fragment else None,
-            "address": _address(h.address), "length": h.length, "in_intended_region": f.in_intended_region, "guarded": f.guarded,
-            "region": _region(h.region)}
+            "address": _address(h.address), "length": h.length, "in_intended_region": f.in_intended_region,
+            "guarded": f.guarded, "region": _region(h.region), "context": context,
+            "fingerprint": fingerprint(v.scenario, v.method, v.checkpoint, h.region.kind.value,
+                                       h.encoding + ("" if h.full else ":fragment"))}
 
 
-def _verdict(v: Verdict) -> dict:
+def _verdict(v: Verdict, show_secrets: bool) -> dict:
     snapshot = None
     if v.snapshot is not None:
         s = v.snapshot
@@ -43,7 +49,8 @@ def _verdict(v: Verdict) -> dict:
             "expect": v.expect.value, "why": v.why, "outcome": v.outcome.value, "reason": v.reason,
             "canary_seen": v.canary_seen, "intended_address": _address(v.intended_address),
             "scan": {"bytes": v.scan_bytes, "duration_s": round(v.scan_duration_s, 4)},
-            "snapshot": snapshot, "hits": [_finding(f) for f in v.findings]}
+            "snapshot": snapshot, "hits": [_finding(v, f, show_secrets) for f in v.findings],
+            "fingerprints": verdict_fingerprints(v)}
 
 
 def _run(r: RunRecord) -> dict:
@@ -56,9 +63,11 @@ def _run(r: RunRecord) -> dict:
             "duration_s": round(r.duration_s, 3)}
 
 
-def results_document(results: Results) -> dict:
+def results_document(results: Results, show_secrets: bool = False) -> dict:
+    """The whole run as plain data: what results.json holds and what every reporter renders.
+    Secret bytes in hit contexts are masked unless `show_secrets`."""
     return {
-        "schema": "remanence-results", "schema_version": SCHEMA_VERSION,
+        "schema": "remanence-results", "schema_version": SCHEMA_VERSION, "secrets_shown": show_secrets,
         "tool": {"name": "remanence", "version": __version__},
         "started_at": results.started_at, "finished_at": results.finished_at,
         "interrupted": results.interrupted, "exit_code": results.exit_code(), "machine": results.machine,
@@ -66,7 +75,7 @@ def results_document(results: Results) -> dict:
         "aggregates": [{"scenario": a.scenario, "checkpoint": a.checkpoint, "method": a.method, "expect": a.expect,
                         "runs": a.runs, "found": a.found, "outcomes": a.outcomes} for a in results.aggregates()],
         "runs": [_run(r) for r in results.runs],
-        "verdicts": [_verdict(v) for v in results.verdicts],
+        "verdicts": [_verdict(v, show_secrets) for v in results.verdicts],
     }
 
 
@@ -75,5 +84,5 @@ class JsonReporter:
     format: str = "json"
     filename: str = "results.json"
 
-    def render(self, results: Results) -> str:
-        return json.dumps(results_document(results), indent=2) + "\n"
+    def render(self, doc: dict) -> str:
+        return json.dumps(doc, indent=2) + "\n"
