@@ -3,13 +3,14 @@
 PYTHON ?= python3
 VENV := .venv
 INSTALLED := $(VENV)/.installed
-DEBIAN_PACKAGES := libsodium-dev pkg-config gdb gcc make
+# chromium: the tests open the HTML report in a real headless browser.
+DEBIAN_PACKAGES := libsodium-dev pkg-config gdb gcc make chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: suite test deps system-deps
 
 suite: deps
-	$(VENV)/bin/remanence run --out reports
+	$(VENV)/bin/remanence run --out reports --format json,html,junit,sarif,md
 
 test: deps
 	$(VENV)/bin/pytest -q

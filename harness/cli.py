@@ -1,13 +1,15 @@
-"""The `remanence` command: run the scenario suite, list scenarios."""
+"""The `remanence` command: run the scenario suite (whole or a shard), merge shards, list scenarios, doctor."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from rich.console import Console
@@ -15,17 +17,22 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
-from .plan import UsageError, availability, make_plan, select
+from .config import Config, ConfigError, FormatSpec, parse_formats, resolve_config, split_formats
+from .gate import BaselineError, apply_gate, load_baseline
+from .plan import Plan, UsageError, availability, make_plan, select
 from .report import reporters, write_report
 from .report.json_report import results_document
-from .report.terminal import print_verdicts
+from .report.terminal import STYLES, print_verdicts
 from .results import EXIT_USAGE
 from .runner import RunOptions, Runner
 from .scenario import SNAPSHOT_METHODS, ScenarioError, load_scenarios
+from .shard import ShardError, load_shard, merge_documents, parse_shard, shard_inputs, shard_slice
 from .snapshot import method_unavailable
 from .targets import PROJECT_ROOT
 
 DEFAULT_SCENARIOS = PROJECT_ROOT / "scenarios"
+DEFAULT_OUT = Path("reports")
+GATE_STYLES = {"new": "bold", "baseline": "cyan", "suppressed": "dim"}
 
 
 def _console(stderr: bool = False) -> Console:
@@ -54,13 +61,17 @@ def _methods(value: str) -> list[str]:
     return methods
 
 
-def _formats(value: str) -> list[str]:
-    formats = [f.strip() for f in value.split(",") if f.strip()]
-    known = reporters()
-    for f in formats:
-        if f not in known:
-            raise argparse.ArgumentTypeError(f"unknown format {f!r} (known: {', '.join(known)})")
-    return formats
+FORMAT_HELP = ("report formats, comma-separated, each NAME or NAME=PATH (PATH - is stdout), e.g. json,sarif,md=- "
+               "(default: the config's [run] formats, else json; known: %s)")
+
+
+def _add_gate_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", default=None, metavar="LIST", help=FORMAT_HELP % ", ".join(reporters()))
+    p.add_argument("--config", type=Path, default=None,
+                   help="config file (default: $REMANENCE_CONFIG, else ./remanence.toml if present)")
+    p.add_argument("--baseline", type=Path, default=None,
+                   help="an earlier results.json: only verdicts not already failing there fail the gate")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr, no table on stdout")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -70,26 +81,127 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run scenarios and judge them")
     run.add_argument("names", nargs="*", help="scenario names or glob patterns (default: all)")
-    run.add_argument("--scenarios", type=Path, default=DEFAULT_SCENARIOS, help="scenario folder (default: %(default)s)")
+    run.add_argument("--scenarios", type=Path, default=None, help=f"scenario folder (default: {DEFAULT_SCENARIOS})")
     run.add_argument("--method", type=_methods, default=None, help="only these snapshot methods (comma-separated)")
     run.add_argument("--repeat", type=int, default=None, help="repetitions per scenario (overrides the scenario files)")
     run.add_argument("--timeout", type=float, default=None, help="seconds to wait for each checkpoint (overrides the files)")
-    run.add_argument("--out", type=Path, default=Path("reports"), help="output folder (default: %(default)s)")
-    run.add_argument("--format", type=_formats, default=["json"], help="report formats, comma-separated (default: json)")
+    run.add_argument("--out", type=Path, default=None, help=f"output folder (default: {DEFAULT_OUT})")
+    run.add_argument("--shard", default=None, metavar="I/N",
+                     help="run only shard I of N (1-based): run k of the plan goes to shard (k mod N)+1")
     run.add_argument("--keep-snapshots", action="store_true", help="keep snapshot files (mode 0600) under OUT/snapshots")
     run.add_argument("--show-secrets", action="store_true",
                      help="do not mask secret bytes in hexdumps (reports then hold the secret: handle with care)")
-    run.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr, no table on stdout")
+    _add_gate_options(run)
+
+    merge = sub.add_parser("merge", help="combine the results.json of `run --shard` jobs into one set of reports")
+    merge.add_argument("out", type=Path, metavar="OUT_DIR", help="where the merged reports go")
+    merge.add_argument("inputs", type=Path, nargs="+", metavar="SHARD_RESULTS",
+                       help="shard results.json files, or folders holding them (searched recursively)")
+    _add_gate_options(merge)
 
     lst = sub.add_parser("list", help="list scenarios and whether this machine can run them")
-    lst.add_argument("--scenarios", type=Path, default=DEFAULT_SCENARIOS)
+    lst.add_argument("--scenarios", type=Path, default=None)
+    lst.add_argument("--config", type=Path, default=None, help="config file (its [run] scenarios is the default folder)")
+
+    doctor = sub.add_parser("doctor", help="check what this machine allows and what each missing piece disables")
+    doctor.add_argument("--json", action="store_true", help="machine-readable output")
+    doctor.add_argument("--scenarios", type=Path, default=None,
+                        help="the suite whose needs decide the exit code (default: the config's, else the built-in)")
+    doctor.add_argument("--no-build", action="store_true", help="do not build the target programs (faster, less certain)")
+    doctor.add_argument("--config", type=Path, default=None)
     return parser
 
 
+# --- shared pieces -----------------------------------------------------------------------------------------
+
+def _formats(args, config: Config, known: dict) -> list[FormatSpec]:
+    if args.format is not None:
+        return parse_formats(split_formats(args.format), list(known))
+    return list(config.run.formats) if config.run.formats else [FormatSpec("json")]
+
+
+def _write_file(path: Path, text: str) -> Path:
+    """Atomically, as write_report does, to a path of the user's choosing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    return path
+
+
+def _emit(doc: dict, formats: list[FormatSpec], out: Path, known: dict, progress) -> None:
+    to_stdout = None
+    for spec in formats:
+        reporter = known[spec.name]
+        if spec.to_stdout:
+            to_stdout = reporter
+        elif spec.path is None:
+            progress(f"wrote {write_report(reporter, doc, out)}")
+        else:
+            progress(f"wrote {_write_file(Path(spec.path), reporter.render(doc))}")
+    if to_stdout is not None:  # last, so nothing else interleaves with it
+        sys.stdout.write(to_stdout.render(doc))
+        sys.stdout.flush()
+
+
+def _report_gate(doc: dict, console: Console, quiet: bool) -> None:
+    """Expired suppressions always (they fail the gate); the rest unless quiet."""
+    gate = doc["gate"]
+    for message in gate["messages"]:
+        if message.startswith("error:") or not quiet:
+            print(f"remanence: {message}", file=sys.stderr)
+    if quiet:
+        return
+    gated = [v for v in doc["verdicts"] if v["gate"] and v["gate"]["state"] != "new"]
+    if gated:
+        table = Table(title="baselined and suppressed verdicts (they do not fail the gate)")
+        for column in ("scenario", "#", "checkpoint", "method", "verdict", "gate", "why accepted"):
+            table.add_column(column, overflow="fold", no_wrap=column not in ("why accepted",))
+        for v in gated:
+            s = v["gate"]["suppression"]
+            why = f"{s['id']}: {s['reason']}" + (f" (until {s['expires']})" if s["expires"] else "") if s \
+                else "already failing in the baseline"
+            table.add_row(escape(v["scenario"]), str(v["repetition"]), escape(v["checkpoint"]), v["method"],
+                          v["outcome"], v["gate"]["state"], escape(why))
+        console.print(table)
+    if gate["config"] or gate["baseline"] or gated:
+        sources = "; ".join(f"{k}: {escape(gate[k])}" for k in ("config", "baseline") if gate[k])
+        console.print(f"gate: {gate['new_failures']} new, {gate['baseline_failures']} baseline, "
+                      f"{gate['suppressed']} suppressed" + (f" ({sources})" if sources else "")
+                      + f" -> exit {gate['exit_code']}")
+
+
+def _print_doc_verdicts(doc: dict, console: Console) -> None:
+    """The verdict table from a results document (merge has no live Results)."""
+    table = Table(title="remanence verdicts")
+    for column in ("scenario", "#", "checkpoint", "method", "expect", "verdict", "gate", "reason"):
+        table.add_column(column, overflow="fold", no_wrap=column != "reason")
+    for v in doc["verdicts"]:
+        style = {o.value: s for o, s in STYLES.items()}[v["outcome"]]
+        state = v["gate"]["state"] if v.get("gate") else ""
+        table.add_row(escape(v["scenario"]), str(v["repetition"]), escape(v["checkpoint"]), v["method"], v["expect"],
+                      f"[{style}]{v['outcome']}[/]", f"[{GATE_STYLES[state]}]{state}[/]" if state else "",
+                      escape(v["reason"]))
+    console.print(table)
+    summary = ", ".join(f"{n} {k}" for k, n in doc["summary"].items() if n)
+    console.print(f"{len(doc['runs'])} run(s) from {len(doc.get('merged_from', []))} shard(s): {summary or 'no verdicts'}"
+                  + (" [bold](interrupted)[/]" if doc.get("interrupted") else ""))
+
+
+def _config_for(args, known: dict) -> Config:
+    return resolve_config(getattr(args, "config", None), list(known))
+
+
+# --- commands ----------------------------------------------------------------------------------------------
+
 def _list(args) -> int:
-    scenarios = load_scenarios(args.scenarios)
+    config = _config_for(args, reporters())
+    folder = args.scenarios or config.run.scenarios or DEFAULT_SCENARIOS
+    scenarios = load_scenarios(folder)
     programs: dict = {}
-    table = Table(title=f"scenarios in {args.scenarios}")
+    table = Table(title=f"scenarios in {folder}")
     for column in ("scenario", "target", "checkpoints", "methods", "runnable here"):
         table.add_column(column, overflow="fold")
     for s in scenarios:
@@ -104,37 +216,110 @@ def _list(args) -> int:
 
 
 def _run(args) -> int:
-    progress_console = _console(stderr=True)
-    scenarios = select(load_scenarios(args.scenarios), args.names)
-    plan = make_plan(scenarios, args.method, args.repeat)
-    progress = (lambda message: None) if args.quiet else (lambda message: progress_console.print(escape(message), style="dim"))
-    results = Runner(RunOptions(args.out, args.keep_snapshots, args.timeout), progress).run(plan)
-    results.machine = _machine()
     known = reporters()
+    config = _config_for(args, known)
+    defaults = config.run
+    formats = _formats(args, config, known)
+    out = args.out or defaults.out or DEFAULT_OUT
+    baseline_path = args.baseline or defaults.baseline
+    baseline = load_baseline(baseline_path) if baseline_path else None   # before the run: a bad one fails fast
+    shard = parse_shard(args.shard) if args.shard is not None else None
+    methods = args.method or (list(defaults.methods) if defaults.methods else None)
+    repeat = args.repeat if args.repeat is not None else defaults.repeat
+    timeout = args.timeout if args.timeout is not None else defaults.timeout
+
+    scenarios = select(load_scenarios(args.scenarios or defaults.scenarios or DEFAULT_SCENARIOS), args.names)
+    plan = make_plan(scenarios, methods, repeat)
+    planned = [r.run_id for r in plan.runs]
+    if shard:
+        mine = set(shard_slice(planned, *shard))
+        plan = Plan(tuple(r for r in plan.runs if r.run_id in mine))
+
+    progress_console = _console(stderr=True)
+    progress = (lambda message: None) if args.quiet else (lambda message: progress_console.print(escape(message), style="dim"))
+    if shard:
+        progress(f"shard {shard[0]}/{shard[1]}: {len(plan.runs)} of {len(planned)} planned run(s)")
+    results = Runner(RunOptions(out, args.keep_snapshots, timeout), progress).run(plan)
+    results.machine = _machine()
     doc = results_document(results, show_secrets=args.show_secrets)
-    for name in args.format:
-        path = write_report(known[name], doc, args.out)
-        progress(f"wrote {path}")
+    if shard:
+        doc["shard"] = f"{shard[0]}/{shard[1]}"
+        doc["planned_runs"] = planned
+        doc["shard_runs"] = [r.run_id for r in plan.runs]
+    doc = apply_gate(doc, baseline, config, baseline_path=baseline_path)
+    table_console = _console(stderr=any(f.to_stdout for f in formats))  # stdout may belong to a report
     if not args.quiet:
-        print_verdicts(results, _console())
-    return results.exit_code()
+        print_verdicts(results, table_console)
+    _report_gate(doc, table_console, args.quiet)
+    _emit(doc, formats, out, known, progress)
+    return doc["exit_code"]
+
+
+def _merge(args) -> int:
+    known = reporters()
+    config = _config_for(args, known)
+    formats = _formats(args, config, known)
+    baseline_path = args.baseline or config.run.baseline
+    baseline = load_baseline(baseline_path) if baseline_path else None
+    files = shard_inputs(args.inputs)
+    doc = merge_documents([(str(f), load_shard(f)) for f in files])
+    doc = apply_gate(doc, baseline, config, baseline_path=baseline_path)
+    progress_console = _console(stderr=True)
+    progress = (lambda message: None) if args.quiet else (lambda message: progress_console.print(escape(message), style="dim"))
+    progress(f"merged {len(files)} shard document(s): {len(doc['runs'])} run(s), {len(doc['verdicts'])} verdict(s)")
+    table_console = _console(stderr=any(f.to_stdout for f in formats))
+    if not args.quiet:
+        _print_doc_verdicts(doc, table_console)
+    _report_gate(doc, table_console, args.quiet)
+    _emit(doc, formats, args.out, known, progress)
+    return doc["exit_code"]
+
+
+def _doctor(args) -> int:
+    from .doctor import as_json, diagnose
+    config = _config_for(args, reporters())
+    folder = args.scenarios or config.run.scenarios or DEFAULT_SCENARIOS
+    scenarios = load_scenarios(folder)
+    checks, code = diagnose(scenarios, build=not args.no_build)
+    if args.json:
+        print(json.dumps(as_json(checks, code, folder, scenarios), indent=2))
+        return code
+    table = Table(title="remanence doctor: what this machine allows")
+    for column in ("check", "status", "detail", "disables"):
+        table.add_column(column, overflow="fold", no_wrap=column in ("check", "status"))
+    styles = {"ok": "green", "limited": "yellow", "missing": "bold red"}
+    for c in checks:
+        disables = escape(c.disables) + (" [bold](needed by the suite)[/]" if c.blocks_suite else "")
+        table.add_row(c.check, f"[{styles[c.status]}]{c.status}[/]", escape(c.detail), disables)
+    console = _console()
+    console.print(table)
+    if code:
+        console.print(f"[yellow]Some of the {len(scenarios)} scenarios in {escape(str(folder))} cannot run fully here: "
+                      f"their verdicts will be SKIP (exit {code}).[/]")
+    else:
+        console.print(f"[green]Everything the {len(scenarios)} scenarios in {escape(str(folder))} need is available.[/]")
+    return code
 
 
 def _terminate(signum, frame):
     raise KeyboardInterrupt
 
 
+COMMANDS = {"run": _run, "merge": _merge, "list": _list, "doctor": _doctor}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)  # a CI cancel behaves like Ctrl-C: kill targets, write what we have
     try:
-        return _list(args) if args.command == "list" else _run(args)
+        return COMMANDS[args.command](args)
     except ScenarioError as e:
         print(f"remanence: scenario error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except UsageError as e:
+    except ConfigError as e:
+        print(f"remanence: {'config error: ' if e.path else ''}{e}", file=sys.stderr)
+    except (UsageError, BaselineError, ShardError) as e:
         print(f"remanence: {e}", file=sys.stderr)
-        return EXIT_USAGE
+    return EXIT_USAGE
 
 
 if __name__ == "__main__":

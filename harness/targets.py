@@ -34,6 +34,23 @@ class TargetProgram:
         return TARGET_ENV[self.language]
 
 
+SOURCE_SUFFIXES = {"c": (".c",), "go": (".go",)}
+
+
+def registration_site(language: str, entry: str) -> tuple[str, int] | None:
+    """(path relative to the project, 1-based line) where the target registers `entry`, if it can be found."""
+    folder = TARGETS_DIR / language
+    needle = f'"{entry}"'
+    for path in sorted(folder.glob("*")) if folder.is_dir() else []:
+        text = path.read_text(errors="replace") if path.suffix in SOURCE_SUFFIXES.get(language, ()) else ""
+        if text.startswith("//go:build"):  # a test-only build variant, not the scenario's home
+            continue
+        for number, line in enumerate(text.splitlines(), 1):
+            if needle in line and ("REMANENCE_SCENARIO" in line or "register(" in line):
+                return str(path.relative_to(PROJECT_ROOT)), number
+    return None
+
+
 def cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "remanence" / "targets"

@@ -18,8 +18,12 @@ class Reporter(Protocol):
 
 
 def reporters() -> dict[str, Reporter]:
+    from .html_report import HtmlReporter
     from .json_report import JsonReporter
-    return {r.format: r for r in (JsonReporter(),)}
+    from .junit_report import JunitReporter
+    from .markdown_report import MarkdownReporter
+    from .sarif_report import SarifReporter
+    return {r.format: r for r in (JsonReporter(), HtmlReporter(), JunitReporter(), SarifReporter(), MarkdownReporter())}
 
 
 def write_report(reporter: Reporter, doc: dict, out_dir: Path) -> Path:

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from .. import __version__
 from ..model import Gap, Region
 from ..results import Results, RunRecord, fingerprint, verdict_fingerprints
+from ..targets import PROJECT_ROOT, registration_site
 from ..verdict import Finding, Verdict
 
 SCHEMA_VERSION = 1
@@ -53,10 +55,20 @@ def _verdict(v: Verdict, show_secrets: bool) -> dict:
             "fingerprints": verdict_fingerprints(v)}
 
 
+def _project_path(path: Path) -> str:
+    """Paths inside the project are given relative to it, so reports match across checkouts."""
+    try:
+        return str(path.resolve().relative_to(PROJECT_ROOT))
+    except ValueError:
+        return str(path)
+
+
 def _run(r: RunRecord) -> dict:
     s = r.scenario
+    site = registration_site(s.target, s.entry)
     return {"scenario": s.name, "repetition": r.repetition, "target": s.target, "entry": s.entry,
-            "source": str(s.source), "description": s.description,
+            "source": _project_path(s.source), "description": s.description,
+            "target_source": {"path": site[0], "line": site[1]} if site else None,
             "secret": {"form": r.secret_spec.form, "length": r.secret_spec.length, "sha256_prefix": r.secret_fingerprint},
             "canary_sha256_prefix": r.canary_fingerprint, "pid": r.pid, "exit": r.exit, "notes": r.notes,
             "error": r.error, "skip_reason": r.skip_reason, "target_output": r.target_output,

@@ -1,0 +1,150 @@
+"""The CI gate: which non-PASS verdicts are new, which were already failing in a baseline, which are suppressed.
+
+It works on the results document (results.json's plain data), so a run and a merge of shards gate alike.
+
+Every verdict gets `gate`: null for PASS and SKIP, else
+    {"state": "new" | "baseline" | "suppressed", "suppression": {"id", "reason", "expires"} | null}
+- suppressed: a live (unexpired) [[suppress]] entry of the config matches it (checked first: it says why);
+- baseline:   every one of its fingerprints belonged to a non-PASS verdict of the baseline document whose
+              outcome was at least as severe (FAIL covers FAIL, ERROR and INCONCLUSIVE; ERROR and
+              INCONCLUSIVE cover each other), so a known INCONCLUSIVE never hides a new FAIL;
+- new:        anything else.
+The document gets a top-level `gate` and its `exit_code` becomes the gate's: 1 if a new verdict FAILed or a
+suppression has expired, else 130 if the run was interrupted, else 3 if a new verdict is ERROR or
+INCONCLUSIVE, else 0. Baseline and suppressed verdicts stay in the document with their real outcome.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from .config import Config
+from .results import EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, fingerprint
+
+NOT_JUDGED = ("PASS", "SKIP")
+SEVERITY = {"FAIL": 2, "ERROR": 1, "INCONCLUSIVE": 1}
+SCHEMA_NAME = "remanence-results"
+
+
+class BaselineError(Exception):
+    """The baseline file is not a usable results document (exit code 2)."""
+
+    exit_code = EXIT_USAGE
+
+
+def outcomes_exit_code(outcomes, interrupted: bool) -> int:
+    """The exit code that a set of verdict outcomes implies (the same rule as Results.exit_code)."""
+    outcomes = set(outcomes)
+    if "FAIL" in outcomes:
+        return EXIT_FAIL
+    if interrupted:
+        return EXIT_INTERRUPTED
+    if outcomes & {"ERROR", "INCONCLUSIVE"}:
+        return EXIT_INCONCLUSIVE
+    return EXIT_OK
+
+
+def doc_exit_code(doc: dict) -> int:
+    """The ungated exit code of a results document."""
+    return outcomes_exit_code((v["outcome"] for v in doc["verdicts"]), bool(doc.get("interrupted")))
+
+
+def verdict_prints(v: dict) -> list[str]:
+    """A document verdict's fingerprints (computed as the harness does for documents that lack them)."""
+    if v.get("fingerprints"):
+        return list(v["fingerprints"])
+    if v.get("hits"):
+        return sorted({h["fingerprint"] for h in v["hits"]})
+    return [fingerprint(v["scenario"], v["method"], v["checkpoint"], "-", "none")]
+
+
+def check_document(doc, source: str, what: str = "results document") -> None:
+    """Raise ValueError unless `doc` looks like a remanence results document of a schema version we read."""
+    from .report.json_report import SCHEMA_VERSION
+    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA_NAME:
+        raise ValueError(f"{source}: not a remanence {what} (no \"schema\": \"{SCHEMA_NAME}\")")
+    if doc.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError(f"{source}: schema_version {doc.get('schema_version')!r}, this remanence reads {SCHEMA_VERSION}")
+    if not isinstance(doc.get("verdicts"), list):
+        raise ValueError(f"{source}: no verdicts list")
+
+
+def load_baseline(path: Path) -> dict:
+    import json
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BaselineError(f"baseline {path}: file not found") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise BaselineError(f"baseline {path}: cannot read it as JSON: {e}") from None
+    try:
+        check_document(doc, f"baseline {path}")
+    except ValueError as e:
+        raise BaselineError(str(e)) from None
+    return doc
+
+
+def _baseline_index(baseline: dict | None) -> dict[str, int]:
+    """fingerprint -> the most severe outcome it had in the baseline (as a SEVERITY number)."""
+    index: dict[str, int] = {}
+    for v in (baseline or {}).get("verdicts", []):
+        severity = SEVERITY.get(v.get("outcome"))
+        if severity is None:
+            continue
+        for fp in verdict_prints(v):
+            index[fp] = max(index.get(fp, 0), severity)
+    return index
+
+
+def apply_gate(doc: dict, baseline: dict | None, config: Config | None, *, baseline_path: Path | str | None = None,
+               today: dt.date | None = None) -> dict:
+    """A copy of `doc` with per-verdict `gate`, a top-level `gate` and the gate's `exit_code` (see the module doc)."""
+    config = config or Config()
+    today = today or dt.date.today()
+    live = [s for s in config.suppressions if not s.expired(today)]
+    expired = [s for s in config.suppressions if s.expired(today)]
+    used: set[int] = set()
+    known = _baseline_index(baseline)
+    verdicts = []
+    for v in doc["verdicts"]:
+        v = {k: val for k, val in v.items() if k != "gate"}
+        gate = None
+        if v["outcome"] not in NOT_JUDGED:
+            match = next((s for s in live if s.matches(v)), None)
+            if match is not None:
+                used.add(match.index)
+                gate = {"state": "suppressed", "suppression": match.as_dict()}
+            elif all(known.get(fp, 0) >= SEVERITY.get(v["outcome"], 3) for fp in verdict_prints(v)):
+                gate = {"state": "baseline", "suppression": None}
+            else:
+                gate = {"state": "new", "suppression": None}
+        v["gate"] = gate
+        verdicts.append(v)
+    new = [v for v in verdicts if v["gate"] and v["gate"]["state"] == "new"]
+    interrupted = bool(doc.get("interrupted"))
+    exit_code = outcomes_exit_code((v["outcome"] for v in new), interrupted)
+    messages = []
+    if expired:
+        exit_code = EXIT_FAIL
+        where = f" in {config.path}" if config.path else ""
+        messages += [f"error: suppression {s.label}{where} expired on {s.expires.isoformat()} "
+                     f"(reason was: {s.reason}); renew it with a new date or remove it" for s in expired]
+    unused = [s for s in live if s.index not in used]
+    messages += [f"warning: suppression {s.label} matched no verdict" for s in unused]
+    count = lambda state: sum(1 for v in verdicts if v["gate"] and v["gate"]["state"] == state)  # noqa: E731
+    gated = dict(doc)
+    gated["verdicts"] = verdicts
+    gated["exit_code"] = exit_code
+    gated["gate"] = {
+        "config": str(config.path) if config.path else None,
+        "baseline": str(baseline_path) if baseline_path is not None else None,
+        "exit_code": exit_code,
+        "ungated_exit_code": doc_exit_code(doc),
+        "new_failures": len(new),
+        "baseline_failures": count("baseline"),
+        "suppressed": count("suppressed"),
+        "expired_suppressions": [s.describe() for s in expired],
+        "unused_suppressions": [s.describe() for s in unused],
+        "messages": messages,
+    }
+    return gated

@@ -1,0 +1,328 @@
+"""SARIF 2.1.0 for GitHub code scanning.
+
+One rule per leak kind (stable ids REM001...). FAIL verdicts become `error` results, INCONCLUSIVE and
+ERROR ones `warning` results; PASS and SKIP produce none. A result aggregates the repetitions of one
+scenario x checkpoint x method with the same kind and fingerprint; it is located at the scenario file
+(the line naming the checkpoint, when the file can be read), relates to the line where the target
+registers the scenario, and carries the hit's memory address in physicalLocation.address.
+`partialFingerprints["remanence/v1"]` is the document's stable fingerprint (never an address, PID or
+time), so GitHub tracks an alert across runs. Messages never hold secret bytes or hexdumps.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..results import fingerprint
+from .junit_report import cases, gate_state, leak_kind, rate, redact, run_info, suppression
+
+SARIF_SCHEMA = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
+FINGERPRINT_KEY = "remanence/v1"
+SRCROOT = "%SRCROOT%"
+
+_SECURITY = ["security", "memory"]
+
+# Rule order is part of the format: ruleIndex points into it. Append new rules, never reorder.
+RULES: list[dict] = [
+    {
+        "id": "REM001", "name": "secret-copy-remains",
+        "shortDescription": {"text": "A copy of the secret remains in memory"},
+        "fullDescription": {"text": "The scenario expects the secret to be gone at this checkpoint, but a snapshot of the "
+                                    "target's memory still holds a copy of it (whole or a fragment, raw or encoded)."},
+        "help": {
+            "text": "A copy of the secret survived where the scenario says it must be gone. Wipe every copy with a wipe "
+                    "the compiler cannot drop (explicit_bzero, sodium_memzero, memguard's Destroy), and look for "
+                    "copies made behind your back: buffers, string conversions, reallocations, stack spills.",
+            "markdown": "**A copy of the secret survived** where the scenario says it must be gone.\n\n"
+                        "- Wipe every copy with a wipe the compiler cannot remove (`explicit_bzero`, `sodium_memzero`, "
+                        "memguard's `Destroy`); a plain `memset` before `free` is a dead store the optimiser may drop.\n"
+                        "- Look for copies made behind your back: I/O buffers, string conversions, reallocations, "
+                        "stack spills, registers.\n- The result's memory address and region name say where the copy was "
+                        "found; run remanence locally with `--keep-snapshots` to inspect the snapshot.",
+        },
+        "defaultConfiguration": {"level": "error"},
+        "properties": {"tags": _SECURITY + ["external/cwe/cwe-226", "external/cwe/cwe-244"],
+                       "precision": "very-high", "problem.severity": "error", "security-severity": "7.5"},
+    },
+    {
+        "id": "REM002", "name": "expected-copy-missing",
+        "shortDescription": {"text": "An expected copy of the secret is missing"},
+        "fullDescription": {"text": "The scenario expects the secret to be present at this checkpoint (it documents a "
+                                    "known copy or the live key), but the snapshot does not hold it."},
+        "help": {
+            "text": "The secret was expected in this snapshot and is not there: either the program changed (update the "
+                    "scenario's expectation and its reason) or the snapshot method no longer sees that memory.",
+            "markdown": "**The secret was expected in this snapshot and is not there.**\n\n"
+                        "- If the program changed (the copy is really gone now), update the scenario's `expect` "
+                        "and its `why`.\n- Otherwise the snapshot method no longer sees that memory: the other "
+                        "verdicts of this snapshot prove less than they claim.",
+        },
+        "defaultConfiguration": {"level": "error"},
+        "properties": {"tags": _SECURITY + ["correctness"], "precision": "high", "problem.severity": "error",
+                       "security-severity": "4.0"},
+    },
+    {
+        "id": "REM003", "name": "secret-copy-misplaced",
+        "shortDescription": {"text": "The secret is found, but not where the scenario keeps it"},
+        "fullDescription": {"text": "The scenario expects the secret in a particular place at this checkpoint (e.g. "
+                                    "its guarded page or the heap), but the copies found lie elsewhere."},
+        "help": {
+            "text": "Copies of the secret lie outside the place the scenario keeps it: something copied the secret.",
+            "markdown": "**Copies of the secret lie outside the place the scenario keeps it** (see the scenario's "
+                        "`where`): something copied the secret, and that copy is not protected or wiped the way "
+                        "the original is.",
+        },
+        "defaultConfiguration": {"level": "error"},
+        "properties": {"tags": _SECURITY + ["external/cwe/cwe-316"], "precision": "high", "problem.severity": "error",
+                       "security-severity": "6.5"},
+    },
+    {
+        "id": "REM004", "name": "region-flags-wrong",
+        "shortDescription": {"text": "The secret's memory lacks a required protection"},
+        "fullDescription": {"text": "The region holding the secret does not have the flags the scenario requires, "
+                                    "e.g. it is not locked in memory (mlock) or is not excluded from core dumps "
+                                    "(MADV_DONTDUMP)."},
+        "help": {
+            "text": "The region holding the secret lacks a flag the scenario requires (locked: may be swapped to disk; "
+                    "dont_dump: lands in core dumps).",
+            "markdown": "**The region holding the secret lacks a flag the scenario requires.**\n\n"
+                        "- `locked` (mlock): without it the page may be swapped out to disk.\n"
+                        "- `dont_dump` (MADV_DONTDUMP): without it the secret lands in core dumps.",
+        },
+        "defaultConfiguration": {"level": "error"},
+        "properties": {"tags": _SECURITY + ["external/cwe/cwe-591"], "precision": "high", "problem.severity": "error",
+                       "security-severity": "5.5"},
+    },
+    {
+        "id": "REM005", "name": "inconclusive",
+        "shortDescription": {"text": "The leak check was inconclusive"},
+        "fullDescription": {"text": "remanence could not decide this check: e.g. the snapshot did not show the canary, "
+                                    "parts of memory could not be read, or the secret was never seen planted."},
+        "help": {
+            "text": "The check proves nothing either way; the message says why. Fix the environment (permissions, "
+                    "ptrace scope, core_pattern) or the scenario so the positive controls hold.",
+            "markdown": "**The check proves nothing either way**; the message says why.\n\n"
+                        "Fix the environment (permissions, `ptrace_scope`, `core_pattern`) or the scenario so the "
+                        "positive controls (canary seen, secret seen planted, memory readable) hold.",
+        },
+        "defaultConfiguration": {"level": "warning"},
+        "properties": {"tags": ["memory", "reliability"], "precision": "high", "problem.severity": "warning"},
+    },
+    {
+        "id": "REM006", "name": "harness-error",
+        "shortDescription": {"text": "The leak check could not run"},
+        "fullDescription": {"text": "The target or a snapshot method failed, so this checkpoint was never checked."},
+        "help": {
+            "text": "The checkpoint was never checked: the target crashed or a snapshot method failed; the message "
+                    "says how.",
+            "markdown": "**The checkpoint was never checked**: the target crashed or a snapshot method failed; the "
+                        "message says how. Its secret may or may not leak.",
+        },
+        "defaultConfiguration": {"level": "warning"},
+        "properties": {"tags": ["memory", "reliability"], "precision": "high", "problem.severity": "warning"},
+    },
+]
+RULE_INDEX = {rule["name"]: i for i, rule in enumerate(RULES)}
+_HIT_KINDS = ("secret-copy-remains", "secret-copy-misplaced")
+_WHAT = {
+    "secret-copy-remains": "a copy of the secret remains",
+    "expected-copy-missing": "the expected copy of the secret is missing",
+    "secret-copy-misplaced": "the secret is found, but not where expected",
+    "region-flags-wrong": "the secret's region lacks a required flag",
+    "inconclusive": "the check was inconclusive",
+    "harness-error": "the check could not run",
+}
+_MAX_LOCATIONS = 10
+_ISO_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
+
+
+def _plain(text: object) -> str:
+    """Redacted text for a plain-text SARIF message: no accidental embedded links."""
+    return redact(text).replace("](", "] (")
+
+
+def _artifact(path: str) -> dict:
+    p = Path(path)
+    if p.is_absolute():
+        return {"uri": p.as_uri()}
+    return {"uri": p.as_posix(), "uriBaseId": SRCROOT}
+
+
+def _checkpoint_line(source: str | None, checkpoint: str, root: Path, cache: dict) -> int:
+    """The line of the scenario file's `name = "<checkpoint>"` in a [[checkpoints]] table; 1 when unknown."""
+    if not source:
+        return 1
+    if source not in cache:
+        path = Path(source)
+        path = path if path.is_absolute() else root / path
+        try:
+            cache[source] = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError):
+            cache[source] = []
+    in_checkpoints = False
+    pattern = re.compile(r"""^\s*name\s*=\s*(["'])""" + re.escape(checkpoint) + r"""\1\s*(#.*)?$""")
+    for number, line in enumerate(cache[source], 1):
+        stripped = line.strip()
+        if stripped.startswith("["):
+            in_checkpoints = stripped.replace(" ", "").startswith("[[checkpoints]]")
+        elif in_checkpoints and pattern.match(line):
+            return number
+    return 1
+
+
+def _address(hit: dict) -> dict:
+    region = hit.get("region") or {}
+    if region.get("register_set"):
+        name = f"{region['register_set']} of thread {region.get('thread')}"
+    else:
+        name = region.get("name") or f"[{region.get('kind') or 'anonymous'}]"
+    address: dict = {}
+    if hit.get("address"):
+        absolute = int(hit["address"], 16)
+        if absolute < 1 << 63:   # consumers read it as a signed 64-bit integer
+            address["absoluteAddress"] = absolute
+        if region.get("start") and region.get("kind") not in ("registers", "note"):
+            address["fullyQualifiedName"] = f"{name}+{absolute - int(region['start'], 16):#x}"
+        else:
+            address["fullyQualifiedName"] = hit["address"]
+    address["length"] = hit.get("length")
+    address["kind"] = "stack" if region.get("kind") == "stack" else "data"
+    address["name"] = name
+    return {k: v for k, v in address.items() if v is not None}
+
+
+def _group_gate(verdicts: list[dict]) -> tuple[str | None, dict | None]:
+    """One gate state for a result aggregating repetitions: new wins, then unknown, suppressed only if all are."""
+    states = [gate_state(v) for v in verdicts]
+    if "new" in states:
+        return "new", None
+    if None in states:
+        return None, None
+    if all(s == "suppressed" for s in states):
+        return "suppressed", suppression(verdicts[0])
+    return "baseline", None
+
+
+@dataclass(frozen=True)
+class SarifReporter:
+    format: str = "sarif"
+    filename: str = "results.sarif"
+    root: Path | None = None   # where the document's relative paths lie; default: the project
+
+    def _root(self) -> Path:
+        if self.root is not None:
+            return Path(self.root)
+        from ..targets import PROJECT_ROOT
+        return PROJECT_ROOT
+
+    def render(self, doc: dict) -> str:
+        return json.dumps(self.log(doc), indent=2, ensure_ascii=False) + "\n"
+
+    def log(self, doc: dict) -> dict:
+        """The SARIF log as plain data."""
+        root, lines_cache = self._root(), {}
+        runs = run_info(doc)
+        gated = any("gate" in v for v in doc.get("verdicts", []))
+        results = []
+        for case in cases(doc):
+            groups: dict[tuple[str, str], list[dict]] = {}
+            for v in case.verdicts:
+                kind = leak_kind(v)
+                if kind is None:
+                    continue
+                if kind in _HIT_KINDS and v.get("hits"):
+                    fps = sorted({h["fingerprint"] for h in v["hits"]})
+                else:
+                    fps = [fingerprint(case.scenario, case.method, case.checkpoint, "-", "none")]
+                for fp in fps:
+                    groups.setdefault((kind, fp), []).append(v)
+            for (kind, fp), verdicts in groups.items():
+                results.append(self._result(case, kind, fp, verdicts, runs.get(case.scenario, {}), root, lines_cache, gated))
+
+        tool = doc.get("tool") or {}
+        driver = {"name": "remanence", "fullName": "remanence forensic leak-testing harness"}
+        if tool.get("version"):
+            driver["version"] = str(tool["version"])
+            if re.match(r"^\d+\.\d+\.\d+", str(tool["version"])):
+                driver["semanticVersion"] = str(tool["version"])
+        driver["rules"] = RULES
+        invocation: dict = {"executionSuccessful": not doc.get("interrupted", False)}
+        if isinstance(doc.get("exit_code"), int):
+            invocation["exitCode"] = doc["exit_code"]
+        for key, name in (("started_at", "startTimeUtc"), ("finished_at", "endTimeUtc")):
+            if isinstance(doc.get(key), str) and _ISO_TIME.match(doc[key]):
+                invocation[name] = doc[key]
+        run = {
+            "tool": {"driver": driver},
+            "invocations": [invocation],
+            "originalUriBaseIds": {SRCROOT: {"description": {"text": "The root of the project remanence ran in."}}},
+            "results": results,
+            "properties": {"remanence": {"exit_code": doc.get("exit_code"), "summary": doc.get("summary", {}),
+                                         "interrupted": doc.get("interrupted", False)}},
+        }
+        return {"$schema": SARIF_SCHEMA, "version": "2.1.0", "runs": [run]}
+
+    def _result(self, case, kind: str, fp: str, verdicts: list[dict], run: dict, root: Path, cache: dict,
+                gated: bool) -> dict:
+        first = verdicts[0]
+        n = len(case.verdicts)
+        source = run.get("source")
+        target_source = run.get("target_source")
+
+        message = (f"{case.scenario} at checkpoint {case.checkpoint} ({case.method}): {_WHAT[kind]}. "
+                   f"{first.get('outcome')} in {rate(len(verdicts), n)}: {_plain(first.get('reason'))}. "
+                   f"Expected {case.expect}: {_plain(first.get('why')).rstrip('.')}.")
+        if target_source:
+            message += (f" The {run.get('target') or 'target'} program registers it at "
+                        f"[{target_source['path']}:{target_source['line']}](1).")
+
+        physical: dict = {}
+        if source:
+            physical["artifactLocation"] = _artifact(source)
+            physical["region"] = {"startLine": _checkpoint_line(source, case.checkpoint, root, cache)}
+        hits = [h for h in first.get("hits", []) if h.get("fingerprint") == fp] if kind in _HIT_KINDS else []
+        locations = []
+        for hit in hits[:_MAX_LOCATIONS] or [None]:
+            location = dict(physical)
+            if hit is not None:
+                location["address"] = _address(hit)
+            if location:
+                locations.append({"physicalLocation": location})
+
+        result: dict = {
+            "ruleId": RULES[RULE_INDEX[kind]]["id"],
+            "ruleIndex": RULE_INDEX[kind],
+            "level": "error" if first.get("outcome") == "FAIL" else "warning",
+            "message": {"text": message},
+            "locations": locations,
+            "partialFingerprints": {FINGERPRINT_KEY: fp},
+        }
+        if target_source:
+            result["relatedLocations"] = [{
+                "id": 1,
+                "physicalLocation": {"artifactLocation": _artifact(target_source["path"]),
+                                     "region": {"startLine": int(target_source["line"])}},
+                "message": {"text": f"where the {run.get('target') or 'target'} program registers {case.scenario}"},
+            }]
+        state, suppressed_by = _group_gate(verdicts)
+        if gated:
+            # SARIF: either every result of a run carries suppressions or none does.
+            result["suppressions"] = []
+        if state == "suppressed":
+            entry = {"kind": "external", "status": "accepted",
+                     "justification": redact((suppressed_by or {}).get("reason") or "suppressed")}
+            if (suppressed_by or {}).get("expires"):
+                entry["properties"] = {"expires": str(suppressed_by["expires"])}
+            result["suppressions"] = [entry]
+        elif state == "baseline":
+            result["baselineState"] = "unchanged"
+        elif state == "new":
+            result["baselineState"] = "new"
+        result["properties"] = {
+            "scenario": case.scenario, "checkpoint": case.checkpoint, "method": case.method, "expect": case.expect,
+            "kind": kind, "repetitions": n, "affected_repetitions": len(verdicts),
+            "outcomes": {o: case.count(o) for o in ("PASS", "FAIL", "INCONCLUSIVE", "ERROR", "SKIP") if case.count(o)},
+        }
+        return result

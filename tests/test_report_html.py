@@ -1,0 +1,337 @@
+"""The HTML report: a golden file, escaping of target-supplied text, masking, no network, and a real browser.
+
+Update the golden file after a deliberate change with: REMANENCE_UPDATE_GOLDEN=1 pytest tests/test_report_html.py
+"""
+from __future__ import annotations
+
+import copy
+import html
+import json
+import os
+import re
+import signal
+import struct
+import subprocess
+from collections import Counter
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from harness.report import write_report
+from harness.report.html_report import HtmlReporter, build_view
+
+GOLDEN = Path(__file__).parent / "golden"
+SAMPLE = GOLDEN / "sample-results.json"
+SAMPLE_HTML = GOLDEN / "sample.html"
+CHROMIUM = Path("/usr/bin/chromium")
+BROWSER_TIMEOUT = 120
+EVIL = "<script>alert(1)</script>"
+
+
+@pytest.fixture(scope="module")
+def doc() -> dict:
+    return json.loads(SAMPLE.read_text())
+
+
+@pytest.fixture(scope="module")
+def page(doc) -> str:
+    return HtmlReporter().render(doc)
+
+
+def test_reporter_interface():
+    reporter = HtmlReporter()
+    assert (reporter.format, reporter.filename) == ("html", "report.html")
+    with pytest.raises(Exception):
+        reporter.format = "x"  # frozen
+
+
+def test_golden(doc, page):
+    assert HtmlReporter().render(copy.deepcopy(doc)) == page, "rendering is not deterministic"
+    if os.environ.get("REMANENCE_UPDATE_GOLDEN") == "1":
+        SAMPLE_HTML.write_text(page, encoding="utf-8")
+    assert SAMPLE_HTML.exists(), "no golden file: run REMANENCE_UPDATE_GOLDEN=1 pytest tests/test_report_html.py"
+    assert page == SAMPLE_HTML.read_text(encoding="utf-8"), (
+        "report.html differs from tests/golden/sample.html; if the change is deliberate, "
+        "run REMANENCE_UPDATE_GOLDEN=1 pytest tests/test_report_html.py and review the diff")
+
+
+# --- escaping ----------------------------------------------------------------------------------------------
+
+def _poison(doc: dict) -> dict:
+    """Every string a target (or a scenario file) can influence carries markup."""
+    doc = copy.deepcopy(doc)
+    doc["machine"]["kernel"] = EVIL
+    for run in doc["runs"]:
+        run["description"] = EVIL
+        run["notes"] = [EVIL]
+        run["target_output"] = EVIL
+        run["error"] = run["error"] and EVIL
+    for v in doc["verdicts"]:
+        v["reason"] = EVIL
+        v["why"] = EVIL
+        v["gate"] = {"state": "suppressed", "suppression": {"reason": EVIL, "expires": None}}
+        if v["snapshot"]:
+            v["snapshot"]["notes"] = [EVIL]
+            for r in v["snapshot"]["regions"]:
+                r["name"] = EVIL
+            for g in v["snapshot"]["gaps"]:
+                g["name"], g["reason"] = EVIL, EVIL
+        for h in v["hits"]:
+            h["region"]["name"] = EVIL
+            h["encoding"] = EVIL
+    # a scenario name that tries to break out of an attribute
+    doc["runs"][0]["scenario"] = doc["verdicts"][0]["scenario"] = '" onmouseover="alert(1)'
+    return doc
+
+
+def test_target_text_is_escaped(doc):
+    out = HtmlReporter().render(_poison(doc))
+    assert EVIL not in out
+    assert "<script" not in out.lower()
+    assert html.escape(EVIL, quote=False) in out or html.escape(EVIL) in out
+    assert 'onmouseover="alert' not in out
+    # in the SVG tooltips, the hit tables, the suppression badges and the snapshot details alike
+    assert out.count("&lt;script&gt;alert(1)&lt;/script&gt;") > 50
+
+
+def test_gate_field_optional_and_shown(doc):
+    gated = copy.deepcopy(doc)
+    gated["verdicts"][0]["gate"] = {"state": "suppressed", "suppression": {"reason": "glibc keeps it", "expires": None}}
+    gated["verdicts"][1]["gate"] = {"state": "baseline", "suppression": None}
+    gated["verdicts"][2]["gate"] = {"state": "new", "suppression": None}
+    gated["verdicts"][3]["gate"] = None
+    out = HtmlReporter().render(gated)
+    assert "suppressed: glibc keeps it" in out and "known (baseline)" in out
+    assert out.count('class="badge gate"') == 2
+
+
+# --- masking and network --------------------------------------------------------------------------------
+
+class _Dumps(HTMLParser):
+    """The text of every <pre class="hx"> hexdump."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.dumps: list[str] = []
+        self.depth = 0
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "pre" and ("class", "hx") in attrs:
+            self.depth = 1
+            self.dumps.append("")
+        elif self.depth and tag == "pre":
+            self.depth += 1
+
+    def handle_endtag(self, tag):
+        if self.depth and tag == "pre":
+            self.depth -= 1
+
+    def handle_data(self, data):
+        if self.depth:
+            self.dumps[-1] += data
+
+
+def _dump_cells(text: str) -> tuple[tuple[str, ...], str]:
+    """(hex cells, ascii column) of one rendered hexdump."""
+    cells, ascii_col = [], ""
+    for line in text.splitlines():
+        address, rest = line.split("  ", 1)
+        hex_part, ascii_part = rest.split("│", 1)
+        assert re.fullmatch(r"[0-9a-f]{12}|[0-9a-f]{16}", address)
+        cells += hex_part.split()
+        ascii_col += ascii_part.rstrip("│").strip()
+    return tuple(cells), ascii_col
+
+
+def test_hexdumps_show_exactly_the_masked_context(doc, page):
+    assert doc["secrets_shown"] is False
+    expected = Counter(tuple(h["context"]["bytes"].split()) for v in doc["verdicts"] for h in v["hits"] if h["context"])
+    parser = _Dumps()
+    parser.feed(page)
+    rendered = [_dump_cells(d) for d in parser.dumps]
+    assert Counter(cells for cells, _ in rendered) == expected
+    for cells, ascii_col in rendered:
+        masked = cells.count("**")
+        assert masked and ascii_col.count("•") == masked      # every masked byte stays masked in the ASCII column
+    assert "secrets masked" in page and "Secrets shown" not in page
+
+
+def test_secrets_shown_banner(doc):
+    shown = copy.deepcopy(doc)
+    shown["secrets_shown"] = True
+    assert "Secrets shown" in HtmlReporter().render(shown)
+
+
+def test_no_network_references(page):
+    lowered = page.lower()
+    assert not re.search(r"""(?:src|href|action|poster|srcset|data|xlink:href)\s*=\s*["']?\s*(?:https?:)?//""", lowered)
+    assert not re.search(r"""url\(\s*["']?\s*(?:https?:)?//""", lowered)
+    assert "@import" not in lowered and "<link" not in lowered and "<script" not in lowered
+    assert "<img" not in lowered and "<iframe" not in lowered
+    # any remaining http(s):// can only be escaped text, never markup
+    for m in re.finditer(r"https?://", lowered):
+        before = lowered[:m.start()]
+        assert before.rfind("<") < before.rfind(">"), "a URL inside a tag"
+    assert "default-src 'none'" in page                      # and the browser is told so as well
+
+
+# --- the address-space picture --------------------------------------------------------------------------
+
+def _verdict(view, scenario, checkpoint, method):
+    return next(vd for sc in view["scenarios"] for run in sc["runs"] for vd in run["verdicts"]
+                if (vd["scenario"], vd["checkpoint"], vd["method"]) == (scenario, checkpoint, method))
+
+
+def _block_at(layout, x):
+    return next(it for it in layout["items"] if it["x"] <= x <= it["x"] + it["w"])
+
+
+def test_map_shows_heap_copy_and_clean_guarded_page(doc):
+    view = build_view(doc)
+    leak = _verdict(view, "malloc.memset", "freed", "procmem")
+    layout, over = leak["snapshot"]["layout"], leak["snapshot"]["overlay"]
+    (pin,) = over["pins"]
+    assert pin["tone"] == "fail" and _block_at(layout, float(pin["x"]))["kind"] == "heap"
+    assert over["outline"] is not None and not over["outline"]["gap"]
+
+    live = _verdict(view, "sodium.live", "in_use", "procmem")
+    layout, over = live["snapshot"]["layout"], live["snapshot"]["overlay"]
+    (pin,) = over["pins"]
+    block = _block_at(layout, float(pin["x"]))
+    assert pin["tone"] == "seen" and block["guarded"] and block["locked"] and block["dont_dump"]
+    assert any(label["text"] == "guarded page" for label in layout["labels"])
+
+    dumped = _verdict(view, "sodium.live", "in_use", "gcore")
+    layout, over = dumped["snapshot"]["layout"], dumped["snapshot"]["overlay"]
+    assert over["pins"] == [] and over["outline"]["gap"]          # the intended page was left out: hatched, clean
+    assert {b["cls"] for b in layout["blocks"]} >= {"b g-excluded", "b k-heap", "b guard"}
+    assert layout["strip"]["threads"] == 1 and any(c["text"] == "PRSTATUS" for c in layout["strip"]["cells"])
+
+
+def test_matrix_worst_outcome_and_rates(doc):
+    rows = {row["scenario"]: row for group in build_view(doc)["matrix"] for row in group["rows"]}
+    memset = {c["method"]: c for c in rows["malloc.memset"]["cells"]}
+    assert memset["procmem"]["outcome"] == "FAIL" and memset["gcore"]["outcome"] is None
+    memzero = {c["method"]: c for c in rows["malloc.memzero"]["cells"]}["procmem"]
+    assert memzero["outcome"] == "PASS" and [c["rate"] for c in memzero["chips"]] == ["2/2", "2/2"]
+    assert [g["language"] for g in build_view(doc)["matrix"]] == ["C", "Go"]
+
+
+def test_big_document_renders_fast_and_draws_each_region_list_once(doc):
+    """Hundreds of verdicts: a snapshot whose regions and gaps equal an earlier one's refers to its drawing."""
+    import time
+    big = copy.deepcopy(doc)
+    big["runs"], big["verdicts"] = [], []
+    for i in range(30):
+        for run in doc["runs"]:
+            big["runs"].append({**run, "scenario": f"{run['scenario']}.{i}"})
+        for v in doc["verdicts"]:
+            big["verdicts"].append({**copy.deepcopy(v), "scenario": f"{v['scenario']}.{i}"})
+    started = time.monotonic()
+    out = HtmlReporter().render(big)
+    assert time.monotonic() - started < 15
+    drawn = len(re.findall(r'<g id="map-', out))
+    reused = len(re.findall(r'<use href="#map-', out))
+    assert drawn + reused == sum(1 for v in big["verdicts"] if v["snapshot"]) and drawn < reused
+
+
+# --- a real browser -------------------------------------------------------------------------------------
+
+def _chromium(*args: str, tmp: Path) -> str:
+    command = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               f"--user-data-dir={tmp / 'profile'}", *args]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                            start_new_session=True, text=True)
+    try:
+        out, _ = proc.communicate(timeout=BROWSER_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"chromium did not finish within {BROWSER_TIMEOUT}s: {' '.join(args)}")
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)       # helpers the browser may have left behind
+        except ProcessLookupError:
+            pass
+    return out
+
+
+class _Dom(HTMLParser):
+    """A small element tree of a serialized DOM: enough to look things up by attribute."""
+
+    VOID = {"meta", "link", "br", "hr", "img", "input", "source", "wbr", "col", "area", "base", "embed", "track"}
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.root = {"tag": "#root", "attrs": {}, "children": [], "text": []}
+        self.stack = [self.root]
+
+    def handle_starttag(self, tag, attrs):
+        node = {"tag": tag, "attrs": dict(attrs), "children": [], "text": []}
+        self.stack[-1]["children"].append(node)
+        if tag not in self.VOID:
+            self.stack.append(node)
+
+    def handle_startendtag(self, tag, attrs):
+        self.stack[-1]["children"].append({"tag": tag, "attrs": dict(attrs), "children": [], "text": []})
+
+    def handle_endtag(self, tag):
+        for i in range(len(self.stack) - 1, 0, -1):
+            if self.stack[i]["tag"] == tag:
+                del self.stack[i:]
+                break
+
+    def handle_data(self, data):
+        self.stack[-1]["children"].append(data)
+
+
+def _find(node, tag: str, **attrs) -> list[dict]:
+    """Descendants with this tag and attributes (data_x means data-x; class_ matches one of the classes)."""
+    found = []
+    for child in node["children"]:
+        if not isinstance(child, dict):
+            continue
+        a = child["attrs"]
+        if child["tag"] == tag and all(
+                v in (a.get("class") or "").split() if k == "class_" else a.get(k.replace("_", "-")) == v
+                for k, v in attrs.items()):
+            found.append(child)
+        found += _find(child, tag, **attrs)
+    return found
+
+
+def _text(node) -> str:
+    return "".join(c if isinstance(c, str) else _text(c) for c in node["children"])
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is absent: install Debian's chromium "
+                                                  "(make test does) to check the page in a real browser")
+def test_in_headless_chromium(doc, tmp_path):
+    report = write_report(HtmlReporter(), doc, tmp_path / "out")
+    dom = _Dom()
+    dom.feed(_chromium("--dump-dom", report.as_uri(), tmp=tmp_path))
+    assert _find(dom.root, "body"), "chromium rendered no DOM"
+
+    (matrix,) = _find(dom.root, "table", class_="matrix")
+    (row,) = _find(matrix, "tr", data_scenario="malloc.memset")
+    (cell,) = _find(row, "td", data_method="procmem")
+    assert cell["attrs"]["data-outcome"] == "FAIL" and "FAIL" in _text(cell)
+    (memzero,) = _find(matrix, "tr", data_scenario="malloc.memzero")
+    assert _find(memzero, "td", data_method="procmem")[0]["attrs"]["data-outcome"] == "PASS"
+
+    freed = _find(dom.root, "article", data_scenario="malloc.nowipe", data_checkpoint="freed")
+    assert {a["attrs"]["data-method"] for a in freed} == {"procmem", "gcore"}
+    for article in freed:
+        (hit,) = _find(article, "tr", class_="hit")
+        text = _text(hit)
+        assert "0x556e0bcb82e0" in text and "[heap]" in text and "intended" in text
+        assert _find(article, "svg", class_="amap"), "no address map"
+
+    shot = tmp_path / "report.png"
+    _chromium(f"--screenshot={shot}", "--window-size=1400,2000", "--hide-scrollbars", report.as_uri(), tmp=tmp_path)
+    data = shot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert struct.unpack(">II", data[16:24]) == (1400, 2000)
+    assert len(data) > 50_000, "a nearly blank screenshot"
