@@ -28,11 +28,11 @@ import datetime as dt
 import fnmatch
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .scenario import SNAPSHOT_METHODS
+from .tomltable import TomlTable, load_toml
 
 CONFIG_ENV = "REMANENCE_CONFIG"
 CONFIG_NAME = "remanence.toml"
@@ -155,50 +155,14 @@ class Config:
     suppressions: tuple[Suppression, ...] = ()
 
 
-class _Table:
-    """Typed access to one TOML table; every error names the file and the full key."""
-
-    def __init__(self, path: Path, table: dict, prefix: str):
-        self.path, self.table, self.prefix = path, table, prefix
-
-    def fail(self, name: str, message: str) -> ConfigError:
-        return ConfigError(self.path, f"{self.prefix}{name}", message)
-
-    def get(self, name: str, kind: type | tuple[type, ...], required: bool = False):
-        if name not in self.table:
-            if required:
-                raise self.fail(name, "required key is missing")
-            return None
-        value = self.table[name]
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds) \
-                or (isinstance(value, dt.datetime) and dt.datetime not in kinds):
-            expected = " or ".join(k.__name__ for k in kinds)
-            raise self.fail(name, f"expected {expected}, got {type(value).__name__} {value!r}")
-        return value
-
-    def string_list(self, name: str) -> list[str] | None:
-        value = self.get(name, list)
-        if value is not None:
-            for i, item in enumerate(value):
-                if not isinstance(item, str):
-                    raise self.fail(f"{name}[{i}]", f"expected a string, got {item!r}")
-        return value
-
-    def reject_unknown(self, allowed: tuple[str, ...]) -> None:
-        for name in self.table:
-            if name not in allowed:
-                raise self.fail(name, f"unknown key (allowed: {', '.join(allowed)})")
-
-
-def _method_pattern(t: _Table, name: str, value: str) -> None:
+def _method_pattern(t: TomlTable, name: str, value: str) -> None:
     if not value:
         raise t.fail(name, "must not be empty")
     if not _GLOB_CHARS & set(value) and value not in SNAPSHOT_METHODS:
         raise t.fail(name, f"unknown method {value!r} (known: {', '.join(SNAPSHOT_METHODS)})")
 
 
-def _run_defaults(t: _Table, base: Path, known_formats: list[str]) -> RunDefaults:
+def _run_defaults(t: TomlTable, base: Path, known_formats: list[str]) -> RunDefaults:
     t.reject_unknown(("scenarios", "methods", "repeat", "timeout", "out", "formats", "baseline"))
     methods = t.string_list("methods")
     if methods is not None:
@@ -225,7 +189,7 @@ def _run_defaults(t: _Table, base: Path, known_formats: list[str]) -> RunDefault
                        None if timeout is None else float(timeout), paths["out"], specs, paths["baseline"])
 
 
-def _suppression(t: _Table, index: int) -> Suppression:
+def _suppression(t: TomlTable, index: int) -> Suppression:
     t.reject_unknown(("id", "scenario", "method", "checkpoint", "fingerprint", "reason", "expires"))
     reason = t.get("reason", str, required=True)
     if not reason.strip():
@@ -263,25 +227,19 @@ def _suppression(t: _Table, index: int) -> Suppression:
 
 def load_config(path: Path, known_formats: list[str]) -> Config:
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(path, "", f"not valid TOML: {e}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(path, "", f"cannot read: {e.strerror if isinstance(e, OSError) and e.strerror else e}") from None
-    top = _Table(path, data, "")
+    top = TomlTable(path, load_toml(path, ConfigError), "", ConfigError)
     top.reject_unknown(("run", "suppress"))
     base = path.resolve().parent
     run = RunDefaults()
     table = top.get("run", dict)
     if table is not None:
-        run = _run_defaults(_Table(path, table, "run."), base, known_formats)
+        run = _run_defaults(top.child(table, "run."), base, known_formats)
     suppressions = []
     entries = top.get("suppress", list) or []
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict):
             raise top.fail(f"suppress[{i}]", "expected a table ([[suppress]])")
-        suppressions.append(_suppression(_Table(path, entry, f"suppress[{i}]."), i))
+        suppressions.append(_suppression(top.child(entry, f"suppress[{i}]."), i))
     ids = [s.id for s in suppressions if s.id]
     if dupes := sorted({i for i in ids if ids.count(i) > 1}):
         raise top.fail("suppress", f"ids repeat: {', '.join(dupes)}")

@@ -41,6 +41,7 @@ class GapKind(str, enum.Enum):
     UNREADABLE = "unreadable"  # the method tried and failed: the secret could hide there
     EXCLUDED = "excluded"      # left out by the method's own policy (MADV_DONTDUMP, coredump_filter)
     KERNEL = "kernel"          # kernel-owned mapping the process cannot write
+    UNTOUCHED = "untouched"    # private anonymous memory with no resident or swapped page: reads as zeros
 
 
 # --- secrets -----------------------------------------------------------------
@@ -95,6 +96,10 @@ class Gap:
     kind: GapKind
     reason: str
     dont_dump: bool | None = None
+    perms: str = ""                  # the mapping's permissions, where known
+
+    def contains(self, address: int) -> bool:
+        return self.start <= address < self.start + self.size
 
 
 @dataclass

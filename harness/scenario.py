@@ -1,11 +1,11 @@
 """Scenario files: declarative TOML, validated strictly; every error names the file and the key."""
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .model import Expect
+from .tomltable import TomlTable, load_toml
 
 LANGUAGES = ("c", "go")
 SNAPSHOT_METHODS = ("procmem", "gcore", "gcore-all", "kernel-core", "exit")
@@ -85,47 +85,7 @@ class Scenario:
         return self.checkpoint(EXIT_CHECKPOINT)
 
 
-class _Reader:
-    """Typed access to one TOML table, rejecting unknown keys with the full key path."""
-
-    def __init__(self, path: Path, table: dict, prefix: str):
-        self.path, self.table, self.prefix = path, table, prefix
-
-    def key(self, name: str) -> str:
-        return f"{self.prefix}{name}"
-
-    def fail(self, name: str, message: str) -> ScenarioError:
-        return ScenarioError(self.path, self.key(name), message)
-
-    def get(self, name: str, kind: type | tuple[type, ...], default=None, required: bool = False):
-        if name not in self.table:
-            if required:
-                raise self.fail(name, "required key is missing")
-            return default
-        value = self.table[name]
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
-            expected = " or ".join(k.__name__ for k in kinds)
-            raise self.fail(name, f"expected {expected}, got {type(value).__name__} {value!r}")
-        return value
-
-    def choice(self, name: str, choices: tuple[str, ...], default: str | None = None, required: bool = False) -> str:
-        value = self.get(name, str, default, required)
-        if value not in choices:
-            raise self.fail(name, f"{value!r} is not one of: {', '.join(choices)}")
-        return value
-
-    def sub(self, name: str, required: bool = False) -> "_Reader | None":
-        table = self.get(name, dict, None, required)
-        return None if table is None else _Reader(self.path, table, self.key(name) + ".")
-
-    def reject_unknown(self, allowed: tuple[str, ...]) -> None:
-        for name in self.table:
-            if name not in allowed:
-                raise self.fail(name, f"unknown key (allowed: {', '.join(allowed)})")
-
-
-def _expectation(r: _Reader, inherit: MethodExpectation | None) -> MethodExpectation:
+def _expectation(r: TomlTable, inherit: MethodExpectation | None) -> MethodExpectation:
     r.reject_unknown(("expect", "why", "where"))
     required = inherit is None
     expect = r.choice("expect", tuple(e.value for e in Expect), inherit and inherit.expect.value, required)
@@ -142,7 +102,7 @@ def _default_methods(name: str, methods: tuple[str, ...], last: bool) -> tuple[s
     return tuple(m for m in methods if m in LIVE_METHODS or (m == "kernel-core" and last))
 
 
-def _checkpoint(r: _Reader, methods: tuple[str, ...], last: bool) -> CheckpointSpec:
+def _checkpoint(r: TomlTable, methods: tuple[str, ...], last: bool) -> CheckpointSpec:
     r.reject_unknown(("name", "expect", "why", "where", "methods", "per_method", "intended_region", "require_notes"))
     name = r.get("name", str, required=True)
     if not name or any(c.isspace() for c in name):
@@ -157,7 +117,7 @@ def _checkpoint(r: _Reader, methods: tuple[str, ...], last: bool) -> CheckpointS
             raise r.fail(f"methods[{i}]", "kernel-core ends the target, so it is only allowed at the last checkpoint")
     if not at:
         raise r.fail("methods", "no snapshot method applies at this checkpoint")
-    default = _expectation(_Reader(r.path, {k: v for k, v in r.table.items() if k in ("expect", "why", "where")}, r.prefix), None)
+    default = _expectation(r.child({k: v for k, v in r.table.items() if k in ("expect", "why", "where")}, r.prefix), None)
     per_method: dict[str, MethodExpectation] = {}
     overrides = r.sub("per_method")
     if overrides:
@@ -181,17 +141,11 @@ def _checkpoint(r: _Reader, methods: tuple[str, ...], last: bool) -> CheckpointS
 
 def load_scenario(path: Path) -> Scenario:
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as e:
-        raise ScenarioError(path, "", f"not valid TOML: {e}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ScenarioError(path, "", f"cannot read: {e}") from None
-    r = _Reader(path, data, "")
+    r = TomlTable(path, load_toml(path, ScenarioError), "", ScenarioError)
     r.reject_unknown(("name", "description", "target", "entry", "methods", "repeat", "timeout", "secret", "checkpoints"))
     name = r.get("name", str, required=True)
     target = r.choice("target", LANGUAGES, required=True)
-    methods = r.get("methods", list, list(SNAPSHOT_METHODS))
+    methods = r.get("methods", list, list(LIVE_METHODS))
     for i, method in enumerate(methods):
         if method not in SNAPSHOT_METHODS:
             raise r.fail(f"methods[{i}]", f"unknown method {method!r} (known: {', '.join(SNAPSHOT_METHODS)})")
@@ -227,7 +181,7 @@ def load_scenario(path: Path) -> Scenario:
         if not isinstance(table, dict):
             raise r.fail(f"checkpoints[{i}]", "expected a table ([[checkpoints]])")
         last = bool(announced) and table.get("name") == announced[-1]
-        checkpoints.append(_checkpoint(_Reader(path, table, f"checkpoints[{i}]."), tuple(methods), last))
+        checkpoints.append(_checkpoint(r.child(table, f"checkpoints[{i}]."), tuple(methods), last))
     return Scenario(
         name=name,
         description=r.get("description", str, "").strip(),

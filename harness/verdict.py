@@ -52,7 +52,7 @@ class Verdict:
 def _guarded(region: Region, snapshot: Snapshot) -> bool:
     """Both neighbours in the address space are PROT_NONE, as sodium_malloc's guard pages are."""
     def inaccessible_at(address: int) -> bool:
-        neighbour = snapshot.region_at(address)
+        neighbour = snapshot.region_at(address) or next((g for g in snapshot.gaps if g.contains(address)), None)
         return neighbour is not None and neighbour.perms.startswith("---")
     return region.kind not in (RegionKind.REGISTERS, RegionKind.NOTE) and region.start > 0 \
         and inaccessible_at(region.start - 1) and inaccessible_at(region.end)
@@ -97,7 +97,7 @@ def _region_flag_mismatch(region: Region | None, wanted: dict[str, bool]) -> str
 
 def _exclusion_note(gaps: list[Gap], intended_address: int | None) -> str:
     for gap in gaps:
-        if gap.kind == GapKind.EXCLUDED and intended_address is not None and gap.start <= intended_address < gap.start + gap.size:
+        if gap.kind == GapKind.EXCLUDED and intended_address is not None and gap.contains(intended_address):
             return f"; the secret's region was left out of the snapshot ({gap.reason})"
     return ""
 

@@ -24,7 +24,8 @@ def _region(r: Region) -> dict:
 
 
 def _gap(g: Gap) -> dict:
-    return {"start": _address(g.start), "size": g.size, "name": g.name, "kind": g.kind.value, "reason": g.reason}
+    return {"start": _address(g.start), "size": g.size, "name": g.name, "kind": g.kind.value, "reason": g.reason,
+            "perms": g.perms}
 
 
 def _finding(v: Verdict, f: Finding, show_secrets: bool) -> dict:

@@ -239,7 +239,7 @@ def snapshot_from_core(path: Path | str, method: str, live: list[LiveMapping] | 
                 else:
                     kind = GapKind.EXCLUDED
                     reason = "MADV_DONTDUMP" if m.dont_dump else "not dumped (coredump_filter / gdb policy)"
-                gaps.append(Gap(a, b - a, m.name, kind, reason, m.dont_dump))
+                gaps.append(Gap(a, b - a, m.name, kind, reason, m.dont_dump, m.perms))
         gaps.sort(key=lambda g: g.start)
 
     for note in layout.notes:

@@ -24,6 +24,15 @@ class LiveMapping:
     vm_flags: tuple[str, ...] = ()
     locked: bool = False             # VmFlags "lo" or smaps Locked > 0
     dont_dump: bool = False          # VmFlags "dd" (MADV_DONTDUMP)
+    resident_kb: int = 0             # smaps Rss
+    swap_kb: int = 0                 # smaps Swap
+
+    @property
+    def untouched(self) -> bool:
+        """Private anonymous memory with no page resident or swapped out: it can only read as zeros
+        (Go reserves gigabytes of such address space)."""
+        return self.perms.endswith("p") and self.kind in (RegionKind.ANONYMOUS, RegionKind.HEAP, RegionKind.STACK) \
+            and self.resident_kb == 0 and self.swap_kb == 0
 
     @property
     def size(self) -> int:
@@ -58,7 +67,8 @@ def parse_smaps(text: str) -> list[LiveMapping]:
             mappings.append(LiveMapping(
                 start=current["start"], end=current["end"], perms=current["perms"], offset=current["offset"],
                 name=current["name"], vm_flags=flags,
-                locked="lo" in flags or current["locked_kb"] > 0, dont_dump="dd" in flags))
+                locked="lo" in flags or current["locked_kb"] > 0, dont_dump="dd" in flags,
+                resident_kb=current["rss_kb"], swap_kb=current["swap_kb"]))
 
     for line in text.splitlines():
         header = _HEADER.match(line)
@@ -66,11 +76,12 @@ def parse_smaps(text: str) -> list[LiveMapping]:
             flush()
             start, end, perms, offset, name = header.groups()
             current = {"start": int(start, 16), "end": int(end, 16), "perms": perms, "offset": int(offset, 16),
-                       "name": name.strip(), "vm_flags": (), "locked_kb": 0}
+                       "name": name.strip(), "vm_flags": (), "locked_kb": 0, "rss_kb": 0, "swap_kb": 0}
         elif current is not None and line.startswith("VmFlags:"):
             current["vm_flags"] = tuple(line.split()[1:])
-        elif current is not None and line.startswith("Locked:"):
-            current["locked_kb"] = int(line.split()[1])
+        elif current is not None and line.startswith(("Locked:", "Rss:", "Swap:")):
+            field = {"Locked:": "locked_kb", "Rss:": "rss_kb", "Swap:": "swap_kb"}[line.split()[0]]
+            current[field] = int(line.split()[1])
     flush()
     return mappings
 

@@ -135,6 +135,10 @@ def _copy_mapping(mem_fd: int, out, pid: int, m: LiveMapping, buffer: bytearray,
     if m.kind == RegionKind.KERNEL:
         gaps.append(Gap(m.start, m.size, m.name, GapKind.KERNEL, "kernel-owned mapping, not read", m.dont_dump))
         return
+    if m.untouched:
+        gaps.append(Gap(m.start, m.size, m.name, GapKind.UNTOUCHED, "no page ever touched (Rss and Swap 0): reads as zeros",
+                        m.dont_dump, m.perms))
+        return
     pieces = []
     for chunk_start in range(m.start, m.end, len(buffer)):
         pieces += _read_span(mem_fd, out, pid, chunk_start, min(m.end, chunk_start + len(buffer)), buffer)
@@ -143,7 +147,7 @@ def _copy_mapping(mem_fd: int, out, pid: int, m: LiveMapping, buffer: bytearray,
             regions.append(Region(start=a, size=b - a, perms=m.perms, kind=m.kind, name=m.name, file_offset=offset,
                                   locked=m.locked, dont_dump=m.dont_dump, vm_flags=m.vm_flags))
         else:
-            gaps.append(Gap(a, b - a, m.name, GapKind.UNREADABLE, error, m.dont_dump))
+            gaps.append(Gap(a, b - a, m.name, GapKind.UNREADABLE, error, m.dont_dump, m.perms))
 
 
 def open_mem(pid: int) -> int:
