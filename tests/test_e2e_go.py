@@ -1,0 +1,89 @@
+"""End to end on the Go target: runtime/secret (GOEXPERIMENT=runtimesecret) and memguard, real snapshots."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from harness.cli import main
+from harness.targets import PROJECT_ROOT, TargetUnavailable, build_target
+
+pytestmark = pytest.mark.e2e
+GO_SCENARIOS = PROJECT_ROOT / "scenarios" / "go"
+SCHEMA = json.loads((PROJECT_ROOT / "harness" / "schema" / "results-v1.schema.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def go_suite(tmp_path_factory):
+    try:
+        build_target("go")
+    except TargetUnavailable as e:
+        pytest.skip(f"Go target unavailable here: {e}")
+    out = tmp_path_factory.mktemp("go-suite")
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        code = main(["run", "--scenarios", str(GO_SCENARIOS), "--out", str(out)])
+    return code, json.loads((out / "results.json").read_text())
+
+
+def verdicts(doc: dict, scenario: str, checkpoint: str, method: str) -> list[dict]:
+    found = [v for v in doc["verdicts"]
+             if (v["scenario"], v["checkpoint"], v["method"]) == (scenario, checkpoint, method)]
+    assert found, f"no verdict for {scenario} {checkpoint} {method}"
+    return found
+
+
+def test_every_go_verdict_passes(go_suite):
+    code, doc = go_suite
+    failing = [(v["scenario"], v["repetition"], v["checkpoint"], v["method"], v["outcome"], v["reason"])
+               for v in doc["verdicts"] if v["outcome"] != "PASS"]
+    assert failing == []
+    assert code == 0
+    jsonschema.validate(doc, SCHEMA)
+    assert {r["scenario"] for r in doc["runs"]} == {p.stem for p in GO_SCENARIOS.glob("*.toml")}
+
+
+def test_gc_dependent_scenarios_repeat_and_agree(go_suite):
+    _, doc = go_suite
+    heap = [a for a in doc["aggregates"] if (a["scenario"], a["checkpoint"]) == ("secret.heap", "after_gc")]
+    assert heap and all(a["runs"] == 5 and a["found"] == 0 and a["outcomes"] == {"PASS": 5} for a in heap)
+    nodo = [a for a in doc["aggregates"] if (a["scenario"], a["checkpoint"]) == ("secret.heap_nodo", "after_gc")]
+    assert nodo and all(a["runs"] == 5 and a["found"] == 5 for a in nodo)
+
+
+def test_documented_limitations_leak_where_they_should(go_suite):
+    _, doc = go_suite
+    for scenario, checkpoint in (("secret.global", "after"), ("secret.escape", "after"), ("secret.none", "after"),
+                                 ("secret.goroutine", "exited")):
+        for v in verdicts(doc, scenario, checkpoint, "procmem"):
+            assert any(h["full"] and h["in_intended_region"] for h in v["hits"]), (scenario, checkpoint)
+    for v in verdicts(doc, "memguard.string_copy", "destroyed", "procmem"):
+        assert any(h["region"]["kind"] == "anonymous" for h in v["hits"])
+    for scenario in ("secret.return", "secret.panic", "secret.stack_growth", "secret.registers"):
+        for method in ("procmem", "gcore", "gcore-all"):
+            assert all(v["hits"] == [] for v in verdicts(doc, scenario, "after", method)), (scenario, method)
+
+
+def test_registers_twin_shows_the_key_in_a_threads_saved_registers(go_suite):
+    _, doc = go_suite
+    for v in verdicts(doc, "secret.registers_nodo", "after", "kernel-core"):
+        sets = {h["region"]["register_set"] for h in v["hits"] if h["region"]["kind"] == "registers"}
+        assert sets & {"NT_FPREGSET", "NT_X86_XSTATE"}
+        assert all(h["region"]["thread"] for h in v["hits"] if h["region"]["kind"] == "registers")
+    for v in verdicts(doc, "secret.registers", "after", "kernel-core"):
+        assert v["hits"] == [] and v["snapshot"]["not_produced"] is None
+
+
+def test_memguard_end_of_life(go_suite):
+    _, doc = go_suite
+    for scenario in ("memguard.safe_exit", "memguard.interrupt"):
+        [at_exit] = verdicts(doc, scenario, "exit", "exit")
+        assert at_exit["hits"] == [] and at_exit["canary_seen"] is True
+    [core] = verdicts(doc, "memguard.locked_live", "in_use", "kernel-core")
+    capeff = int(next(line for line in Path("/proc/self/status").read_text().splitlines()
+                      if line.startswith("CapEff:")).split()[1], 16)
+    if not capeff >> 24 & 1:  # without CAP_SYS_RESOURCE memguard's hard core limit 0 stands
+        assert core["snapshot"]["not_produced"].startswith("no core produced: RLIMIT_CORE hard limit is 0")
