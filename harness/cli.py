@@ -22,7 +22,7 @@ from .gate import BaselineError, apply_gate, load_baseline
 from .plan import Plan, UsageError, availability, make_plan, select
 from .report import reporters, write_report
 from .report.json_report import results_document
-from .report.terminal import STYLES, print_verdicts
+from .report.terminal import print_verdicts
 from .results import EXIT_USAGE
 from .runner import RunOptions, Runner
 from .scenario import SNAPSHOT_METHODS, ScenarioError, load_scenarios
@@ -32,7 +32,6 @@ from .targets import PROJECT_ROOT
 
 DEFAULT_SCENARIOS = PROJECT_ROOT / "scenarios"
 DEFAULT_OUT = Path("reports")
-GATE_STYLES = {"new": "bold", "baseline": "cyan", "suppressed": "dim"}
 
 
 def _console(stderr: bool = False) -> Console:
@@ -173,23 +172,6 @@ def _report_gate(doc: dict, console: Console, quiet: bool) -> None:
                       + f" -> exit {gate['exit_code']}")
 
 
-def _print_doc_verdicts(doc: dict, console: Console) -> None:
-    """The verdict table from a results document (merge has no live Results)."""
-    table = Table(title="remanence verdicts")
-    for column in ("scenario", "#", "checkpoint", "method", "expect", "verdict", "gate", "reason"):
-        table.add_column(column, overflow="fold", no_wrap=column != "reason")
-    for v in doc["verdicts"]:
-        style = {o.value: s for o, s in STYLES.items()}[v["outcome"]]
-        state = v["gate"]["state"] if v.get("gate") else ""
-        table.add_row(escape(v["scenario"]), str(v["repetition"]), escape(v["checkpoint"]), v["method"], v["expect"],
-                      f"[{style}]{v['outcome']}[/]", f"[{GATE_STYLES[state]}]{state}[/]" if state else "",
-                      escape(v["reason"]))
-    console.print(table)
-    summary = ", ".join(f"{n} {k}" for k, n in doc["summary"].items() if n)
-    console.print(f"{len(doc['runs'])} run(s) from {len(doc.get('merged_from', []))} shard(s): {summary or 'no verdicts'}"
-                  + (" [bold](interrupted)[/]" if doc.get("interrupted") else ""))
-
-
 def _config_for(args, known: dict) -> Config:
     return resolve_config(getattr(args, "config", None), list(known))
 
@@ -249,7 +231,7 @@ def _run(args) -> int:
     doc = apply_gate(doc, baseline, config, baseline_path=baseline_path)
     table_console = _console(stderr=any(f.to_stdout for f in formats))  # stdout may belong to a report
     if not args.quiet:
-        print_verdicts(results, table_console)
+        print_verdicts(doc, table_console)
     _report_gate(doc, table_console, args.quiet)
     _emit(doc, formats, out, known, progress)
     return doc["exit_code"]
@@ -269,7 +251,7 @@ def _merge(args) -> int:
     progress(f"merged {len(files)} shard document(s): {len(doc['runs'])} run(s), {len(doc['verdicts'])} verdict(s)")
     table_console = _console(stderr=any(f.to_stdout for f in formats))
     if not args.quiet:
-        _print_doc_verdicts(doc, table_console)
+        print_verdicts(doc, table_console)
     _report_gate(doc, table_console, args.quiet)
     _emit(doc, formats, args.out, known, progress)
     return doc["exit_code"]

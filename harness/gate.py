@@ -19,7 +19,7 @@ import datetime as dt
 from pathlib import Path
 
 from .config import Config
-from .results import EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, fingerprint
+from .results import EXIT_FAIL, EXIT_USAGE, fingerprint, outcomes_exit_code
 
 NOT_JUDGED = ("PASS", "SKIP")
 SEVERITY = {"FAIL": 2, "ERROR": 1, "INCONCLUSIVE": 1}
@@ -30,18 +30,6 @@ class BaselineError(Exception):
     """The baseline file is not a usable results document (exit code 2)."""
 
     exit_code = EXIT_USAGE
-
-
-def outcomes_exit_code(outcomes, interrupted: bool) -> int:
-    """The exit code that a set of verdict outcomes implies (the same rule as Results.exit_code)."""
-    outcomes = set(outcomes)
-    if "FAIL" in outcomes:
-        return EXIT_FAIL
-    if interrupted:
-        return EXIT_INTERRUPTED
-    if outcomes & {"ERROR", "INCONCLUSIVE"}:
-        return EXIT_INCONCLUSIVE
-    return EXIT_OK
 
 
 def doc_exit_code(doc: dict) -> int:

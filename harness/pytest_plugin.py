@@ -43,6 +43,7 @@ from pathlib import Path
 import pytest
 
 from .model import Outcome
+from .results import document_aggregates, document_counts, outcomes_exit_code
 from .scenario import LANGUAGES, SNAPSHOT_METHODS, Scenario, ScenarioError, load_scenario
 
 log = logging.getLogger("remanence")
@@ -377,22 +378,10 @@ def merge_documents(docs: list[dict]) -> dict:
     first = docs[0]
     verdicts = [v for d in docs for v in d["verdicts"]]
     interrupted = any(d["interrupted"] for d in docs)
-    summary = {o.value: 0 for o in Outcome}
-    aggregates: dict[tuple[str, str, str], dict] = {}
-    for v in verdicts:
-        summary[v["outcome"]] += 1
-        agg = aggregates.setdefault((v["scenario"], v["checkpoint"], v["method"]), {
-            "scenario": v["scenario"], "checkpoint": v["checkpoint"], "method": v["method"], "expect": v["expect"],
-            "runs": 0, "found": 0, "outcomes": {}})
-        agg["runs"] += 1
-        agg["found"] += bool(v["hits"])
-        agg["outcomes"][v["outcome"]] = agg["outcomes"].get(v["outcome"], 0) + 1
-    outcomes = {v["outcome"] for v in verdicts}
-    exit_code = 1 if Outcome.FAIL.value in outcomes else 130 if interrupted else \
-        3 if outcomes & {Outcome.ERROR.value, Outcome.INCONCLUSIVE.value} else 0
     return {**first, "started_at": min(d["started_at"] for d in docs),
-            "finished_at": max(d["finished_at"] for d in docs), "interrupted": interrupted, "exit_code": exit_code,
-            "summary": summary, "aggregates": list(aggregates.values()),
+            "finished_at": max(d["finished_at"] for d in docs), "interrupted": interrupted,
+            "exit_code": outcomes_exit_code((v["outcome"] for v in verdicts), interrupted),
+            "summary": document_counts(verdicts), "aggregates": document_aggregates(verdicts),
             "runs": [r for d in docs for r in d["runs"]], "verdicts": verdicts}
 
 

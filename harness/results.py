@@ -47,19 +47,6 @@ class RunRecord:
 
 
 @dataclass
-class Aggregate:
-    """One scenario × checkpoint × method over its repetitions: how often each outcome, how often the secret was seen."""
-
-    scenario: str
-    checkpoint: str
-    method: str
-    expect: str
-    runs: int = 0
-    found: int = 0
-    outcomes: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass
 class Results:
     runs: list[RunRecord]
     started_at: str
@@ -71,29 +58,39 @@ class Results:
     def verdicts(self) -> list[Verdict]:
         return [v for run in self.runs for v in run.verdicts]
 
-    def counts(self) -> dict[str, int]:
-        counts = {o.value: 0 for o in Outcome}
-        for v in self.verdicts:
-            counts[v.outcome.value] += 1
-        return counts
-
-    def aggregates(self) -> list[Aggregate]:
-        groups: dict[tuple[str, str, str], Aggregate] = {}
-        for v in self.verdicts:
-            key = (v.scenario, v.checkpoint, v.method)
-            agg = groups.setdefault(key, Aggregate(*key, v.expect.value))
-            agg.runs += 1
-            agg.found += bool(v.findings)
-            agg.outcomes[v.outcome.value] = agg.outcomes.get(v.outcome.value, 0) + 1
-        return list(groups.values())
-
     def exit_code(self) -> int:
-        """1 if anything FAILed (the gate's first concern), else 3 for ERROR/INCONCLUSIVE or an interrupted run, else 0."""
-        outcomes = {v.outcome for v in self.verdicts}
-        if Outcome.FAIL in outcomes:
-            return EXIT_FAIL
-        if self.interrupted:
-            return EXIT_INTERRUPTED
-        if outcomes & {Outcome.ERROR, Outcome.INCONCLUSIVE}:
-            return EXIT_INCONCLUSIVE
-        return EXIT_OK
+        return outcomes_exit_code((v.outcome.value for v in self.verdicts), self.interrupted)
+
+
+def outcomes_exit_code(outcomes, interrupted: bool) -> int:
+    """1 if anything FAILed (the gate's first concern), else 130 if interrupted, else 3 for ERROR/INCONCLUSIVE, else 0."""
+    outcomes = set(outcomes)
+    if Outcome.FAIL.value in outcomes:
+        return EXIT_FAIL
+    if interrupted:
+        return EXIT_INTERRUPTED
+    if outcomes & {Outcome.ERROR.value, Outcome.INCONCLUSIVE.value}:
+        return EXIT_INCONCLUSIVE
+    return EXIT_OK
+
+
+def document_counts(verdicts: list[dict]) -> dict[str, int]:
+    """How many verdicts of a results document have each outcome."""
+    summary = {o.value: 0 for o in Outcome}
+    for v in verdicts:
+        summary[v["outcome"]] = summary.get(v["outcome"], 0) + 1
+    return summary
+
+
+def document_aggregates(verdicts: list[dict]) -> list[dict]:
+    """Each scenario x checkpoint x method over its repetitions (in order of first appearance): outcome
+    counts and how many runs found the secret -- the rate for GC-dependent scenarios."""
+    groups: dict[tuple[str, str, str], dict] = {}
+    for v in verdicts:
+        key = (v["scenario"], v["checkpoint"], v["method"])
+        agg = groups.setdefault(key, {"scenario": key[0], "checkpoint": key[1], "method": key[2],
+                                      "expect": v["expect"], "runs": 0, "found": 0, "outcomes": {}})
+        agg["runs"] += 1
+        agg["found"] += bool(v.get("hits"))
+        agg["outcomes"][v["outcome"]] = agg["outcomes"].get(v["outcome"], 0) + 1
+    return list(groups.values())

@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 
 from .gate import check_document, doc_exit_code
-from .model import Outcome
+from .results import document_aggregates, document_counts
 
 _SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 
@@ -48,26 +48,6 @@ def shard_slice(run_ids: list[str], index: int, count: int) -> list[str]:
 
 def run_id(run: dict) -> str:
     return f"{run['scenario']}#{run['repetition']}"
-
-
-def counts(verdicts: list[dict]) -> dict[str, int]:
-    summary = {o.value: 0 for o in Outcome}
-    for v in verdicts:
-        summary[v["outcome"]] = summary.get(v["outcome"], 0) + 1
-    return summary
-
-
-def aggregates(verdicts: list[dict]) -> list[dict]:
-    """As Results.aggregates: per scenario x checkpoint x method, in order of first appearance."""
-    groups: dict[tuple[str, str, str], dict] = {}
-    for v in verdicts:
-        key = (v["scenario"], v["checkpoint"], v["method"])
-        agg = groups.setdefault(key, {"scenario": key[0], "checkpoint": key[1], "method": key[2],
-                                      "expect": v["expect"], "runs": 0, "found": 0, "outcomes": {}})
-        agg["runs"] += 1
-        agg["found"] += bool(v.get("hits"))
-        agg["outcomes"][v["outcome"]] = agg["outcomes"].get(v["outcome"], 0) + 1
-    return list(groups.values())
 
 
 def shard_inputs(paths: list[Path]) -> list[Path]:
@@ -169,8 +149,8 @@ def merge_documents(shards: list[tuple[str, dict]]) -> dict:
         "interrupted": any(d.get("interrupted") for _, d in shards),
         "exit_code": 0,
         "machine": by_index[0][1].get("machine", {}),
-        "summary": counts(merged_verdicts),
-        "aggregates": aggregates(merged_verdicts),
+        "summary": document_counts(merged_verdicts),
+        "aggregates": document_aggregates(merged_verdicts),
         "runs": merged_runs,
         "verdicts": merged_verdicts,
         "planned_runs": planned,

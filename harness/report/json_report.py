@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..model import Gap, Region
-from ..results import Results, RunRecord, fingerprint, verdict_fingerprints
+from ..results import Results, RunRecord, document_aggregates, document_counts, fingerprint, verdict_fingerprints
 from ..targets import PROJECT_ROOT, registration_site
 from ..verdict import Finding, Verdict
 
@@ -79,16 +79,16 @@ def _run(r: RunRecord) -> dict:
 def results_document(results: Results, show_secrets: bool = False) -> dict:
     """The whole run as plain data: what results.json holds and what every reporter renders.
     Secret bytes in hit contexts are masked unless `show_secrets`."""
+    verdicts = [_verdict(v, show_secrets) for v in results.verdicts]
     return {
         "schema": "remanence-results", "schema_version": SCHEMA_VERSION, "secrets_shown": show_secrets,
         "tool": {"name": "remanence", "version": __version__},
         "started_at": results.started_at, "finished_at": results.finished_at,
         "interrupted": results.interrupted, "exit_code": results.exit_code(), "machine": results.machine,
-        "summary": results.counts(),
-        "aggregates": [{"scenario": a.scenario, "checkpoint": a.checkpoint, "method": a.method, "expect": a.expect,
-                        "runs": a.runs, "found": a.found, "outcomes": a.outcomes} for a in results.aggregates()],
+        "summary": document_counts(verdicts),
+        "aggregates": document_aggregates(verdicts),
         "runs": [_run(r) for r in results.runs],
-        "verdicts": [_verdict(v, show_secrets) for v in results.verdicts],
+        "verdicts": verdicts,
     }
 
 
