@@ -26,11 +26,20 @@ class TargetEvent:
     address: int | None = None
 
 
+def signal_name(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return f"signal {sig}"
+
+
 def describe_status(status: int) -> str:
+    """A wait status (waitpid's, or PTRACE_GETEVENTMSG's at PTRACE_EVENT_EXIT) in words."""
+    if os.WIFEXITED(status):
+        return f"exit status {os.WEXITSTATUS(status)}"
     if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        return f"killed by {signal.Signals(sig).name}" + (" (core dumped)" if os.WCOREDUMP(status) else "")
-    return f"exit status {os.waitstatus_to_exitcode(status)}"
+        return f"killed by {signal_name(os.WTERMSIG(status))}" + (" (core dumped)" if os.WCOREDUMP(status) else "")
+    return f"status {status:#x}"
 
 
 class TargetProcess:

@@ -15,7 +15,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness.model import Region, RegionKind, Secret, Snapshot  # noqa: E402
-from harness.scan.encodings import patterns_for  # noqa: E402
 from harness.scan.engine import scan_snapshot  # noqa: E402
 
 BLOCK = 16 << 20

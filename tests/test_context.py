@@ -1,5 +1,4 @@
 import os
-from pathlib import Path
 
 from harness.model import Hit, Region, RegionKind, Secret, Snapshot
 from harness.scan.context import hit_context

@@ -160,7 +160,7 @@ def test_secret_and_canary_in_one_pass(tmp_path):
 def test_copy_across_adjacent_regions_not_reported_whole(tmp_path):
     image = FakeImage(100_000)
     left = image.region("left", 0x4000_0000, 8192, 0)
-    right = image.region("right", 0x4000_2000, 8192, 8192)          # contiguous in memory and in the file
+    image.region("right", 0x4000_2000, 8192, 8192)                  # contiguous in memory and in the file
     image.plant(left, 8192 - 16, SECRET.value)                      # 16 bytes in each region
     result = scan_snapshot(image.snapshot(tmp_path), [SECRET])
     assert not [h for h in result.hits if h.full]

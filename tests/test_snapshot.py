@@ -505,7 +505,7 @@ def test_procmem_bisects_failing_chunks_to_pages(monkeypatch, short_reads):
 
 
 def test_procmem_waits_until_every_thread_reports_stopped(target, tmp_path, monkeypatch):
-    real_states = procmem_module._thread_states
+    real_states = procmem_module.thread_states
     polls = []
     laggard = max(int(t) for t in os.listdir(f"/proc/{target.pid}/task"))
 
@@ -514,16 +514,16 @@ def test_procmem_waits_until_every_thread_reports_stopped(target, tmp_path, monk
         states = real_states(pid)
         return {**states, laggard: "S"} if len(polls) <= 3 else states
 
-    monkeypatch.setattr(procmem_module, "_thread_states", slow_thread_states)
+    monkeypatch.setattr(procmem_module, "thread_states", slow_thread_states)
     snap = procmem_module.take_procmem(target.pid, tmp_path)
     assert len(polls) == 4 and snap.regions
     assert target.responds()
 
 
 def test_procmem_gives_up_when_a_thread_never_stops(target, tmp_path, monkeypatch):
-    real_states = procmem_module._thread_states
+    real_states = procmem_module.thread_states
     laggard = max(int(t) for t in os.listdir(f"/proc/{target.pid}/task"))
-    monkeypatch.setattr(procmem_module, "_thread_states", lambda pid: {**real_states(pid), laggard: "D"})
+    monkeypatch.setattr(procmem_module, "thread_states", lambda pid: {**real_states(pid), laggard: "D"})
     with pytest.raises(SnapshotError, match=rf"threads did not stop within 0.2s: {laggard} \(D\)"):
         procmem_module.take_procmem(target.pid, tmp_path, stop_timeout=0.2)
     assert list(tmp_path.glob("*.raw")) == []

@@ -19,7 +19,8 @@ from harness.model import GapKind, RegionKind, iter_region_chunks
 from harness.snapshot import SnapshotError
 from harness.snapshot import kernelcore
 from harness.snapshot.elfcore import read_core_layout
-from harness.snapshot.exitstop import ExitStop, describe_exit_code, exit_unavailable
+from harness.process import describe_status
+from harness.snapshot.exitstop import ExitStop, exit_unavailable
 from harness.snapshot.kernelcore import (CoreFacts, core_pattern_glob, core_pattern_regex, escape_component,
                                          expand_core_pattern, find_core, kernel_core_unavailable, pattern_unusable,
                                          take_kernel_core)
@@ -800,10 +801,10 @@ def test_exit_arm_errors(tmp_path):
         ExitStop(proc.pid).arm()
 
 
-def test_describe_exit_code():
-    assert describe_exit_code(3 << 8) == "exit status 3"
-    assert describe_exit_code(signal.SIGINT) == "killed by SIGINT"
-    assert describe_exit_code(signal.SIGABRT | 0x80) == "killed by SIGABRT (core dumped)"
+def test_describe_status():
+    assert describe_status(3 << 8) == "exit status 3"
+    assert describe_status(signal.SIGINT) == "killed by SIGINT"
+    assert describe_status(signal.SIGABRT | 0x80) == "killed by SIGABRT (core dumped)"
 
 
 @needs_ptrace

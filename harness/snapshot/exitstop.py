@@ -28,7 +28,8 @@ from pathlib import Path
 
 from harness.model import Region, RegionKind, Snapshot
 from harness.snapshot import SnapshotError, _has_cap_sys_ptrace, _ptrace_scope
-from harness.snapshot.procmem import copy_stopped_memory, open_mem
+from harness.process import describe_status, signal_name
+from harness.snapshot.procmem import copy_stopped_memory, open_mem, thread_states
 
 METHOD = "exit"
 
@@ -83,20 +84,6 @@ def exit_unavailable() -> str | None:
         return "Yama ptrace_scope=2 requires CAP_SYS_PTRACE to PTRACE_SEIZE a process"
     # scope 0 and 1 both let a parent trace its own child.
     return None
-
-
-def describe_exit_code(code: int) -> str:
-    """An exit code in wait-status form (PTRACE_GETEVENTMSG at PTRACE_EVENT_EXIT, or waitpid's status)."""
-    if os.WIFEXITED(code):
-        return f"exit status {os.WEXITSTATUS(code)}"
-    if os.WIFSIGNALED(code):
-        sig = os.WTERMSIG(code)
-        try:
-            name = signal.Signals(sig).name
-        except ValueError:
-            name = f"signal {sig}"
-        return f"killed by {name}" + (" (core dumped)" if os.WCOREDUMP(code) else "")
-    return f"status {code:#x}"
 
 
 class ExitStop:
@@ -159,7 +146,7 @@ class ExitStop:
             self.exit_code = message.value
             self.at_exit_stop = True
             self._stopped_at = time.monotonic()
-            self._threads_at_stop = _thread_states(self.pid)
+            self._threads_at_stop = thread_states(self.pid)
             return True
         if event == PTRACE_EVENT_STOP:
             if sig in _STOP_SIGNALS:      # group-stop (SIGSTOP/SIGTSTP...): stay stopped until SIGCONT
@@ -227,7 +214,7 @@ class ExitStop:
             raise
         others = {tid: s for tid, s in self._threads_at_stop.items() if tid != self.pid}
         notes = [
-            f"exit reached: {describe_exit_code(self.exit_code)} (PTRACE_GETEVENTMSG {self.exit_code:#x}), "
+            f"exit reached: {describe_status(self.exit_code)} (PTRACE_GETEVENTMSG {self.exit_code:#x}), "
             f"{(self._stopped_at or started) - self._armed_at:.3f}s after arm",
             f"threads at the exit stop: leader {self.pid}"
             + (", others " + ", ".join(f"{t} ({s})" for t, s in sorted(others.items())) if others else ", no other thread left"),
@@ -235,7 +222,7 @@ class ExitStop:
         ]
         if self.reinjected:
             notes.append("signals delivered while armed: " + ", ".join(
-                f"{_signame(s)} x{n}" for s, n in sorted(self.reinjected.items())))
+                f"{signal_name(s)} x{n}" for s, n in sorted(self.reinjected.items())))
         if self.group_stops:
             notes.append(f"group-stops while armed: {self.group_stops}")
         notes += register_notes
@@ -309,25 +296,3 @@ def _tracer_of(pid: int) -> int | None:
     except (OSError, ValueError):
         pass
     return None
-
-
-def _thread_states(pid: int) -> dict[int, str]:
-    states = {}
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return states
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
-                states[int(tid)] = f.read().rsplit(b")", 1)[1].split()[0].decode()
-        except (OSError, IndexError):
-            continue
-    return states
-
-
-def _signame(sig: int) -> str:
-    try:
-        return signal.Signals(sig).name
-    except ValueError:
-        return f"signal {sig}"

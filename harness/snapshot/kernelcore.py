@@ -27,6 +27,7 @@ from typing import Callable
 
 from harness.model import Snapshot
 from harness.snapshot import SnapshotError
+from harness.process import signal_name
 from harness.snapshot.elfcore import CoreFormatError, snapshot_from_core
 from harness.snapshot.procmaps import read_mappings
 
@@ -411,15 +412,8 @@ def describe_status(status: int) -> str:
         return f"exited with status {os.WEXITSTATUS(status)}"
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
-        return f"killed by {_signame(sig)}" + (" (core dumped)" if os.WCOREDUMP(status) else ", no core dumped")
+        return f"killed by {signal_name(sig)}" + (" (core dumped)" if os.WCOREDUMP(status) else ", no core dumped")
     return f"wait status {status:#x}"
-
-
-def _signame(sig: int) -> str:
-    try:
-        return signal.Signals(sig).name
-    except ValueError:
-        return f"signal {sig}"
 
 
 # --- the method -----------------------------------------------------------------------------------------

@@ -29,18 +29,19 @@ def _all_zero(buffer: bytearray, count: int) -> bool:
     return buffer.startswith(_zeros[:count])
 
 
-def _thread_states(pid: int) -> dict[int, str]:
+def thread_states(pid: int) -> dict[int, str]:
+    """Each thread's state letter from /proc/PID/task/*/stat ({} when the process is gone)."""
     states = {}
     try:
         tids = os.listdir(f"/proc/{pid}/task")
-    except FileNotFoundError:
+    except OSError:
         return {}
     for tid in tids:
         try:
             with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
                 # The state follows the last ')' (the comm may itself contain parentheses).
                 states[int(tid)] = f.read().rsplit(b")", 1)[1].split()[0].decode()
-        except (FileNotFoundError, ProcessLookupError, IndexError):
+        except (OSError, IndexError):
             continue                 # thread exited meanwhile
     return states
 
@@ -57,7 +58,7 @@ def freeze(pid: int, timeout: float = 5.0) -> float:
     started = time.monotonic()
     delay = 0.0005
     while True:
-        states = _thread_states(pid)
+        states = thread_states(pid)
         if not states or all(s in "ZX" for s in states.values()):
             raise SnapshotError(f"process {pid} exited")
         running = {tid: s for tid, s in states.items() if s not in "TtZX"}
