@@ -5,15 +5,15 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from .model import Outcome, ScanResult, Secret, Snapshot
+from .model import Hit, Outcome, ScanResult, Secret, Snapshot
 from .plan import Plan, PlannedRun
 from .process import TargetError, TargetProcess, describe_status
 from .results import Results, RunRecord
-from .scan.context import hit_context
+from .scan.context import hit_context, secret_material
 from .scan.engine import ScanError, scan_snapshot
 from .scenario import CheckpointSpec
 from .secretgen import make_canary, make_secret
@@ -121,19 +121,6 @@ class Runner:
                 record.verdicts.append(Verdict(planned.scenario.name, planned.repetition, spec.name, method,
                                                expectation.expect, expectation.why, outcome, reason))
 
-    def _dispose(self, snapshot: Snapshot, planned: PlannedRun, checkpoint: str) -> None:
-        """Delete the snapshot file, or keep it (0600, in a 0700 folder) when asked."""
-        if not self.options.keep_snapshots or not snapshot.path.exists():
-            snapshot.path.unlink(missing_ok=True)
-            return
-        folder = self.options.out_dir / "snapshots" / planned.run_id.replace("#", "-")
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(folder.parent, 0o700)
-        kept = folder / f"{checkpoint}.{snapshot.method}{snapshot.path.suffix or '.img'}"
-        shutil.move(snapshot.path, kept)
-        os.chmod(kept, 0o600)
-        snapshot.path = kept
-
 
 def _methods_at(planned: PlannedRun, spec: CheckpointSpec) -> tuple[str, ...]:
     return tuple(m for m in spec.methods if m in planned.methods)
@@ -152,6 +139,7 @@ class _Run:
         self.runner, self.planned, self.record, self.target = runner, planned, record, target
         self.secret, self.canary, self.workdir, self.pending = secret, canary, workdir, pending
         self.control = _Control()
+        self.secret_material = secret_material(secret)
         self.timeout = runner.options.timeout_s or planned.scenario.timeout_s
         self.exit_stop: ExitStop | None = None
 
@@ -223,48 +211,74 @@ class _Run:
         return take_snapshot(method, self.target.pid, self.workdir)
 
     def _checkpoint(self, spec: CheckpointSpec, address: int | None) -> list[Verdict]:
-        planned, runner = self.planned, self.runner
-        taken: list[tuple[str, Snapshot | None, ScanResult | None, str | None]] = []
+        """Take every snapshot first, so the positive control may come from any method at this checkpoint; then judge."""
+        planned, progress = self.planned, self.runner.progress
+        taken: list[_Taken] = []
         for method in _methods_at(planned, spec):
             if method in planned.method_skips:
-                taken.append((method, None, None, planned.method_skips[method]))
+                taken.append(_Taken(method, problem=planned.method_skips[method]))
                 continue
-            runner.progress(f"{planned.run_id}: {spec.name}: {method} snapshot")
+            progress(f"{planned.run_id}: {spec.name}: {method} snapshot")
             try:
                 snapshot = self._take(method)
                 scan = scan_snapshot(snapshot, [self.secret, self.canary]) if snapshot.not_produced is None \
                     else ScanResult([], 0, 0.0, 0)
             except (SnapshotError, ScanError, EOFError) as e:
-                taken.append((method, None, None, f"{method} failed: {e}"))
+                taken.append(_Taken(method, problem=f"{method} failed: {e}"))
                 continue
             secret_hits = [h for h in scan.hits if h.secret == self.secret.label]
+            canary_seen = any(h.secret == self.canary.label and h.full for h in scan.hits)
             self.control.observe(method, spec.name, snapshot, secret_hits, address)
-            taken.append((method, snapshot, scan, None))
-            runner.progress(f"{planned.run_id}: {spec.name}: {method}: "
-                            + (snapshot.not_produced or f"{scan.bytes_scanned / (1 << 20):.1f} MiB scanned in "
-                               f"{scan.duration_s:.2f} s, {len(secret_hits)} hit(s)"))
+            taken.append(_Taken(method, snapshot, scan, secret_hits, canary_seen))
+            progress(f"{planned.run_id}: {spec.name}: {method}: "
+                     + (snapshot.not_produced or f"{scan.bytes_scanned / (1 << 20):.1f} MiB scanned in "
+                        f"{scan.duration_s:.2f} s, {len(secret_hits)} hit(s)"))
         missing = _missing_notes(spec.require_notes, self.record.notes)
         verdicts = []
-        for method, snapshot, scan, problem in taken:
-            expectation = spec.for_method(method)
-            verdict = Verdict(planned.scenario.name, planned.repetition, spec.name, method, expectation.expect,
-                              expectation.why, Outcome.ERROR, problem or "", intended_address=address)
-            if snapshot is None:
-                verdict.outcome = Outcome.SKIP if method in planned.method_skips else Outcome.ERROR
+        for t in taken:
+            expectation = spec.for_method(t.method)
+            verdict = Verdict(planned.scenario.name, planned.repetition, spec.name, t.method, expectation.expect,
+                              expectation.why, Outcome.ERROR, t.problem or "", intended_address=address)
+            if t.snapshot is None:
+                verdict.outcome = Outcome.SKIP if t.method in planned.method_skips else Outcome.ERROR
             else:
-                verdict.canary_seen = any(h.secret == self.canary.label and h.full for h in scan.hits)
-                verdict.outcome, verdict.reason, verdict.findings = judge(
-                    expectation=expectation, snapshot=snapshot,
-                    secret_hits=[h for h in scan.hits if h.secret == self.secret.label],
-                    canary_seen=verdict.canary_seen,
-                    intended_address=address, control_established=self.control.established,
-                    control_note=self.control.note, intended_flags=spec.intended_region)
-                verdict.findings = [replace(f, context=hit_context(snapshot, f.hit, self.secret)) for f in verdict.findings]
+                verdict.canary_seen = t.canary_seen
+                verdict.outcome, verdict.reason, findings = judge(
+                    expectation=expectation, snapshot=t.snapshot, secret_hits=t.secret_hits,
+                    canary_seen=t.canary_seen, intended_address=address,
+                    control_established=self.control.established, control_note=self.control.note,
+                    intended_flags=spec.intended_region)
+                verdict.findings = [replace(f, context=hit_context(t.snapshot, f.hit, self.secret_material))
+                                    for f in findings]
                 if missing and verdict.outcome != Outcome.ERROR:
                     verdict.outcome = Outcome.FAIL
                     verdict.reason = f"the target did not note {', '.join(missing)} (its notes: {'; '.join(self.record.notes) or 'none'}); " + verdict.reason
-                verdict.snapshot, verdict.scan_bytes, verdict.scan_duration_s = snapshot, scan.bytes_scanned, scan.duration_s
-                runner._dispose(snapshot, planned, spec.name)
+                verdict.snapshot, verdict.scan_bytes, verdict.scan_duration_s = t.snapshot, t.scan.bytes_scanned, t.scan.duration_s
+                self._dispose(t.snapshot, spec.name)
             verdicts.append(verdict)
         return verdicts
 
+    def _dispose(self, snapshot: Snapshot, checkpoint: str) -> None:
+        """Delete the snapshot file, or keep it (0600, in a 0700 folder) when asked."""
+        if not self.runner.options.keep_snapshots or not snapshot.path.exists():
+            snapshot.path.unlink(missing_ok=True)
+            return
+        folder = self.runner.options.out_dir / "snapshots" / self.planned.run_id.replace("#", "-")
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(folder.parent, 0o700)
+        kept = folder / f"{checkpoint}.{snapshot.method}{snapshot.path.suffix or '.img'}"
+        shutil.move(snapshot.path, kept)
+        os.chmod(kept, 0o600)
+        snapshot.path = kept
+
+
+@dataclass
+class _Taken:
+    """One method's snapshot at a checkpoint and what its scan found, before judging."""
+
+    method: str
+    snapshot: Snapshot | None = None
+    scan: ScanResult | None = None
+    secret_hits: list[Hit] = field(default_factory=list)
+    canary_seen: bool = False
+    problem: str | None = None

@@ -1,6 +1,7 @@
 """Target programs: building them (cached by source hash) and asking which scenarios they register."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -37,6 +38,7 @@ class TargetProgram:
 SOURCE_SUFFIXES = {"c": (".c",), "go": (".go",)}
 
 
+@functools.lru_cache(maxsize=None)  # the report asks once per run: read the target sources once
 def registration_site(language: str, entry: str) -> tuple[str, int] | None:
     """(path relative to the project, 1-based line) where the target registers `entry`, if it can be found."""
     folder = TARGETS_DIR / language

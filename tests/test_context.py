@@ -1,7 +1,7 @@
 import os
 
 from harness.model import Hit, Region, RegionKind, Secret, Snapshot
-from harness.scan.context import hit_context
+from harness.scan.context import hit_context, secret_material
 
 
 def test_window_masks_the_hit_and_nearby_secret_material(tmp_path):
@@ -13,7 +13,7 @@ def test_window_masks_the_hit_and_nearby_secret_material(tmp_path):
     path.write_bytes(b"\xff" * 16 + data)
     region = Region(0x1000, len(data), "rw-p", RegionKind.HEAP, "[heap]", 16)
     hit = Hit("secret", "raw", 0x1000 + 64, 16 + 64, 32, region)
-    ctx = hit_context(Snapshot("procmem", path, [region]), hit, secret)
+    ctx = hit_context(Snapshot("procmem", path, [region]), hit, secret_material(secret))
     assert ctx.start == -64 and len(ctx.data) == 64 + 32 + 64
     assert ctx.secret_ranges[0] == (64, 96)
     assert (106, 112) in ctx.secret_ranges
@@ -28,5 +28,5 @@ def test_window_stays_inside_the_region(tmp_path):
     path = tmp_path / "img"
     path.write_bytes(b"\xaa" * 100 + secret.value + b"\xbb" * 8 + b"\xcc" * 100)
     region = Region(0x2000, 40, "rw-p", RegionKind.ANONYMOUS, "", 100)
-    ctx = hit_context(Snapshot("procmem", path, [region]), Hit("secret", "raw", 0x2000, 100, 32, region), secret)
+    ctx = hit_context(Snapshot("procmem", path, [region]), Hit("secret", "raw", 0x2000, 100, 32, region), secret_material(secret))
     assert ctx.start == 0 and ctx.data == secret.value + b"\xbb" * 8

@@ -48,14 +48,18 @@ def _material_runs(window: bytes, forms: list[bytes]) -> list[tuple[int, int]]:
     return [(i, i + MASK_MIN_RUN) for i in range(len(window) - MASK_MIN_RUN + 1) if window[i:i + MASK_MIN_RUN] in grams]
 
 
-def hit_context(snapshot: Snapshot, hit: Hit, secret: Secret, radius: int = CONTEXT_RADIUS) -> HitContext:
-    """Read the window around `hit` from the snapshot file (within its region)."""
+def secret_material(secret: Secret) -> list[bytes]:
+    """Every byte string the secret may appear as: computed once per run, used for every hit's window."""
+    return [p.needle for p in patterns_for(secret)] + [secret.value]
+
+
+def hit_context(snapshot: Snapshot, hit: Hit, material: list[bytes], radius: int = CONTEXT_RADIUS) -> HitContext:
+    """Read the window around `hit` from the snapshot file (within its region); `material` is secret_material()."""
     region_start = hit.region.file_offset
     window_start = max(region_start, hit.file_offset - radius)
     window_end = min(region_start + hit.region.size, hit.file_offset + hit.length + radius)
     with open(snapshot.path, "rb") as f:
         f.seek(window_start)
         window = f.read(window_end - window_start)
-    forms = [p.needle for p in patterns_for(secret)] + [secret.value]
     own = (hit.file_offset - window_start, hit.file_offset - window_start + hit.length)
-    return HitContext(window_start - hit.file_offset, window, _merge([own, *_material_runs(window, forms)]))
+    return HitContext(window_start - hit.file_offset, window, _merge([own, *_material_runs(window, material)]))
