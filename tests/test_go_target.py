@@ -11,16 +11,13 @@ from __future__ import annotations
 import os
 import re
 import resource
-import select
 import shutil
-import signal
-import socket
 import subprocess
-import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from target_driver import (Run, Target, after_bad_environment, after_bogus_reply, drive, exit_after_eof, fresh,
+                           read_mem, smaps_entry, target_env)
 
 ROOT = Path(__file__).resolve().parents[1]
 GO_DIR = ROOT / "targets" / "go"
@@ -155,163 +152,16 @@ def dup_bin(build_dir) -> Path:
 
 def _env(secret_len, canary_len, **overrides) -> dict[str, str]:
     # What the harness gives a Go target: a fixed, minimal environment.
-    env = {
-        "PATH": "/usr/local/bin:/usr/bin:/bin",
-        "LC_ALL": "C",
-        "REMANENCE_PROTOCOL": "1",
-        "REMANENCE_SECRET_LEN": str(secret_len),
-        "REMANENCE_CANARY_LEN": str(canary_len),
-        "GOTRACEBACK": "crash",
-    }
-    for k, v in overrides.items():
-        if v is None:
-            env.pop(k, None)
-        else:
-            env[k] = v
-    return env
+    base = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LC_ALL": "C", "GOTRACEBACK": "crash"}
+    return target_env(base, secret_len, canary_len, **overrides)
 
 
-class Target:
-    """One target process with the child end of a socketpair as its fd 3, in
-    a private temporary working directory."""
-
-    def __init__(self, binary: Path, argv: list[str], env: dict[str, str]):
-        self.sock, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        cfd = child.fileno()
-
-        def put_on_fd3() -> None:
-            if cfd == 3:
-                os.set_inheritable(3, True)
-            else:
-                os.dup2(cfd, 3, inheritable=True)
-
-        self.cwd = tempfile.TemporaryDirectory(prefix="remanence-go-test-")
-        self.out = tempfile.TemporaryFile()
-        self.err = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(
-            [str(binary), *argv],
-            stdin=subprocess.DEVNULL,
-            stdout=self.out,
-            stderr=self.err,
-            env=env,
-            cwd=self.cwd.name,
-            close_fds=False,
-            preexec_fn=put_on_fd3,
-            start_new_session=True,
-        )
-        child.close()
-        self.buf = b""
-        self.stdout = self.stderr = b""
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def readline(self, timeout: float = TIMEOUT) -> str | None:
-        """Next line from the target (without '\\n'), or None at EOF."""
-        while b"\n" not in self.buf:
-            ready, _, _ = select.select([self.sock], [], [], timeout)
-            if not ready:
-                self.kill()
-                pytest.fail(f"timed out waiting for a line from the target; got {self.buf!r}")
-            chunk = self.sock.recv(4096)
-            if not chunk:
-                return None
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\n", 1)
-        return line.decode("ascii")
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def kill(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-    def wait(self, timeout: float = TIMEOUT) -> int:
-        try:
-            rc = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            self.proc.wait()
-            pytest.fail("target did not exit")
-        self.sock.close()
-        for f, attr in ((self.out, "stdout"), (self.err, "stderr")):
-            f.seek(0)
-            setattr(self, attr, f.read())
-            f.close()
-        self.cwd.cleanup()
-        return rc
-
-
-@dataclass
-class Run:
-    rc: int
-    lines: list[str]
-    checkpoints: list[tuple[str, str]]
-    notes: list[str]
-    stdout: bytes
-    stderr: bytes
-    probes: dict = field(default_factory=dict)
+def start_target(binary, argv, env) -> Target:
+    return Target(binary, argv, env, TIMEOUT)
 
 
 def converse(binary, scenario, secret, canary, on_checkpoint=None) -> Run:
-    """Full conversation; on_checkpoint(target, name, addr, probes) runs while
-    the target is stopped at a checkpoint."""
-    t = Target(binary, [scenario], _env(len(secret), len(canary)))
-    lines, checkpoints, notes, probes = [], [], [], {}
-    try:
-        assert t.readline() == "ready 1"
-        t.send(canary + secret)
-        while True:
-            line = t.readline()
-            assert line is not None, f"EOF before done; lines so far: {lines}"
-            lines.append(line)
-            if line.startswith("checkpoint "):
-                _, name, addr = line.split(" ")
-                checkpoints.append((name, addr))
-                if on_checkpoint is not None:
-                    on_checkpoint(t, name, addr, probes)
-                t.send(b"continue\n")
-            elif line.startswith("note "):
-                notes.append(line[len("note "):])
-            elif line == "done":
-                break
-            else:
-                pytest.fail(f"unexpected line from target: {line!r}")
-        rc = t.wait()
-    finally:
-        t.kill()
-    return Run(rc, lines, checkpoints, notes, t.stdout, t.stderr, probes)
-
-
-def read_mem(pid: int, addr: int, n: int) -> bytes:
-    with open(f"/proc/{pid}/mem", "rb", buffering=0) as f:
-        f.seek(addr)
-        return f.read(n)
-
-
-def smaps_entry(pid: int, addr: int) -> dict[str, str]:
-    """The /proc/PID/smaps fields of the mapping containing addr."""
-    entry, inside = {}, False
-    with open(f"/proc/{pid}/smaps") as f:
-        for line in f:
-            head = line.split()[0]
-            if re.fullmatch(r"[0-9a-f]+-[0-9a-f]+", head):
-                if inside:
-                    break
-                lo, hi = (int(x, 16) for x in head.split("-"))
-                inside = lo <= addr < hi
-            elif inside:
-                key, _, value = line.partition(":")
-                entry[key] = value.strip()
-    assert entry, f"no mapping contains {addr:#x}"
-    return entry
+    return drive(start_target(binary, [scenario], _env(len(secret), len(canary))), secret, canary, on_checkpoint)
 
 
 def core_limit(pid: int) -> tuple[str, str]:
@@ -321,11 +171,6 @@ def core_limit(pid: int) -> tuple[str, str]:
                 soft, hard = line.split()[4:6]
                 return soft, hard
     raise AssertionError("no core limit line")
-
-
-def fresh(n: int) -> bytes:
-    """Random bytes with no zero byte (so 'wiped' and 'secret' never overlap)."""
-    return bytes((b % 255) + 1 for b in os.urandom(n))
 
 
 # --------------------------------------------------------------------- tests
@@ -368,7 +213,7 @@ def test_duplicate_registration_aborts_before_any_scenario(dup_bin):
     assert r.stdout == ""
 
     # Started for real, it dies before saying anything on the channel.
-    t = Target(dup_bin, ["secret.heap"], _env(32, 16))
+    t = start_target(dup_bin, ["secret.heap"], _env(32, 16))
     try:
         assert t.readline() is None
         rc = t.wait()
@@ -547,7 +392,7 @@ def test_core_limit_kept_except_for_memguard_scenarios(target_bin, scenario):
      ("secret.signal", 1)],
 )
 def test_secret_outside_the_scenario_limits_fails_70(target_bin, scenario, secret_len):
-    t = Target(target_bin, [scenario], _env(secret_len, 16))
+    t = start_target(target_bin, [scenario], _env(secret_len, 16))
     try:
         assert t.readline() == "ready 1"
         t.send(fresh(16) + fresh(secret_len))
@@ -581,13 +426,7 @@ def test_extreme_secret_lengths(target_bin, scenario, secret_len):
     ],
 )
 def test_bad_environment_fails_70_after_ready(target_bin, overrides):
-    t = Target(target_bin, ["secret.return"], _env(32, 16, **overrides))
-    try:
-        assert t.readline() == "ready 1"
-        line = t.readline()
-        rc = t.wait()
-    finally:
-        t.kill()
+    line, rc = after_bad_environment(start_target(target_bin, ["secret.return"], _env(32, 16, **overrides)))
     assert line is not None and line.startswith("error "), line
     assert rc == 70
 
@@ -596,21 +435,10 @@ def test_bad_environment_fails_70_after_ready(target_bin, overrides):
 @pytest.mark.parametrize("stage", ["before_canary", "mid_canary", "mid_secret", "at_checkpoint"])
 def test_eof_on_fd3_exits_75(target_bin, scenario, stage):
     secret, canary = fresh(32), fresh(16)
-    t = Target(target_bin, [scenario], _env(len(secret), len(canary)))
-    try:
-        assert t.readline() == "ready 1"
-        if stage == "mid_canary":
-            t.send(canary[:5])
-        elif stage == "mid_secret":
-            t.send(canary + secret[:7])
-        elif stage == "at_checkpoint":
-            t.send(canary + secret)
-            line = t.readline()
-            assert line is not None and line.startswith("checkpoint "), line
-        t.close()
-        rc = t.wait()
-    finally:
-        t.kill()
+    t = start_target(target_bin, [scenario], _env(len(secret), len(canary)))
+    rc, line = exit_after_eof(t, stage, secret, canary)
+    if stage == "at_checkpoint":
+        assert line is not None and line.startswith("checkpoint "), line
     assert rc == 75, t.stderr
 
 
@@ -622,16 +450,9 @@ def test_missing_fd3_exits_75(target_bin):
 
 def test_reply_other_than_continue_fails_70_without_echo(target_bin):
     secret = fresh(32)
-    t = Target(target_bin, ["secret.none"], _env(len(secret), 16))
-    try:
-        assert t.readline() == "ready 1"
-        t.send(fresh(16) + secret)
-        assert t.readline().startswith("checkpoint inside ")
-        t.send(b"bogus-reply\n")
-        line = t.readline()
-        rc = t.wait()
-    finally:
-        t.kill()
+    t = start_target(target_bin, ["secret.none"], _env(len(secret), 16))
+    checkpoint, line, rc = after_bogus_reply(t, secret)
+    assert checkpoint.startswith("checkpoint inside ")
     assert rc == 70
     assert line == "error expected 'continue' after checkpoint inside"
     assert b"bogus" not in t.stderr
@@ -641,7 +462,7 @@ def test_continue_may_arrive_in_pieces(target_bin):
     """The control-line reader must cope with a line split across writes and
     with the secret split across writes."""
     secret = fresh(32)
-    t = Target(target_bin, ["secret.none"], _env(len(secret), 16))
+    t = start_target(target_bin, ["secret.none"], _env(len(secret), 16))
     try:
         assert t.readline() == "ready 1"
         t.send(fresh(16))

@@ -1,0 +1,222 @@
+"""Drives a target program over the protocol of targets/PROTOCOL.md, as the harness does, with
+no harness code: shared by the C and Go target tests."""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import socket
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+
+def target_env(base: dict[str, str], secret_len: int, canary_len: int, **overrides) -> dict[str, str]:
+    """`base` plus the protocol's lengths; an override of None removes a variable."""
+    env = {**base, "REMANENCE_PROTOCOL": "1", "REMANENCE_SECRET_LEN": str(secret_len),
+           "REMANENCE_CANARY_LEN": str(canary_len)}
+    for k, v in overrides.items():
+        if v is None:
+            env.pop(k, None)
+        else:
+            env[k] = v
+    return env
+
+
+class Target:
+    """One target process with the child end of a socketpair as its fd 3, in
+    a private temporary working directory."""
+
+    def __init__(self, binary: Path, argv: list[str], env: dict[str, str], timeout: float):
+        self.timeout = timeout  # default wait for a line or for the exit
+        self.sock, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        cfd = child.fileno()
+
+        def put_on_fd3() -> None:
+            if cfd == 3:
+                os.set_inheritable(3, True)
+            else:
+                os.dup2(cfd, 3, inheritable=True)
+
+        self.cwd = tempfile.TemporaryDirectory(prefix="remanence-target-test-")
+        self.out = tempfile.TemporaryFile()
+        self.err = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(
+            [str(binary), *argv],
+            stdin=subprocess.DEVNULL,
+            stdout=self.out,
+            stderr=self.err,
+            env=env,
+            cwd=self.cwd.name,
+            close_fds=False,
+            preexec_fn=put_on_fd3,
+            start_new_session=True,
+        )
+        child.close()
+        self.buf = b""
+        self.stdout = self.stderr = b""
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def readline(self, timeout: float | None = None) -> str | None:
+        """Next line from the target (without '\\n'), or None at EOF."""
+        timeout = self.timeout if timeout is None else timeout
+        while b"\n" not in self.buf:
+            ready, _, _ = select.select([self.sock], [], [], timeout)
+            if not ready:
+                self.kill()
+                pytest.fail(f"timed out waiting for a line from the target; got {self.buf!r}")
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                return None
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return line.decode("ascii")
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def wait(self, timeout: float | None = None) -> int:
+        timeout = self.timeout if timeout is None else timeout
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            self.proc.wait()
+            pytest.fail("target did not exit")
+        self.sock.close()
+        for f, attr in ((self.out, "stdout"), (self.err, "stderr")):
+            f.seek(0)
+            setattr(self, attr, f.read())
+            f.close()
+        self.cwd.cleanup()
+        return rc
+
+
+@dataclass
+class Run:
+    rc: int
+    lines: list[str]
+    checkpoints: list[tuple[str, str]]
+    notes: list[str]
+    stdout: bytes
+    stderr: bytes
+    probes: dict = field(default_factory=dict)
+
+
+def drive(t: Target, secret: bytes, canary: bytes, on_checkpoint=None) -> Run:
+    """Full conversation with a started target; on_checkpoint(target, name, addr, probes)
+    runs while the target is stopped at a checkpoint."""
+    lines, checkpoints, notes, probes = [], [], [], {}
+    try:
+        assert t.readline() == "ready 1"
+        t.send(canary + secret)
+        while True:
+            line = t.readline()
+            assert line is not None, f"EOF before done; lines so far: {lines}"
+            lines.append(line)
+            if line.startswith("checkpoint "):
+                _, name, addr = line.split(" ")
+                checkpoints.append((name, addr))
+                if on_checkpoint is not None:
+                    on_checkpoint(t, name, addr, probes)
+                t.send(b"continue\n")
+            elif line.startswith("note "):
+                notes.append(line[len("note "):])
+            elif line == "done":
+                break
+            else:
+                pytest.fail(f"unexpected line from target: {line!r}")
+        rc = t.wait()
+    finally:
+        t.kill()
+    return Run(rc, lines, checkpoints, notes, t.stdout, t.stderr, probes)
+
+
+def read_mem(pid: int, addr: int, n: int) -> bytes:
+    with open(f"/proc/{pid}/mem", "rb", buffering=0) as f:
+        f.seek(addr)
+        return f.read(n)
+
+
+def smaps_entry(pid: int, addr: int) -> dict[str, str]:
+    """The /proc/PID/smaps fields of the mapping containing addr."""
+    entry, inside = {}, False
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if re.fullmatch(r"[0-9a-f]+-[0-9a-f]+", head):
+                if inside:
+                    break
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                inside = lo <= addr < hi
+            elif inside:
+                key, _, value = line.partition(":")
+                entry[key] = value.strip()
+    assert entry, f"no mapping contains {addr:#x}"
+    return entry
+
+
+def fresh(n: int) -> bytes:
+    """Random bytes with no zero byte (so 'wiped' and 'secret' never overlap)."""
+    return bytes((b % 255) + 1 for b in os.urandom(n))
+
+
+# --- conformance steps every target must pass; the callers assert on what these return -----------
+
+def after_bad_environment(t: Target) -> tuple[str | None, int]:
+    """(the line after `ready 1`, exit code) of a target started with a broken environment."""
+    try:
+        assert t.readline() == "ready 1"
+        line = t.readline()
+        return line, t.wait()
+    finally:
+        t.kill()
+
+
+def exit_after_eof(t: Target, stage: str, secret: bytes, canary: bytes) -> tuple[int, str | None]:
+    """(exit code, first checkpoint line if reached) when the harness hangs up at `stage`:
+    before_canary, mid_canary, mid_secret or at_checkpoint."""
+    line = None
+    try:
+        assert t.readline() == "ready 1"
+        if stage == "mid_canary":
+            t.send(canary[:5])
+        elif stage == "mid_secret":
+            t.send(canary + secret[:7])
+        elif stage == "at_checkpoint":
+            t.send(canary + secret)
+            line = t.readline()
+        t.close()
+        return t.wait(), line
+    finally:
+        t.kill()
+
+
+def after_bogus_reply(t: Target, secret: bytes) -> tuple[str, str | None, int]:
+    """(first checkpoint line, the target's answer to a reply other than `continue`, exit code)."""
+    try:
+        assert t.readline() == "ready 1"
+        t.send(fresh(16) + secret)
+        checkpoint = t.readline()
+        t.send(b"bogus-reply\n")
+        line = t.readline()
+        return checkpoint, line, t.wait()
+    finally:
+        t.kill()
