@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -220,3 +221,18 @@ def after_bogus_reply(t: Target, secret: bytes) -> tuple[str, str | None, int]:
         return checkpoint, line, t.wait()
     finally:
         t.kill()
+
+
+def read_stdout_line(proc: subprocess.Popen, timeout: float) -> bytes:
+    """One line from a helper program's stdout, byte by byte so nothing after it is consumed."""
+    line = b""
+    deadline = time.monotonic() + timeout
+    while not line.endswith(b"\n"):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([proc.stdout], [], [], remaining)[0]:
+            raise TimeoutError(f"no line from the target within {timeout}s (got {line!r})")
+        byte = proc.stdout.read(1)
+        if not byte:
+            raise EOFError(f"target closed stdout (exit {proc.poll()})")
+        line += byte
+    return line

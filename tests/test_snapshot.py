@@ -5,7 +5,6 @@ import errno
 import io
 import os
 import resource
-import select
 import shutil
 import signal
 import stat
@@ -16,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from target_driver import read_stdout_line
 
 from harness.model import GapKind, RegionKind, iter_region_chunks
 from harness.snapshot import LIVE_METHODS, METHODS, SnapshotError, method_unavailable, take_snapshot
@@ -79,17 +79,7 @@ def helper_binary(tmp_path_factory) -> Path:
 
 
 def _read_line(proc: subprocess.Popen, timeout: float = 5.0) -> bytes:
-    line = b""
-    deadline = time.monotonic() + timeout
-    while not line.endswith(b"\n"):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not select.select([proc.stdout], [], [], remaining)[0]:
-            raise TimeoutError(f"no line from the target within {timeout}s (got {line!r})")
-        byte = proc.stdout.read(1)
-        if not byte:
-            raise EOFError(f"target closed stdout (exit {proc.poll()})")
-        line += byte
-    return line
+    return read_stdout_line(proc, timeout)
 
 
 class Target:
