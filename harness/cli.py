@@ -4,10 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -27,7 +24,7 @@ from .results import EXIT_USAGE
 from .runner import RunOptions, Runner
 from .scenario import SNAPSHOT_METHODS, ScenarioError, load_scenarios
 from .shard import ShardError, load_shard, merge_documents, parse_shard, shard_inputs, shard_slice
-from .snapshot import method_unavailable
+from .snapshot import machine_facts, method_unavailable
 from .targets import PROJECT_ROOT
 
 DEFAULT_SCENARIOS = PROJECT_ROOT / "scenarios"
@@ -39,17 +36,6 @@ def _console(stderr: bool = False) -> Console:
     if not console.is_terminal and "COLUMNS" not in os.environ:
         console.width = 160  # logs and CI: wide enough that reasons stay readable
     return console
-
-
-def _machine() -> dict:
-    gdb = shutil.which("gdb")
-    version = subprocess.run([gdb, "--version"], capture_output=True, text=True).stdout.splitlines()[0] if gdb else None
-    try:
-        core_pattern = Path("/proc/sys/kernel/core_pattern").read_text().strip()
-    except OSError:
-        core_pattern = None
-    return {"kernel": platform.release(), "arch": platform.machine(), "python": platform.python_version(),
-            "gdb": version, "core_pattern": core_pattern}
 
 
 def _methods(value: str) -> list[str]:
@@ -222,7 +208,7 @@ def _run(args) -> int:
     if shard:
         progress(f"shard {shard[0]}/{shard[1]}: {len(plan.runs)} of {len(planned)} planned run(s)")
     results = Runner(RunOptions(out, args.keep_snapshots, timeout), progress).run(plan)
-    results.machine = _machine()
+    results.machine = machine_facts()
     doc = results_document(results, show_secrets=args.show_secrets)
     if shard:
         doc["shard"] = f"{shard[0]}/{shard[1]}"

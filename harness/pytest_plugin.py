@@ -33,7 +33,6 @@ import contextlib
 import fcntl
 import json
 import logging
-import platform
 import re
 import signal
 import threading
@@ -44,6 +43,7 @@ import pytest
 
 from .model import Outcome
 from .results import document_aggregates, document_counts, outcomes_exit_code
+from .snapshot import machine_facts
 from .scenario import LANGUAGES, SNAPSHOT_METHODS, Scenario, ScenarioError, load_scenario
 
 log = logging.getLogger("remanence")
@@ -95,7 +95,7 @@ class _State:
     @property
     def machine(self) -> dict:
         if self._machine is None:
-            self._machine = _describe_machine()
+            self._machine = machine_facts()
         return self._machine
 
     @property
@@ -457,11 +457,3 @@ def _sigterm_as_interrupt():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def _describe_machine() -> dict:
-    try:
-        from .cli import _machine as cli_machine
-        return cli_machine()
-    except Exception:
-        return {"kernel": platform.release(), "arch": platform.machine(), "python": platform.python_version()}

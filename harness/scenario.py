@@ -75,15 +75,6 @@ class Scenario:
     def checkpoint(self, name: str) -> CheckpointSpec | None:
         return next((c for c in self.checkpoints if c.name == name), None)
 
-    @property
-    def announced_checkpoints(self) -> tuple[CheckpointSpec, ...]:
-        """The checkpoints the target announces itself (all but the implicit `exit`)."""
-        return tuple(c for c in self.checkpoints if not c.is_exit)
-
-    @property
-    def exit_checkpoint(self) -> CheckpointSpec | None:
-        return self.checkpoint(EXIT_CHECKPOINT)
-
 
 def _expectation(r: TomlTable, inherit: MethodExpectation | None) -> MethodExpectation:
     r.reject_unknown(("expect", "why", "where"))

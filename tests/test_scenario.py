@@ -133,8 +133,8 @@ def test_methods_per_checkpoint_follow_the_lifecycle(tmp_path):
     assert s.checkpoint("after").methods == ("procmem", "gcore", "kernel-core")
     s = load_scenario(lifecycle(tmp_path, '"exit", "procmem"', last="exit"))
     assert s.checkpoint("in_use").methods == ("procmem",)
-    assert s.checkpoint("exit").methods == ("exit",) and s.exit_checkpoint.is_exit
-    assert [c.name for c in s.announced_checkpoints] == ["in_use"]
+    assert s.checkpoint("exit").methods == ("exit",) and s.checkpoint("exit").is_exit
+    assert [c.name for c in s.checkpoints if not c.is_exit] == ["in_use"]
     s = load_scenario(lifecycle(tmp_path, '"procmem", "gcore"', extra='methods = ["gcore"]\nrequire_notes = ["a=b"]\n'))
     assert s.checkpoint("in_use").methods == ("gcore",) and s.checkpoint("in_use").require_notes == ("a=b",)
 

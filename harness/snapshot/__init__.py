@@ -12,6 +12,7 @@ take_snapshot covers the live methods.
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import time
 from pathlib import Path
@@ -89,3 +90,19 @@ def take_snapshot(method: str, pid: int, workdir: Path) -> Snapshot:
         snapshot = take_gcore(pid, workdir, dump_all=method == "gcore-all")
     snapshot.duration_s = time.monotonic() - started
     return snapshot
+
+
+def machine_facts() -> dict:
+    """What a results document records about the machine the snapshots were taken on."""
+    from harness.snapshot.gcore import gdb_version
+    from harness.snapshot.kernelcore import read_core_pattern
+    try:
+        gdb = gdb_version()
+    except SnapshotError:
+        gdb = None
+    try:
+        core_pattern = read_core_pattern()[0]
+    except OSError:
+        core_pattern = None
+    return {"kernel": platform.release(), "arch": platform.machine(), "python": platform.python_version(),
+            "gdb": gdb, "core_pattern": core_pattern}
