@@ -16,11 +16,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .results import EXIT_INCONCLUSIVE, EXIT_OK
-from .snapshot import METHODS, _has_cap_sys_ptrace, _ptrace_scope, method_unavailable
+from .snapshot import CAP_SYS_PTRACE, CAP_SYS_RESOURCE, METHODS, has_capability, method_unavailable, ptrace_scope
 from .targets import MIN_GO, RUNTIME_SECRET_PLATFORMS, TargetUnavailable, _go_problem, build_target, go_tool
 
 OK, LIMITED, MISSING = "ok", "limited", "missing"
-_CAP_SYS_RESOURCE = 24
 _TOKEN_WORDS = {"method": "the {} snapshot method", "target": "{} scenarios"}
 _LANGUAGE_NAMES = {"c": "C", "go": "Go", "node": "Node.js"}
 
@@ -55,16 +54,9 @@ def _first_line(command: list[str]) -> str | None:
     return lines[0].strip() if run.returncode == 0 and lines else None
 
 
-def _has_cap(bit: int) -> bool:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("CapEff:"):
-            return bool(int(line.split()[1], 16) >> bit & 1)
-    return False
-
-
 def check_ptrace() -> Check:
     procmem, exit_ = method_unavailable("procmem"), method_unavailable("exit")
-    scope, privileged = _ptrace_scope(), _has_cap_sys_ptrace()
+    scope, privileged = ptrace_scope(), has_capability(CAP_SYS_PTRACE)
     yama = "no Yama LSM (classic same-uid rules)" if not Path("/proc/sys/kernel/yama/ptrace_scope").exists() \
         else f"Yama ptrace_scope={scope}"
     detail = f"{yama}; CAP_SYS_PTRACE {'yes' if privileged else 'no'}"
@@ -95,7 +87,7 @@ def check_core_pattern() -> Check:
 def check_core_limit() -> Check:
     soft, hard = resource.getrlimit(resource.RLIMIT_CORE)
     text = lambda v: "unlimited" if v == resource.RLIM_INFINITY else str(v)  # noqa: E731
-    cap = _has_cap(_CAP_SYS_RESOURCE)
+    cap = has_capability(CAP_SYS_RESOURCE)
     detail = f"RLIMIT_CORE soft {text(soft)}, hard {text(hard)}; CAP_SYS_RESOURCE {'yes' if cap else 'no'}"
     if hard == resource.RLIM_INFINITY or cap:
         return _check("core limit", OK, detail + ": the harness raises the target's limit to unlimited")

@@ -4,12 +4,12 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-from pathlib import Path
 
 import jsonschema
 import pytest
 
 from harness.cli import main
+from harness.snapshot import CAP_SYS_RESOURCE, has_capability
 from harness.targets import PROJECT_ROOT, TargetUnavailable, build_target
 
 pytestmark = pytest.mark.e2e
@@ -83,7 +83,5 @@ def test_memguard_end_of_life(go_suite):
         [at_exit] = verdicts(doc, scenario, "exit", "exit")
         assert at_exit["hits"] == [] and at_exit["canary_seen"] is True
     [core] = verdicts(doc, "memguard.locked_live", "in_use", "kernel-core")
-    capeff = int(next(line for line in Path("/proc/self/status").read_text().splitlines()
-                      if line.startswith("CapEff:")).split()[1], 16)
-    if not capeff >> 24 & 1:  # without CAP_SYS_RESOURCE memguard's hard core limit 0 stands
+    if not has_capability(CAP_SYS_RESOURCE):  # without CAP_SYS_RESOURCE memguard's hard core limit 0 stands
         assert core["snapshot"]["not_produced"].startswith("no core produced: RLIMIT_CORE hard limit is 0")

@@ -16,7 +16,7 @@ import pytest
 from target_driver import read_stdout_line
 
 from harness.model import GapKind, RegionKind, iter_region_chunks
-from harness.snapshot import SnapshotError
+from harness.snapshot import CAP_SYS_RESOURCE, SnapshotError, has_capability
 from harness.snapshot import kernelcore
 from harness.snapshot.elfcore import read_core_layout
 from harness.process import describe_status
@@ -26,14 +26,6 @@ from harness.snapshot.kernelcore import (CoreFacts, core_pattern_glob, core_patt
                                          take_kernel_core)
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
-_CAP_SYS_RESOURCE = 24
-
-
-def _has_cap(bit: int) -> bool:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("CapEff:"):
-            return bool(int(line.split()[1], 16) >> bit & 1)
-    return False
 
 
 # --- helpers: building and driving targets -------------------------------------------------------------
@@ -530,7 +522,7 @@ def test_kernel_core_hard_limit_zero(kcore_binary, tmp_path, children):
     assert resource.prlimit(child.pid, resource.RLIMIT_CORE) == (0, 0)
     snap = take_kernel_core(child.pid, core_dir, child.wait_for_exit)
     assert os.WIFSIGNALED(child.status) and os.WTERMSIG(child.status) == signal.SIGABRT
-    if _has_cap(_CAP_SYS_RESOURCE):
+    if has_capability(CAP_SYS_RESOURCE):
         assert os.WCOREDUMP(child.status) and snap.regions and hits(snap, marker)
     else:
         assert not os.WCOREDUMP(child.status)
@@ -593,7 +585,7 @@ def test_kernel_core_of_target_running_as_another_uid(public_kcore_binary, tmp_p
         assert snap.not_produced == "no core produced: killed by SIGABRT, no core dumped (process not dumpable)"
         return
     assert f"dumpable: yes (/proc/{child.pid} files owned by the target's uid {NOBODY})" in notes
-    if _has_cap(_CAP_SYS_RESOURCE) or raise_soft_limit:
+    if has_capability(CAP_SYS_RESOURCE) or raise_soft_limit:
         assert os.WCOREDUMP(child.status) and hits(snap, marker)
         st = snap.path.stat()
         assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o600, os.getuid())

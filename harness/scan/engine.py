@@ -32,10 +32,12 @@ def needle_expression(needle: bytes) -> bytes:
     return b"".join(b"\\x%02x" % byte for byte in needle)
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=1)
 def compile_database(needles: tuple[bytes, ...]) -> hyperscan.Database:
     """One block-mode database; pattern id = index in `needles`. Cached: compiling hundreds
-    of fragment patterns costs more than scanning a small snapshot."""
+    of fragment patterns costs more than scanning a small snapshot, and every snapshot of a run
+    looks for the same secrets. Only the last set is kept: every run has fresh secrets, so older
+    entries would never be hit and would only keep earlier secrets in the harness's memory."""
     database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
     try:
         # DOTALL only: no SINGLEMATCH, since every occurrence is a separate copy to report.

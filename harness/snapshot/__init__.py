@@ -27,20 +27,26 @@ class SnapshotError(Exception):
 LIVE_METHODS = ("procmem", "gcore", "gcore-all")
 METHODS = (*LIVE_METHODS, "kernel-core", "exit")
 
-_CAP_SYS_PTRACE = 19
+CAP_SYS_PTRACE = 19
+CAP_SYS_RESOURCE = 24
 
 
-def _ptrace_scope() -> int:
+def ptrace_scope() -> int:
     try:
         return int(Path("/proc/sys/kernel/yama/ptrace_scope").read_text())
     except (OSError, ValueError):
         return 0                     # no Yama: classic same-uid rules
 
 
-def _has_cap_sys_ptrace() -> bool:
-    for line in Path("/proc/self/status").read_text().splitlines():
+def has_capability(bit: int) -> bool:
+    """Whether the harness holds capability `bit` in its effective set."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return False
+    for line in status.splitlines():
         if line.startswith("CapEff:"):
-            return bool(int(line.split()[1], 16) >> _CAP_SYS_PTRACE & 1)
+            return bool(int(line.split()[1], 16) >> bit & 1)
     return False
 
 
@@ -50,10 +56,10 @@ def method_unavailable(method: str) -> str | None:
         raise ValueError(f"unknown snapshot method {method!r}; known: {', '.join(METHODS)}")
     if not os.path.exists("/proc/self/mem"):
         return "/proc is not mounted (no /proc/PID/mem)"
-    scope = _ptrace_scope()
+    scope = ptrace_scope()
     if scope >= 3:
         return "Yama ptrace_scope=3 forbids all ptrace access, /proc/PID/mem and gdb attach included"
-    privileged = _has_cap_sys_ptrace()
+    privileged = has_capability(CAP_SYS_PTRACE)
     if method == "kernel-core":
         from harness.snapshot.kernelcore import kernel_core_unavailable
         return kernel_core_unavailable()

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from harness.model import Region, RegionKind, Snapshot
-from harness.snapshot import SnapshotError, _has_cap_sys_ptrace, _ptrace_scope
+from harness.snapshot import CAP_SYS_PTRACE, SnapshotError, has_capability, ptrace_scope
 from harness.process import describe_status, signal_name
 from harness.snapshot.procmem import copy_stopped_memory, open_mem, thread_states
 
@@ -77,10 +77,10 @@ def exit_unavailable() -> str | None:
     """None if this machine lets the harness ptrace its own children, else why not."""
     if not os.path.exists("/proc/self/mem"):
         return "/proc is not mounted (no /proc/PID/mem)"
-    scope = _ptrace_scope()
+    scope = ptrace_scope()
     if scope >= 3:
         return "Yama ptrace_scope=3 forbids all ptrace, PTRACE_SEIZE of the harness's own children included"
-    if scope == 2 and not _has_cap_sys_ptrace():
+    if scope == 2 and not has_capability(CAP_SYS_PTRACE):
         return "Yama ptrace_scope=2 requires CAP_SYS_PTRACE to PTRACE_SEIZE a process"
     # scope 0 and 1 both let a parent trace its own child.
     return None

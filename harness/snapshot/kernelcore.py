@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from harness.model import Snapshot
-from harness.snapshot import SnapshotError
+from harness.snapshot import CAP_SYS_RESOURCE, SnapshotError, has_capability
 from harness.process import signal_name
 from harness.snapshot.elfcore import CoreFormatError, snapshot_from_core
 from harness.snapshot.procmaps import read_mappings
@@ -37,7 +37,6 @@ CORE_PATTERN = Path("/proc/sys/kernel/core_pattern")
 CORE_USES_PID = Path("/proc/sys/kernel/core_uses_pid")
 SUID_DUMPABLE = Path("/proc/sys/fs/suid_dumpable")
 _ULONG_MAX = (1 << 64) - 1           # how the kernel prints RLIM_INFINITY for %c
-_CAP_SYS_RESOURCE = 24
 _MTIME_SLACK_S = 2.0                 # file timestamps are coarse (jiffies); accept a core this much "older"
 
 
@@ -434,7 +433,7 @@ def raise_core_limit(pid: int) -> tuple[tuple[int, int] | None, tuple[int, int] 
     """Raise RLIMIT_CORE of `pid` alone to unlimited (or as far as its hard limit lets us).
     Returns (limit before, limit after, why it is not unlimited or None)."""
     inf = resource.RLIM_INFINITY
-    no_cap = "" if _has_cap(_CAP_SYS_RESOURCE) else ", which the harness lacks"
+    no_cap = "" if has_capability(CAP_SYS_RESOURCE) else ", which the harness lacks"
     try:
         before = resource.prlimit(pid, resource.RLIMIT_CORE)
     except ProcessLookupError as exc:
@@ -472,13 +471,6 @@ def raise_core_limit(pid: int) -> tuple[tuple[int, int] | None, tuple[int, int] 
 
 def _limit_text(value: int) -> str:
     return "unlimited" if value == resource.RLIM_INFINITY else str(value)
-
-
-def _has_cap(bit: int) -> bool:
-    for line in (_read("/proc/self/status") or "").splitlines():
-        if line.startswith("CapEff:"):
-            return bool(int(line.split()[1], 16) >> bit & 1)
-    return False
 
 
 def _private_copy(src: Path, core_dir: Path, pid: int) -> Path:
