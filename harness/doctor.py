@@ -145,7 +145,7 @@ def check_target(language: str, prerequisites: list[Check]) -> Check:
         program = build_target(language)
     except TargetUnavailable as e:
         return _check(name, MISSING, str(e), [f"target:{language}"])
-    return _check(name, OK, f"built {program.binary} ({len(program.entries)} scenario entries)")
+    return _check(name, OK, f"built {' '.join(program.command)} ({len(program.entries)} scenario entries)")
 
 
 def check_node() -> Check:

@@ -6,12 +6,15 @@ import select
 import signal
 import socket
 import time
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 PROTOCOL_VERSION = "1"
 CONTROL_FD = 3
 MAX_LINE = 4096
+MAX_DERIVED = 4096
+DERIVED_LINE = re.compile(r"([a-z0-9_]{1,64}) ([0-9]{1,4})")
 TARGET_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
@@ -21,9 +24,10 @@ class TargetError(Exception):
 
 @dataclass(frozen=True)
 class TargetEvent:
-    kind: str                 # "checkpoint", "note", "done", "error"
-    text: str                 # the rest of the line (checkpoint name, note body, error message)
+    kind: str                 # "checkpoint", "note", "derived", "done", "error"
+    text: str                 # the rest of the line (checkpoint name, note body, derived label, error message)
     address: int | None = None
+    data: bytes = field(default=b"", repr=False)   # a derived value's bytes: never in a log
 
 
 def signal_name(sig: int) -> str:
@@ -42,11 +46,22 @@ def describe_status(status: int) -> str:
     return f"status {status:#x}"
 
 
+def spawn_in(cwd: Path, argv: list[str], env: dict, actions: list) -> int:
+    """posix_spawn in a new session, in `cwd`: posix_spawn has no chdir action before Python 3.13's, so hop
+    into cwd around the call."""
+    previous = os.getcwd()
+    os.chdir(cwd)
+    try:
+        return os.posix_spawnp(argv[0], argv, env, file_actions=actions, setsid=True)
+    finally:
+        os.chdir(previous)
+
+
 class TargetProcess:
     """One target run. Use as a context manager: leaving it always kills and reaps the whole process group."""
 
-    def __init__(self, binary: Path, entry: str, secret_len: int, canary_len: int, log_path: Path, cwd: Path,
-                 extra_env: dict[str, str] | None = None):
+    def __init__(self, command: tuple[str, ...], entry: str, secret_len: int, canary_len: int, log_path: Path,
+                 cwd: Path, extra_env: dict[str, str] | None = None):
         self.log_path = log_path
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock = parent
@@ -65,21 +80,11 @@ class TargetProcess:
             (os.POSIX_SPAWN_DUP2, source_fd, CONTROL_FD),
         ]
         try:
-            self.pid = self._spawn_in(cwd, binary, entry, env, actions)
+            self.pid = spawn_in(cwd, [*command, entry], env, actions)
         finally:
             if source_fd != child.fileno():
                 os.close(source_fd)
             child.close()
-
-    @staticmethod
-    def _spawn_in(cwd: Path, binary: Path, entry: str, env: dict, actions: list) -> int:
-        # posix_spawn has no chdir action before Python 3.13's; hop into cwd around the call.
-        previous = os.getcwd()
-        os.chdir(cwd)
-        try:
-            return os.posix_spawn(str(binary), [str(binary), entry], env, file_actions=actions, setsid=True)
-        finally:
-            os.chdir(previous)
 
     def __enter__(self) -> "TargetProcess":
         return self
@@ -109,6 +114,12 @@ class TargetProcess:
                 self.kill()
                 raise TargetError(f"bad checkpoint address {where[:40]!r}") from None
             return TargetEvent("checkpoint", name, address)
+        if word == "derived":
+            match = DERIVED_LINE.fullmatch(rest)
+            if not match or not 1 <= int(match[2]) <= MAX_DERIVED:
+                self.kill()
+                raise TargetError(f"bad derived line {line[:80]!r}: expected 'derived <label> <1..{MAX_DERIVED}>'")
+            return TargetEvent("derived", match[1], data=self._read_bytes(int(match[2]), timeout))
         if word in ("note", "done", "error"):
             return TargetEvent(word, rest)
         self.kill()
@@ -158,9 +169,19 @@ class TargetProcess:
         except OSError:
             return ""
 
+    def _read_bytes(self, count: int, timeout: float) -> bytes:
+        self._fill(lambda: len(self._buffer) >= count, timeout, "a derived value")
+        data, self._buffer = self._buffer[:count], self._buffer[count:]
+        return data
+
     def _read_line(self, timeout: float, waiting_for: str) -> str:
+        self._fill(lambda: b"\n" in self._buffer, timeout, waiting_for)
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line.decode("ascii", errors="replace")
+
+    def _fill(self, enough, timeout: float, waiting_for: str) -> None:
         deadline = time.monotonic() + timeout
-        while b"\n" not in self._buffer:
+        while not enough():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self.kill()
@@ -175,8 +196,6 @@ class TargetProcess:
                 raise TargetError(f"target ended ({describe_status(self.status)}) while waiting for {waiting_for}"
                                   + (f"; its output: {tail}" if tail else ""))
             self._buffer += data
-            if len(self._buffer) > MAX_LINE and b"\n" not in self._buffer:
+            if len(self._buffer) > MAX_LINE + MAX_DERIVED and not enough():
                 self.kill()
                 raise TargetError("protocol line too long")
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        return line.decode("ascii", errors="replace")

@@ -15,9 +15,12 @@ EXIT_INCONCLUSIVE = 3
 EXIT_INTERRUPTED = 130
 
 
-def fingerprint(scenario: str, method: str, checkpoint: str, region_kind: str, encoding: str) -> str:
+def fingerprint(scenario: str, method: str, checkpoint: str, region_kind: str, encoding: str,
+                subject: str = "secret") -> str:
     """Stable identity of a finding across runs: never addresses, PIDs, times or the secret."""
-    key = "\0".join((scenario, method, checkpoint, region_kind, encoding))
+    # The planted secret's fingerprints stay as they were before derived values had verdicts of their own.
+    parts = (scenario, method, checkpoint, region_kind, encoding) + (() if subject == "secret" else (subject,))
+    key = "\0".join(parts)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -25,8 +28,8 @@ def verdict_fingerprints(v: Verdict) -> list[str]:
     """A verdict's findings' fingerprints; a verdict with no finding (e.g. a missing expected copy) gets one of its own."""
     if v.findings:
         return sorted({fingerprint(v.scenario, v.method, v.checkpoint, f.hit.region.kind.value,
-                                   f.hit.encoding + ("" if f.hit.full else ":fragment")) for f in v.findings})
-    return [fingerprint(v.scenario, v.method, v.checkpoint, "-", "none")]
+                                   f.hit.encoding + ("" if f.hit.full else ":fragment"), v.subject) for f in v.findings})
+    return [fingerprint(v.scenario, v.method, v.checkpoint, "-", "none", v.subject)]
 
 
 @dataclass
@@ -83,12 +86,12 @@ def document_counts(verdicts: list[dict]) -> dict[str, int]:
 
 
 def document_aggregates(verdicts: list[dict]) -> list[dict]:
-    """Each scenario x checkpoint x method over its repetitions (in order of first appearance): outcome
+    """Each scenario x checkpoint x method x subject over its repetitions (in order of first appearance): outcome
     counts and how many runs found the secret -- the rate for GC-dependent scenarios."""
-    groups: dict[tuple[str, str, str], dict] = {}
+    groups: dict[tuple[str, str, str, str], dict] = {}
     for v in verdicts:
-        key = (v["scenario"], v["checkpoint"], v["method"])
-        agg = groups.setdefault(key, {"scenario": key[0], "checkpoint": key[1], "method": key[2],
+        key = (v["scenario"], v["checkpoint"], v["method"], v.get("subject", "secret"))
+        agg = groups.setdefault(key, {"scenario": key[0], "checkpoint": key[1], "method": key[2], "subject": key[3],
                                       "expect": v["expect"], "runs": 0, "found": 0, "outcomes": {}})
         agg["runs"] += 1
         agg["found"] += bool(v.get("hits"))

@@ -23,6 +23,7 @@ from .snapshot.kernelcore import take_kernel_core
 from .verdict import Verdict, judge
 
 Progress = Callable[[str], None]
+DERIVED_PREFIX = "derived:"
 STARTUP_TIMEOUT_S = 30.0
 EXIT_TIMEOUT_S = 10.0
 
@@ -91,7 +92,7 @@ class Runner:
         pending = [c for c in scenario.checkpoints if _methods_at(planned, c)]
         self.progress(f"{planned.run_id}: starting {scenario.target} target")
         try:
-            with TargetProcess(planned.program.binary, scenario.entry, len(secret.value), len(canary.value),
+            with TargetProcess(planned.program.command, scenario.entry, len(secret.value), len(canary.value),
                                workdir / "target.log", workdir, planned.program.env) as target:
                 record.pid = target.pid
                 run = _Run(self, planned, record, target, secret, canary, workdir, pending)
@@ -120,6 +121,9 @@ class Runner:
                 expectation = spec.for_method(method)
                 record.verdicts.append(Verdict(planned.scenario.name, planned.repetition, spec.name, method,
                                                expectation.expect, expectation.why, outcome, reason))
+                record.verdicts += [Verdict(planned.scenario.name, planned.repetition, spec.name, method, e.expect, e.why,
+                                            outcome, reason, subject=DERIVED_PREFIX + label)
+                                    for label, e in spec.derived.items()]
 
 
 def _methods_at(planned: PlannedRun, spec: CheckpointSpec) -> tuple[str, ...]:
@@ -140,6 +144,9 @@ class _Run:
         self.secret, self.canary, self.workdir, self.pending = secret, canary, workdir, pending
         self.control = _Control()
         self.secret_material = secret_material(secret)
+        # Values the target derived from the secret (`derived <label> <n>`), scanned for and masked like it.
+        self.derived: dict[str, Secret] = {}
+        self.derived_controls: dict[str, _Control] = {}
         self.timeout = runner.options.timeout_s or planned.scenario.timeout_s
         self.exit_stop: ExitStop | None = None
 
@@ -182,6 +189,11 @@ class _Run:
             event = self.target.next_event(self.timeout)
             if event.kind == "note":
                 self.record.notes.append(event.text)
+            elif event.kind == "derived":
+                self.derived[event.text] = Secret(DERIVED_PREFIX + event.text, event.data)
+                self.derived_controls.setdefault(event.text, _Control())
+                self.secret_material = secret_material(self.secret) + [
+                    m for value in self.derived.values() for m in secret_material(value)]
             elif event.kind == "error":
                 raise TargetError(f"target reported: {event.text}")
             elif event.kind in wanted:
@@ -221,14 +233,16 @@ class _Run:
             progress(f"{planned.run_id}: {spec.name}: {method} snapshot")
             try:
                 snapshot = self._take(method)
-                scan = scan_snapshot(snapshot, [self.secret, self.canary]) if snapshot.not_produced is None \
-                    else ScanResult([], 0, 0.0, 0)
+                scan = scan_snapshot(snapshot, [self.secret, self.canary, *self.derived.values()]) \
+                    if snapshot.not_produced is None else ScanResult([], 0, 0.0, 0)
             except (SnapshotError, ScanError, EOFError) as e:
                 taken.append(_Taken(method, problem=f"{method} failed: {e}"))
                 continue
             secret_hits = [h for h in scan.hits if h.secret == self.secret.label]
             canary_seen = any(h.secret == self.canary.label and h.full for h in scan.hits)
             self.control.observe(method, spec.name, snapshot, secret_hits, address)
+            for label, control in self.derived_controls.items():
+                control.observe(method, spec.name, snapshot, [h for h in scan.hits if h.secret == DERIVED_PREFIX + label], None)
             taken.append(_Taken(method, snapshot, scan, secret_hits, canary_seen))
             progress(f"{planned.run_id}: {spec.name}: {method}: "
                      + (snapshot.not_produced or f"{scan.bytes_scanned / (1 << 20):.1f} MiB scanned in "
@@ -254,7 +268,33 @@ class _Run:
                     verdict.outcome = Outcome.FAIL
                     verdict.reason = f"the target did not note {', '.join(missing)} (its notes: {'; '.join(self.record.notes) or 'none'}); " + verdict.reason
                 verdict.snapshot, verdict.scan_bytes, verdict.scan_duration_s = t.snapshot, t.scan.bytes_scanned, t.scan.duration_s
+            verdicts.append(verdict)
+            verdicts += self._derived_verdicts(spec, t)
+            if t.snapshot is not None:
                 self._dispose(t.snapshot, spec.name)
+        return verdicts
+
+    def _derived_verdicts(self, spec: CheckpointSpec, t: "_Taken") -> list[Verdict]:
+        """One verdict per derived value the checkpoint has an expectation for, judged like the secret's."""
+        verdicts = []
+        for label, expectation in spec.derived.items():
+            verdict = Verdict(self.planned.scenario.name, self.planned.repetition, spec.name, t.method, expectation.expect,
+                              expectation.why, Outcome.ERROR, t.problem or "", subject=DERIVED_PREFIX + label)
+            if t.method in self.planned.method_skips:
+                verdict.outcome = Outcome.SKIP
+            elif label not in self.derived:
+                verdict.reason = f"the target never sent the derived value {label!r} (derived so far: {', '.join(self.derived) or 'none'})"
+            elif t.snapshot is not None:
+                control = self.derived_controls[label]
+                hits = [h for h in t.scan.hits if h.secret == DERIVED_PREFIX + label]
+                verdict.canary_seen = t.canary_seen
+                verdict.outcome, verdict.reason, findings = judge(
+                    expectation=expectation, snapshot=t.snapshot, secret_hits=hits, canary_seen=t.canary_seen,
+                    intended_address=None, control_established=control.established, control_note=control.note,
+                    intended_flags={})
+                verdict.findings = [replace(f, context=hit_context(t.snapshot, f.hit, self.secret_material))
+                                    for f in findings]
+                verdict.snapshot, verdict.scan_bytes, verdict.scan_duration_s = t.snapshot, t.scan.bytes_scanned, t.scan.duration_s
             verdicts.append(verdict)
         return verdicts
 

@@ -1,13 +1,22 @@
 """Scenario files: declarative TOML, validated strictly; every error names the file and the key."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .model import Expect
 from .tomltable import TomlTable, load_toml
 
-LANGUAGES = ("c", "go")
+LANGUAGES = ("c", "go", "node", "python")
+# A `command` target is the user's own, unmodified program: no protocol, the secret is delivered the way a
+# user would give it, and checkpoints are triggers (output, delay, idle) instead of announcements.
+COMMAND_TARGET = "command"
+TARGET_KINDS = LANGUAGES + (COMMAND_TARGET,)
+DELIVERIES = ("stdin", "prompt", "file")
+TRIGGER_KINDS = ("output", "delay", "idle")
+SECRET_FILE_PLACEHOLDER = "{secret_file}"
+DERIVED_LABEL = re.compile(r"[a-z0-9_]{1,64}")
 SNAPSHOT_METHODS = ("procmem", "gcore", "gcore-all", "kernel-core", "exit")
 # The methods that leave the target running; kernel-core kills it, exit happens only at its end.
 LIVE_METHODS = ("procmem", "gcore", "gcore-all")
@@ -44,6 +53,10 @@ class CheckpointSpec:
     intended_region: dict[str, bool] = field(default_factory=dict)
     # `key=value` facts the target must have noted by this checkpoint (e.g. "do_panicked=false").
     require_notes: tuple[str, ...] = ()
+    # Expectations for values the target derived from the secret and sent (`derived <label> <n>`), by label.
+    derived: dict[str, MethodExpectation] = field(default_factory=dict)
+    # command targets: when to take this checkpoint's snapshots (None for the exit checkpoint)
+    trigger: Trigger | None = None
 
     @property
     def is_exit(self) -> bool:
@@ -60,6 +73,31 @@ class SecretSpec:
 
 
 @dataclass(frozen=True)
+class Trigger:
+    """When a command target's checkpoint happens, counted from the previous checkpoint (or the delivery)."""
+
+    kind: str            # output | delay | idle
+    pattern: str = ""    # output: a regular expression the program's output (stdout+stderr) must match
+    seconds: float = 0.0  # delay: wait this long; idle: no CPU time and no output for this long
+
+    def describe(self) -> str:
+        return f"output matches /{self.pattern}/" if self.kind == "output" else \
+            f"after {self.seconds:g} s" if self.kind == "delay" else f"idle for {self.seconds:g} s"
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    """An unmodified program and how it gets the secret."""
+
+    argv: tuple[str, ...]
+    cwd: Path
+    delivery: str                        # stdin | prompt | file
+    prompt: str = ""                     # prompt delivery: regex of the prompt to answer on the pseudo-terminal
+    newline: bool = True                 # end the typed/piped secret with a newline
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str
     description: str
@@ -71,6 +109,7 @@ class Scenario:
     secret: SecretSpec
     checkpoints: tuple[CheckpointSpec, ...]
     source: Path
+    command: CommandSpec | None = None   # only for target = "command"
 
     def checkpoint(self, name: str) -> CheckpointSpec | None:
         return next((c for c in self.checkpoints if c.name == name), None)
@@ -93,8 +132,34 @@ def _default_methods(name: str, methods: tuple[str, ...], last: bool) -> tuple[s
     return tuple(m for m in methods if m in LIVE_METHODS or (m == "kernel-core" and last))
 
 
-def _checkpoint(r: TomlTable, methods: tuple[str, ...], last: bool) -> CheckpointSpec:
-    r.reject_unknown(("name", "expect", "why", "where", "methods", "per_method", "intended_region", "require_notes"))
+def _trigger(r: TomlTable, name: str) -> Trigger | None:
+    if name == EXIT_CHECKPOINT:
+        if "trigger" in r.table:
+            raise r.fail("trigger", f"the {EXIT_CHECKPOINT!r} checkpoint happens when the program exits: it takes no trigger")
+        return None
+    t = r.sub("trigger", required=True)
+    t.reject_unknown(TRIGGER_KINDS)
+    if len(t.table) != 1:
+        raise r.fail("trigger", f"give exactly one of {', '.join(TRIGGER_KINDS)} (e.g. {{ idle = 1.0 }})")
+    kind = next(iter(t.table))
+    if kind == "output":
+        pattern = t.get("output", str)
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise t.fail("output", f"not a valid regular expression: {e}") from None
+        if not pattern:
+            raise t.fail("output", "must not be empty")
+        return Trigger("output", pattern=pattern)
+    seconds = t.get(kind, (int, float))
+    if not 0 <= seconds <= 3600:
+        raise t.fail(kind, f"{seconds} is out of range 0..3600 seconds")
+    return Trigger(kind, seconds=float(seconds))
+
+
+def _checkpoint(r: TomlTable, methods: tuple[str, ...], last: bool, command: bool) -> CheckpointSpec:
+    r.reject_unknown(("name", "expect", "why", "where", "methods", "per_method", "intended_region", "require_notes",
+                      "derived") + (("trigger",) if command else ()))
     name = r.get("name", str, required=True)
     if not name or any(c.isspace() for c in name):
         raise r.fail("name", f"{name!r} must be a non-empty word without spaces")
@@ -127,15 +192,62 @@ def _checkpoint(r: TomlTable, methods: tuple[str, ...], last: bool) -> Checkpoin
     for i, note in enumerate(notes):
         if not isinstance(note, str) or "=" not in note:
             raise r.fail(f"require_notes[{i}]", f"expected a 'key=value' string, got {note!r}")
-    return CheckpointSpec(name, default, tuple(sorted(at, key=SNAPSHOT_METHODS.index)), per_method, flags, tuple(notes))
+    derived: dict[str, MethodExpectation] = {}
+    if values := r.sub("derived"):
+        for label in values.table:
+            if not DERIVED_LABEL.fullmatch(label):
+                raise values.fail(label, "a derived value's label is 1-64 characters of a-z, 0-9 and _")
+            expectation = _expectation(values.sub(label, required=True), None)
+            if expectation.where in ("intended", "elsewhere"):
+                raise values.fail(f"{label}.where", "a derived value has no intended region: use any, heap, stack, anonymous or registers")
+            derived[label] = expectation
+    trigger = _trigger(r, name) if command else None
+    return CheckpointSpec(name, default, tuple(sorted(at, key=SNAPSHOT_METHODS.index)), per_method, flags, tuple(notes),
+                          derived, trigger)
+
+
+def _command(r: TomlTable, path: Path, secret: SecretSpec) -> CommandSpec:
+    c = r.sub("command", required=True)
+    c.reject_unknown(("argv", "cwd", "delivery", "prompt", "newline", "env"))
+    argv = c.string_list("argv")
+    if not argv or not argv[0]:
+        raise c.fail("argv", "required: the program and its arguments, e.g. [\"./askpass\", \"--user\", \"me\"]")
+    delivery = c.choice("delivery", DELIVERIES, "stdin")
+    prompt = c.get("prompt", str, "", required=delivery == "prompt")
+    if delivery != "prompt" and "prompt" in c.table:
+        raise c.fail("prompt", f"only for delivery = \"prompt\" (this one is {delivery!r})")
+    if prompt:
+        try:
+            re.compile(prompt)
+        except re.error as e:
+            raise c.fail("prompt", f"not a valid regular expression: {e}") from None
+    env = c.get("env", dict, {})
+    for k, v in env.items():
+        if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k):
+            raise c.fail(f"env.{k}", "expected NAME = \"string value\"")
+    uses_file = any(SECRET_FILE_PLACEHOLDER in a for a in [*argv, *env.values()])
+    if delivery == "file" and not uses_file:
+        raise c.fail("argv", f"delivery = \"file\" needs {SECRET_FILE_PLACEHOLDER} in argv or env: that is where the program finds the file")
+    if delivery != "file" and uses_file:
+        raise c.fail("argv", f"{SECRET_FILE_PLACEHOLDER} is only for delivery = \"file\"")
+    if delivery == "prompt" and secret.form != "password":
+        raise r.fail("secret.form", "a secret typed at a prompt must be a password (a terminal would interpret binary bytes)")
+    cwd = (path.parent / c.get("cwd", str, ".")).resolve()
+    return CommandSpec(tuple(argv), cwd, delivery, prompt, c.get("newline", bool, True), dict(env))
 
 
 def load_scenario(path: Path) -> Scenario:
     path = Path(path)
     r = TomlTable(path, load_toml(path, ScenarioError), "", ScenarioError)
-    r.reject_unknown(("name", "description", "target", "entry", "methods", "repeat", "timeout", "secret", "checkpoints"))
+    r.reject_unknown(("name", "description", "target", "entry", "methods", "repeat", "timeout", "secret", "checkpoints",
+                      "command"))
     name = r.get("name", str, required=True)
-    target = r.choice("target", LANGUAGES, required=True)
+    target = r.choice("target", TARGET_KINDS, required=True)
+    is_command = target == COMMAND_TARGET
+    if not is_command and "command" in r.table:
+        raise r.fail("command", f"only for target = \"{COMMAND_TARGET}\"")
+    if is_command and "entry" in r.table:
+        raise r.fail("entry", f"a {COMMAND_TARGET} target has no entry: [command] argv says what runs")
     methods = r.get("methods", list, list(LIVE_METHODS))
     for i, method in enumerate(methods):
         if method not in SNAPSHOT_METHODS:
@@ -148,10 +260,11 @@ def load_scenario(path: Path) -> Scenario:
     timeout = r.get("timeout", (int, float), 60)
     if not 0 < timeout <= 3600:
         raise r.fail("timeout", f"{timeout} is out of range (0, 3600] seconds")
-    secret = SecretSpec()
+    # A user's program is mostly given passwords; the built-in targets take raw key bytes.
+    secret = SecretSpec("password" if is_command else "binary")
     if s := r.sub("secret"):
         s.reject_unknown(("form", "length"))
-        secret = SecretSpec(s.choice("form", SECRET_FORMS, "binary"), s.get("length", int, 32))
+        secret = SecretSpec(s.choice("form", SECRET_FORMS, secret.form), s.get("length", int, 32))
         if not 8 <= secret.length <= 4096:
             raise s.fail("length", f"{secret.length} is out of range 8..4096 bytes")
     raw_checkpoints = r.get("checkpoints", list, required=True)
@@ -172,7 +285,7 @@ def load_scenario(path: Path) -> Scenario:
         if not isinstance(table, dict):
             raise r.fail(f"checkpoints[{i}]", "expected a table ([[checkpoints]])")
         last = bool(announced) and table.get("name") == announced[-1]
-        checkpoints.append(_checkpoint(r.child(table, f"checkpoints[{i}]."), tuple(methods), last))
+        checkpoints.append(_checkpoint(r.child(table, f"checkpoints[{i}]."), tuple(methods), last, is_command))
     return Scenario(
         name=name,
         description=r.get("description", str, "").strip(),
@@ -184,6 +297,7 @@ def load_scenario(path: Path) -> Scenario:
         secret=secret,
         checkpoints=tuple(checkpoints),
         source=path,
+        command=_command(r, path, secret) if is_command else None,
     )
 
 

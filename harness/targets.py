@@ -7,17 +7,19 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TARGETS_DIR = PROJECT_ROOT / "targets"
 BINARY_NAMES = {"c": "remanence-target-c", "go": "remanence-target-go"}
+NODE_VERSION_MIN = 18
 MIN_GO = (1, 26)
 RUNTIME_SECRET_PLATFORMS = ("linux/amd64", "linux/arm64")
 # Fixed per-language additions to a target's environment. GOTRACEBACK=crash makes a Go target that gets
 # SIGABRT dump core (the kernel-core method) instead of exiting with status 2.
-TARGET_ENV = {"c": {}, "go": {"GOTRACEBACK": "crash"}}
+TARGET_ENV = {"c": {}, "go": {"GOTRACEBACK": "crash"}, "node": {}, "python": {}}
 
 
 class TargetUnavailable(Exception):
@@ -27,7 +29,7 @@ class TargetUnavailable(Exception):
 @dataclass(frozen=True)
 class TargetProgram:
     language: str
-    binary: Path
+    command: tuple[str, ...]     # argv before the scenario name: the binary, or an interpreter and its script
     entries: tuple[str, ...]
 
     @property
@@ -35,20 +37,20 @@ class TargetProgram:
         return TARGET_ENV[self.language]
 
 
-SOURCE_SUFFIXES = {"c": (".c",), "go": (".go",)}
+SOURCE_SUFFIXES = {"c": (".c",), "go": (".go",), "node": (".js",), "python": (".py",)}
 
 
 @functools.lru_cache(maxsize=None)  # the report asks once per run: read the target sources once
 def registration_site(language: str, entry: str) -> tuple[str, int] | None:
     """(path relative to the project, 1-based line) where the target registers `entry`, if it can be found."""
     folder = TARGETS_DIR / language
-    needle = f'"{entry}"'
+    needles = (f'"{entry}"', f"'{entry}'")
     for path in sorted(folder.glob("*")) if folder.is_dir() else []:
         text = path.read_text(errors="replace") if path.suffix in SOURCE_SUFFIXES.get(language, ()) else ""
         if text.startswith("//go:build"):  # a test-only build variant, not the scenario's home
             continue
         for number, line in enumerate(text.splitlines(), 1):
-            if needle in line and ("REMANENCE_SCENARIO" in line or "register(" in line):
+            if any(n in line for n in needles) and ("REMANENCE_SCENARIO" in line or "register(" in line):
                 return str(path.relative_to(PROJECT_ROOT)), number
     return None
 
@@ -58,9 +60,14 @@ def cache_dir() -> Path:
     return Path(base) / "remanence" / "targets"
 
 
+def _source_files(source: Path) -> list[Path]:
+    skipped = ("build", "node_modules", "__pycache__")
+    return sorted(p for p in source.rglob("*") if p.is_file() and not set(skipped) & set(p.relative_to(source).parts))
+
+
 def _source_hash(source: Path, toolchain: str) -> str:
     digest = hashlib.sha256(toolchain.encode())
-    for path in sorted(p for p in source.rglob("*") if p.is_file() and "build" not in p.relative_to(source).parts):
+    for path in _source_files(source):
         digest.update(str(path.relative_to(source)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
 
@@ -121,6 +128,45 @@ def _build(language: str, source: Path, toolchain: str, command: list[str], env:
     return binary
 
 
+def _install(language: str, source: Path, toolchain: str, steps: list[list[str]], product: str) -> Path:
+    """For interpreted targets: copy the sources into a cache folder and run the install steps there
+    (npm ci, pip install); the folder is only published once every step succeeded."""
+    if not source.is_dir():
+        raise TargetUnavailable(f"{source} is missing")
+    out = cache_dir() / f"{language}-{_source_hash(source, toolchain)}"
+    if not (out / product).exists():
+        partial = out.with_name(out.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        for path in _source_files(source):
+            (partial / path.relative_to(source)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, partial / path.relative_to(source))
+        for step in steps:
+            try:
+                done = subprocess.run([a.replace("{OUT}", str(partial)) for a in step], cwd=partial,
+                                      capture_output=True, text=True, timeout=600)
+            except (OSError, subprocess.TimeoutExpired) as e:
+                raise TargetUnavailable(f"installing the {language} target failed: {' '.join(step[:3])}: {e}") from None
+            if done.returncode != 0:
+                raise TargetUnavailable(f"installing the {language} target failed: {' '.join(step[:3])}: "
+                                        f"{(done.stderr or done.stdout).strip()[-2000:]}")
+        shutil.rmtree(out, ignore_errors=True)
+        partial.rename(out)
+    return out
+
+
+def _node_problem() -> tuple[str | None, str]:
+    """(why node cannot run the target or None, its version)."""
+    for tool in ("node", "npm"):
+        if not shutil.which(tool):
+            return f"{tool} not found on PATH (the Node target needs Node >= {NODE_VERSION_MIN} and npm)", ""
+    version = _toolchain_version("node")
+    match = re.match(r"v(\d+)\.", version)
+    if not match or int(match[1]) < NODE_VERSION_MIN:
+        return f"node {version} is older than {NODE_VERSION_MIN}", version
+    return None, version
+
+
 def build_target(language: str) -> TargetProgram:
     """Build (or reuse the cached build of) the target for `language`; raise TargetUnavailable with the reason."""
     if language == "c":
@@ -135,9 +181,27 @@ def build_target(language: str) -> TargetProgram:
             raise TargetUnavailable(reason)
         env = dict(os.environ, GOEXPERIMENT="runtimesecret", CGO_ENABLED="0")
         binary = _build("go", TARGETS_DIR / "go", version, [go, "build", "-trimpath", "-o", "{BIN}", "."], env)
+    elif language == "node":
+        reason, version = _node_problem()
+        if reason:
+            raise TargetUnavailable(reason)
+        out = _install("node", TARGETS_DIR / "node", version, [["npm", "ci", "--no-audit", "--no-fund"]], "node_modules")
+        command = (shutil.which("node"), "--expose-gc", str(out / "target.js"))
+    elif language == "python":
+        # The target gets a venv of its own (PyNaCl pinned in requirements.txt), made with this interpreter.
+        out = _install("python", TARGETS_DIR / "python", sys.version,
+                       [[sys.executable, "-m", "venv", "{OUT}/venv"],
+                        ["{OUT}/venv/bin/pip", "install", "--no-cache-dir", "--disable-pip-version-check", "-q",
+                         "-r", "requirements.txt"]], "venv")
+        command = (str(out / "venv" / "bin" / "python"), "-E", "-s", str(out / "target.py"))
     else:
         raise TargetUnavailable(f"no target program for language {language!r}")
-    listing = subprocess.run([str(binary), "--list"], capture_output=True, text=True, timeout=30)
+    if language in ("c", "go"):
+        command = (str(binary),)
+    try:
+        listing = subprocess.run([*command, "--list"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise TargetUnavailable(f"{' '.join(command)} --list failed: {e}") from None
     if listing.returncode != 0:
-        raise TargetUnavailable(f"{binary} --list exited {listing.returncode}: {listing.stderr.strip()[-500:]}")
-    return TargetProgram(language, binary, tuple(listing.stdout.split()))
+        raise TargetUnavailable(f"{' '.join(command)} --list exited {listing.returncode}: {listing.stderr.strip()[-500:]}")
+    return TargetProgram(language, command, tuple(listing.stdout.split()))

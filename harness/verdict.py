@@ -47,6 +47,9 @@ class Verdict:
     scan_bytes: int = 0
     scan_duration_s: float = 0.0
     intended_address: int | None = None
+    # What was looked for: "secret" (the planted secret) or the label of a value the target derived from it
+    # (a session key), or of a value given to an ad-hoc scan.
+    subject: str = "secret"
 
 
 def _guarded(region: Region, snapshot: Snapshot) -> bool:

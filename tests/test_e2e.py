@@ -292,7 +292,7 @@ def test_interrupted_run_still_writes_results_and_kills_the_target(tmp_path):
 
 def test_the_secret_travels_only_over_the_control_socket(tmp_path, c_target):
     secret, canary = b"S" * 8 + bytes(range(24)), bytes(range(100, 132))
-    with TargetProcess(c_target.binary, "sodium.live", len(secret), len(canary), tmp_path / "log", tmp_path) as target:
+    with TargetProcess(c_target.command, "sodium.live", len(secret), len(canary), tmp_path / "log", tmp_path) as target:
         target.expect_ready(10)
         target.send_secrets(canary, secret)
         event = target.next_event(10)
@@ -302,7 +302,7 @@ def test_the_secret_travels_only_over_the_control_socket(tmp_path, c_target):
         target.resume()
         assert target.next_event(10).kind == "done"
         target.wait_exit(10)
-    assert cmdline == str(c_target.binary).encode() + b"\0sodium.live\0"
+    assert cmdline == c_target.command[0].encode() + b"\0sodium.live\0"
     assert sorted(environ.split(b"\0")[:-1]) == [b"LC_ALL=C", b"PATH=/usr/local/bin:/usr/bin:/bin", b"REMANENCE_CANARY_LEN=32",
                                                  b"REMANENCE_PROTOCOL=1", b"REMANENCE_SECRET_LEN=32"]
     assert os.WIFEXITED(target.status) and os.WEXITSTATUS(target.status) == 0

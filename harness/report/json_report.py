@@ -38,7 +38,7 @@ def _finding(v: Verdict, f: Finding, show_secrets: bool) -> dict:
             "address": _address(h.address), "length": h.length, "in_intended_region": f.in_intended_region,
             "guarded": f.guarded, "region": _region(h.region), "context": context,
             "fingerprint": fingerprint(v.scenario, v.method, v.checkpoint, h.region.kind.value,
-                                       h.encoding + ("" if h.full else ":fragment"))}
+                                       h.encoding + ("" if h.full else ":fragment"), v.subject)}
 
 
 def _verdict(v: Verdict, show_secrets: bool) -> dict:
@@ -49,7 +49,7 @@ def _verdict(v: Verdict, show_secrets: bool) -> dict:
                     "regions": [_region(r) for r in s.regions], "gaps": [_gap(g) for g in s.gaps], "notes": s.notes,
                     "kept_path": str(s.path) if s.path.exists() else None, "not_produced": s.not_produced}
     return {"scenario": v.scenario, "repetition": v.repetition, "checkpoint": v.checkpoint, "method": v.method,
-            "expect": v.expect.value, "why": v.why, "outcome": v.outcome.value, "reason": v.reason,
+            "subject": v.subject, "expect": v.expect.value, "why": v.why, "outcome": v.outcome.value, "reason": v.reason,
             "canary_seen": v.canary_seen, "intended_address": _address(v.intended_address),
             "scan": {"bytes": v.scan_bytes, "duration_s": round(v.scan_duration_s, 4)},
             "snapshot": snapshot, "hits": [_finding(v, f, show_secrets) for f in v.findings],
