@@ -4,7 +4,8 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass, field
 
-from .scenario import Scenario, ScenarioError
+from .command import CommandUnavailable, resolve_program
+from .scenario import COMMAND_TARGET, Scenario, ScenarioError
 from .snapshot import method_unavailable
 from .targets import TargetProgram, TargetUnavailable, build_target
 
@@ -52,6 +53,15 @@ def availability(language: str, cache: dict[str, TargetProgram | str]) -> Target
     return cache[language]
 
 
+def _command_program(scenario: Scenario) -> TargetProgram | str:
+    """A user's program needs no build: only that it can be found."""
+    try:
+        return TargetProgram(COMMAND_TARGET, (resolve_program(scenario.command), *scenario.command.argv[1:]),
+                             (scenario.entry,))
+    except CommandUnavailable as e:
+        return str(e)
+
+
 def make_plan(scenarios: list[Scenario], methods: list[str] | None = None, repeat: int | None = None) -> Plan:
     if repeat is not None and repeat < 1:
         raise UsageError("--repeat must be at least 1")
@@ -61,7 +71,7 @@ def make_plan(scenarios: list[Scenario], methods: list[str] | None = None, repea
         chosen = tuple(m for m in scenario.methods if not methods or m in methods)
         if not chosen:
             continue
-        program = availability(scenario.target, programs)
+        program = _command_program(scenario) if scenario.command else availability(scenario.target, programs)
         skip = program if isinstance(program, str) else None
         if not skip and scenario.entry not in program.entries:
             raise ScenarioError(scenario.source, "entry", f"{scenario.entry!r} is not registered in the {scenario.target} target "

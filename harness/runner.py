@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+from .command import CommandProcess, CommandUnavailable
 from .model import Hit, Outcome, ScanResult, Secret, Snapshot
 from .plan import Plan, PlannedRun
 from .process import TargetError, TargetProcess, describe_status
@@ -85,20 +86,18 @@ class Runner:
             record.skip_reason = planned.skip_reason
             self._close_unreached(planned, record, list(scenario.checkpoints), Outcome.SKIP, planned.skip_reason)
             return
-        secret, canary = make_secret(scenario.secret), make_canary()
+        secret, canary = make_secret(scenario.secret), make_canary(textual=scenario.command is not None)
         record.secret_fingerprint, record.canary_fingerprint = secret.fingerprint, canary.fingerprint
         workdir = Path(tempfile.mkdtemp(prefix="remanence-"))  # private (0700): snapshots and cores land here
         started = time.monotonic()
         pending = [c for c in scenario.checkpoints if _methods_at(planned, c)]
         self.progress(f"{planned.run_id}: starting {scenario.target} target")
         try:
-            with TargetProcess(planned.program.command, scenario.entry, len(secret.value), len(canary.value),
-                               workdir / "target.log", workdir, planned.program.env) as target:
+            with self._start(planned, secret, canary, workdir) as target:
                 record.pid = target.pid
-                run = _Run(self, planned, record, target, secret, canary, workdir, pending)
+                run = (_CommandRun if scenario.command else _Run)(self, planned, record, target, secret, canary,
+                                                                   workdir, pending)
                 try:
-                    target.expect_ready(STARTUP_TIMEOUT_S)
-                    target.send_secrets(canary.value, secret.value)
                     run.carry_out()
                 except (TargetError, SnapshotError) as e:
                     record.error = str(e)
@@ -113,6 +112,16 @@ class Runner:
                 reason = record.error or "the run was interrupted"
                 self._close_unreached(planned, record, pending, Outcome.ERROR, f"checkpoint never reached: {reason}")
             shutil.rmtree(workdir, ignore_errors=True)
+
+    @staticmethod
+    def _start(planned: PlannedRun, secret: Secret, canary: Secret, workdir: Path) -> TargetProcess | CommandProcess:
+        if planned.scenario.command:
+            try:
+                return CommandProcess(planned.scenario.command, secret, canary, workdir)
+            except (CommandUnavailable, OSError) as e:
+                raise TargetError(str(e)) from None
+        return TargetProcess(planned.program.command, planned.scenario.entry, len(secret.value), len(canary.value),
+                             workdir / "target.log", workdir, planned.program.env)
 
     def _close_unreached(self, planned: PlannedRun, record: RunRecord, checkpoints: list[CheckpointSpec],
                          outcome: Outcome, reason: str) -> None:
@@ -151,6 +160,8 @@ class _Run:
         self.exit_stop: ExitStop | None = None
 
     def carry_out(self) -> None:
+        self.target.expect_ready(STARTUP_TIMEOUT_S)
+        self.target.send_secrets(self.canary.value, self.secret.value)
         announced = [c for c in self.pending if not c.is_exit]
         exit_spec = next((c for c in self.pending if c.is_exit), None)
         if exit_spec and not announced:
@@ -205,6 +216,11 @@ class _Run:
 
     def _exit(self, spec: CheckpointSpec) -> None:
         """The target runs to its end under the exit stop; snapshot it there, then let it go."""
+        self._snapshot_at_exit(spec)
+        self._next(("done",))
+        self.target.wait_exit(EXIT_TIMEOUT_S)
+
+    def _snapshot_at_exit(self, spec: CheckpointSpec) -> None:
         stop = self.exit_stop
         if not stop.wait_for_exit_stop(self.timeout):
             ended = describe_status(stop.exit_status) if stop.exit_status is not None else "no status"
@@ -212,8 +228,6 @@ class _Run:
         self.pending.remove(spec)
         self.record.verdicts += self._checkpoint(spec, None)
         self.disarm()
-        self._next(("done",))
-        self.target.wait_exit(EXIT_TIMEOUT_S)
 
     def _take(self, method: str) -> Snapshot:
         if method == "kernel-core":
@@ -225,6 +239,7 @@ class _Run:
     def _checkpoint(self, spec: CheckpointSpec, address: int | None) -> list[Verdict]:
         """Take every snapshot first, so the positive control may come from any method at this checkpoint; then judge."""
         planned, progress = self.planned, self.runner.progress
+        self._establish_control(spec)
         taken: list[_Taken] = []
         for method in _methods_at(planned, spec):
             if method in planned.method_skips:
@@ -274,6 +289,9 @@ class _Run:
                 self._dispose(t.snapshot, spec.name)
         return verdicts
 
+    def _establish_control(self, spec: CheckpointSpec) -> None:
+        """Protocol targets need nothing here: their control is the planted copy seen in a snapshot."""
+
     def _derived_verdicts(self, spec: CheckpointSpec, t: "_Taken") -> list[Verdict]:
         """One verdict per derived value the checkpoint has an expectation for, judged like the secret's."""
         verdicts = []
@@ -310,6 +328,42 @@ class _Run:
         shutil.move(snapshot.path, kept)
         os.chmod(kept, 0o600)
         snapshot.path = kept
+
+
+class _CommandRun(_Run):
+    """A user's program: deliver the secret, then each checkpoint when its trigger fires, then (maybe) its exit.
+    After the last checkpoint a program that is still running is killed."""
+
+    def carry_out(self) -> None:
+        target: CommandProcess = self.target
+        target.deliver(self.timeout)
+        self.record.notes.append(f"secret {target.delivered}")
+        triggered = [c for c in self.pending if not c.is_exit]
+        exit_spec = next((c for c in self.pending if c.is_exit), None)
+        since = target.output_offset
+        if exit_spec and not triggered:
+            self._arm_exit_stop()
+        for spec in triggered:
+            since = target.wait_for(spec.trigger, since, self.timeout, f"checkpoint {spec.name!r}")
+            self.pending.remove(spec)
+            self.record.verdicts += self._checkpoint(spec, None)
+            if target.status is not None:   # kernel-core ended it
+                return
+            if spec is triggered[-1] and exit_spec:
+                self._arm_exit_stop()
+        if exit_spec:
+            self._snapshot_at_exit(exit_spec)
+            target.wait_exit(EXIT_TIMEOUT_S)
+
+    def _establish_control(self, spec: CheckpointSpec) -> None:
+        """The program's memory is only worth searching once it took the secret in: proof of that is the
+        planted-copy control here (the canary in its environment is the per-snapshot one)."""
+        if self.control.established:
+            return
+        if proof := self.target.consumed():
+            self.control.note = proof
+        else:
+            self.record.notes.append(f"at {spec.name}: {self.target.unconsumed_reason()}")
 
 
 @dataclass

@@ -19,5 +19,7 @@ def make_secret(spec: SecretSpec) -> Secret:
     return Secret("secret", secrets.token_bytes(spec.length))
 
 
-def make_canary() -> Secret:
-    return Secret("canary", secrets.token_bytes(CANARY_LENGTH))
+def make_canary(textual: bool = False) -> Secret:
+    """Random bytes, or (for a program's environment, which holds only text) their hex digits."""
+    value = secrets.token_bytes(CANARY_LENGTH)
+    return Secret("canary", value.hex().encode(), textual=True) if textual else Secret("canary", value)

@@ -1,0 +1,119 @@
+"""`remanence probe -- CMD ARGS`: a command-target scenario made from the command line.
+
+The probe is written as a scenario file next to its reports (so an ad-hoc probe can become a CI scenario
+unchanged) and loaded by the same strict reader as every other scenario.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .model import Expect
+from .plan import UsageError
+from .scenario import (COMMAND_TARGET, EXIT_CHECKPOINT, LIVE_METHODS, SECRET_FILE_PLACEHOLDER, TRIGGER_KINDS,
+                       Scenario, ScenarioError, load_scenario)
+
+DEFAULT_TRIGGER = "idle=1"
+WHY = {Expect.ABSENT: "the program claims to wipe the secret once it is done with it",
+       Expect.PRESENT: "the program still holds the secret here",
+       Expect.OBSERVE: "an exploratory probe: report what is there"}
+
+
+@dataclass(frozen=True)
+class ProbeRequest:
+    argv: list[str]
+    delivery: str                     # stdin | prompt | file
+    prompt: str = ""
+    triggers: tuple[str, ...] = (DEFAULT_TRIGGER,)
+    expect: Expect = Expect.ABSENT
+    methods: tuple[str, ...] = LIVE_METHODS[:2]
+    secret_form: str = "password"
+    secret_length: int = 24
+    newline: bool = True
+    env: tuple[str, ...] = ()         # NAME=VALUE, or NAME to copy from our environment
+    cwd: Path = Path(".")
+    timeout_s: float = 60.0
+    repeat: int = 1
+
+
+def _toml(value) -> str:
+    """A TOML value: JSON's string, number and boolean syntax is valid TOML."""
+    return json.dumps(value)
+
+
+def _trigger_table(text: str) -> str:
+    kind, sep, value = text.partition("=")
+    if not sep or kind not in TRIGGER_KINDS:
+        raise UsageError(f"--at {text!r}: expected output=REGEX, delay=SECONDS, idle=SECONDS or exit")
+    if kind == "output":
+        return f"{{ output = {_toml(value)} }}"
+    try:
+        return f"{{ {kind} = {float(value)!r} }}"
+    except ValueError:
+        raise UsageError(f"--at {text!r}: {value!r} is not a number of seconds") from None
+
+
+def _env(entries: tuple[str, ...]) -> dict[str, str]:
+    env = {}
+    for entry in entries:
+        name, sep, value = entry.partition("=")
+        if not sep:
+            if name not in os.environ:
+                raise UsageError(f"--env {name}: not set in this environment")
+            value = os.environ[name]
+        env[name] = value
+    return env
+
+
+def scenario_text(request: ProbeRequest) -> str:
+    """The scenario file equivalent to a probe request."""
+    if not request.argv:
+        raise UsageError("probe: give the program to run after --, e.g. remanence probe --prompt 'Password:' -- ./login")
+    if request.delivery == "file" and not any(SECRET_FILE_PLACEHOLDER in a for a in request.argv):
+        raise UsageError(f"probe --file: put {SECRET_FILE_PLACEHOLDER} in the command where the program expects the file's path")
+    exit_wanted = "exit" in request.triggers
+    if exit_wanted and request.triggers[-1] != "exit":
+        raise UsageError("probe: --at exit must be the last --at")
+    triggers = [t for t in request.triggers if t != "exit"]
+    methods = list(request.methods) + (["exit"] if exit_wanted else [])
+    name = "probe." + re.sub(r"[^A-Za-z0-9_.-]", "_", Path(request.argv[0]).name)
+    lines = [f"name = {_toml(name)}",
+             f"description = {_toml('remanence probe -- ' + ' '.join(request.argv))}",
+             f'target = "{COMMAND_TARGET}"',
+             f"methods = {_toml(methods)}",
+             f"timeout = {request.timeout_s!r}",
+             f"repeat = {request.repeat}",
+             "",
+             "[secret]",
+             f"form = {_toml(request.secret_form)}",
+             f"length = {request.secret_length}",
+             "",
+             "[command]",
+             f"argv = {_toml(request.argv)}",
+             f"cwd = {_toml(str(request.cwd.resolve()))}",
+             f"delivery = {_toml(request.delivery)}"]
+    if request.delivery == "prompt":
+        lines.append(f"prompt = {_toml(request.prompt)}")
+    if not request.newline:
+        lines.append("newline = false")
+    if env := _env(request.env):
+        lines.append("env = { " + ", ".join(f"{k} = {_toml(v)}" for k, v in env.items()) + " }")
+    expectation = [f"expect = {_toml(request.expect.value)}", f"why = {_toml(WHY[request.expect])}"]
+    for i, trigger in enumerate(triggers, 1):
+        lines += ["", "[[checkpoints]]", f"name = \"at{i}\"", f"trigger = {_trigger_table(trigger)}", *expectation]
+    if exit_wanted:
+        lines += ["", "[[checkpoints]]", f"name = \"{EXIT_CHECKPOINT}\"", *expectation]
+    return "\n".join(lines) + "\n"
+
+
+def probe_scenario(request: ProbeRequest, path: Path) -> Scenario:
+    """Write the probe's scenario file to `path` (reports point at it; it can join a suite as it is) and load it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(scenario_text(request))
+    try:
+        return load_scenario(path)
+    except ScenarioError as e:
+        raise UsageError(f"probe: {e}") from None
