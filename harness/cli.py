@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
+from .model import Expect
 from .config import Config, ConfigError, FormatSpec, parse_formats, resolve_config, split_formats
 from .gate import BaselineError, apply_gate, load_baseline
 from .plan import Plan, UsageError, availability, make_plan, select
@@ -94,7 +95,149 @@ def _parser() -> argparse.ArgumentParser:
                         help="the suite whose needs decide the exit code (default: the config's, else the built-in)")
     doctor.add_argument("--no-build", action="store_true", help="do not build the target programs (faster, less certain)")
     doctor.add_argument("--config", type=Path, default=None)
+    _add_scan_parser(sub)
+    _add_probe_parser(sub)
     return parser
+
+
+def _add_probe_parser(sub) -> None:
+    probe = sub.add_parser(
+        "probe", help="test your own, unmodified program: give it a fresh secret, snapshot it at triggers, judge",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run CMD with a fresh random secret delivered on stdin (default), typed at its prompt on a "
+                    "pseudo-terminal (--prompt), or in a private file (--file, CMD names it {secret_file}); snapshot it at "
+                    "each --at trigger and judge every snapshot against --expect. The scenario file equivalent to the "
+                    "probe is written next to the reports, ready to join a suite.",
+        epilog="""examples:
+  remanence probe --prompt 'Password:' --in-use 'output=Logged in' --at idle=2 -- ./login alice
+  remanence probe --stdin --at exit --method procmem,gcore -- ./hash-password
+  remanence probe --file --at delay=1 --expect observe -- ./decrypt --key-file {secret_file} data.bin""")
+    delivery = probe.add_mutually_exclusive_group()
+    delivery.add_argument("--stdin", dest="delivery", action="store_const", const="stdin",
+                          help="pipe the secret (and a newline) to the program's stdin, then close it (default)")
+    delivery.add_argument("--prompt", metavar="REGEX", default=None,
+                          help="run the program on a pseudo-terminal and type the secret when its output matches REGEX")
+    delivery.add_argument("--file", dest="delivery", action="store_const", const="file",
+                          help="write the secret to a private file whose path replaces {secret_file} in CMD")
+    probe.add_argument("--at", dest="triggers", action="append", metavar="TRIGGER", default=None,
+                       help="when to snapshot, repeatable, in order: output=REGEX, delay=SECONDS, idle=SECONDS "
+                            "(no CPU time and no output for that long) or exit (last); default: --at idle=1")
+    probe.add_argument("--in-use", metavar="TRIGGER", default=None,
+                       help="first snapshot the program while it should still hold the secret (expected present): "
+                            "proves the methods can see it there")
+    probe.add_argument("--expect", choices=[e.value for e in Expect], default=Expect.ABSENT.value,
+                       help="what every snapshot should show (default: absent; needs the program to have read the secret)")
+    probe.add_argument("--method", type=_methods, default=None, help="snapshot methods (default: procmem,gcore)")
+    probe.add_argument("--secret-length", type=int, default=24, help="length of the secret in bytes (default 24)")
+    probe.add_argument("--binary", action="store_true", help="random bytes instead of a printable password (not with --prompt)")
+    probe.add_argument("--no-newline", action="store_true", help="do not end the piped or typed secret with a newline")
+    probe.add_argument("--env", action="append", default=[], metavar="NAME[=VALUE]",
+                       help="add to the program's minimal environment (NAME alone copies ours); repeatable")
+    probe.add_argument("--name", default=None, help="scenario name (default: probe.<program>)")
+    probe.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the prompt and each trigger")
+    probe.add_argument("--repeat", type=int, default=1, help="run the probe this many times")
+    probe.add_argument("--out", type=Path, default=None, help=f"output folder (default: {DEFAULT_OUT})")
+    probe.add_argument("--keep-snapshots", action="store_true", help="keep snapshot files (mode 0600) under OUT/snapshots")
+    probe.add_argument("--show-secrets", action="store_true", help="do not mask secret bytes in hexdumps")
+    _add_gate_options(probe)
+    probe.add_argument("program", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS]", help="the program and its arguments")
+
+
+# --- scan: ad-hoc scans of core files and live processes (harness/adhoc.py) ---------------------------------
+
+SCAN_DESCRIPTION = """\
+Look for values you give in existing core files (CORE...) or in live processes (--pid), with the same snapshots,
+encodings (raw, hex, base64, UTF-16, fragments), attribution and reports as `run`. Each input x value is one
+verdict. --expect absent (the default) fails on any copy; a no-hit "absent" is only a PASS when a control value
+known to be in the image was seen in it (--control-hex/--control/--control-file; a live process's own command line
+serves automatically), else INCONCLUSIVE. A core that cannot be read is one line on stderr and an ERROR verdict;
+the other inputs are still scanned. Exit codes as for run: 0 all PASS, 1 any FAIL, 2 usage error, 3 any ERROR or
+INCONCLUSIVE."""
+
+SCAN_EPILOG = """\
+--secret and --secret-hex put the value in argv: other users can read it in `ps` and /proc, and it lands in your
+shell history. Prefer --secret-file PATH, or --secret-file - to read it from standard input (e.g.
+`gpg -d key.gpg | remanence scan --secret-file - core.1234`; a file's bytes are used as they are, trailing newline
+included). --label NAME names the value option right after it (reports show labels and SHA-256 prefixes, never the
+values); unlabelled values are secret, secret-2, ... and control, control-2, ...
+
+examples:
+  remanence scan --secret-file key.bin --control-hex 4d5a9000deadbeef core.1234
+  remanence scan --pid 4242 --method procmem,gcore --label db --secret-file - --expect observe
+  remanence scan --secret-hex 00112233445566778899aabbccddeeff --format json,html --out /tmp/r core.*"""
+
+
+class _ScanValue(argparse.Action):
+    """--secret*/--control*: appended in command-line order to args.scan_values, each taking a pending --label."""
+
+    def __init__(self, option_strings, dest, role: str, kind: str, **kwargs):
+        self.role, self.kind = role, kind
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        from .adhoc import ValueArg
+        values = list(getattr(namespace, "scan_values", None) or [])
+        values.append(ValueArg(self.role, self.kind, value, getattr(namespace, "scan_label", None)))
+        namespace.scan_values, namespace.scan_label = values, None
+
+
+class _ScanLabel(argparse.Action):
+    def __call__(self, parser, namespace, value, option_string=None):
+        if getattr(namespace, "scan_label", None) is not None:
+            raise argparse.ArgumentError(self, "two --label options in a row: each names the value option right after it")
+        namespace.scan_label = value
+
+
+def _scan_pid(value: str) -> int:
+    try:
+        pid = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a process id: {value!r}") from None
+    if pid <= 0:
+        raise argparse.ArgumentTypeError(f"not a process id: {value!r}")
+    return pid
+
+
+def _scan_methods(value: str) -> list[str]:
+    from .snapshot import LIVE_METHODS
+    methods = [m.strip() for m in value.split(",") if m.strip()]
+    for m in methods:
+        if m not in LIVE_METHODS:
+            raise argparse.ArgumentTypeError(f"unknown method {m!r} for a live process (known: {', '.join(LIVE_METHODS)})")
+    return list(dict.fromkeys(methods))
+
+
+def _add_scan_parser(sub) -> None:
+    scan = sub.add_parser("scan", help="look for given values in core files or live processes",
+                          description=SCAN_DESCRIPTION, epilog=SCAN_EPILOG,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    scan.add_argument("cores", nargs="*", type=Path, metavar="CORE", help="core files to scan (never modified)")
+    scan.add_argument("--pid", type=_scan_pid, action="append", default=[], metavar="PID",
+                      help="a live process to snapshot and scan (repeatable); it is stopped while it is read")
+    scan.add_argument("--method", type=_scan_methods, default=None, metavar="LIST",
+                      help="snapshot methods for --pid, comma-separated: procmem (default), gcore, gcore-all")
+    values = scan.add_argument_group("values to look for (repeatable, at least one --secret*)")
+    for role, what in (("secret", "a value to look for"), ("control", "a value known to be in the image (positive control)")):
+        values.add_argument(f"--{role}-hex", action=_ScanValue, role=role, kind="hex", dest="scan_values", metavar="HEX",
+                            help=f"{what}, as hex digits" + (" (visible in ps: prefer --secret-file)" if role == "secret" else ""))
+        values.add_argument(f"--{role}", action=_ScanValue, role=role, kind="text", dest="scan_values", metavar="TEXT",
+                            help=f"{what}, as text (UTF-8; its UTF-16 forms are searched too)"
+                            + (" (visible in ps: prefer --secret-file)" if role == "secret" else ""))
+        values.add_argument(f"--{role}-file", action=_ScanValue, role=role, kind="file", dest="scan_values", metavar="PATH",
+                            help=f"{what}: the file's raw bytes; - reads standard input (once)")
+    values.add_argument("--label", action=_ScanLabel, dest="scan_label", metavar="NAME",
+                        help="name the next --secret*/--control* value (default: secret, secret-2, ..., control, ...)")
+    scan.add_argument("--expect", choices=("absent", "present", "observe"), default="absent",
+                      help="absent (default, CI): any copy FAILs; present: no copy FAILs; observe: list copies, PASS")
+    scan.add_argument("--no-auto-control", action="store_true",
+                      help="for --pid: do not use the process's own command line (or environment) as the control")
+    scan.add_argument("--out", type=Path, default=None, help=f"output folder (default: {DEFAULT_OUT})")
+    scan.add_argument("--keep-snapshots", action="store_true",
+                      help="keep --pid snapshot files (mode 0600) under OUT/snapshots (they hold the process's secrets)")
+    scan.add_argument("--show-secrets", action="store_true",
+                      help="do not mask secret bytes in hexdumps (reports then hold the secret: handle with care)")
+    _add_gate_options(scan)
+    scan.set_defaults(scan_values=None, scan_label=None)
 
 
 # --- shared pieces -----------------------------------------------------------------------------------------
@@ -269,11 +412,84 @@ def _doctor(args) -> int:
     return code
 
 
+def _scan(args) -> int:
+    from .adhoc import AdhocOptions, AdhocScan, AdhocUsageError, check_pid, load_values
+    from .model import Expect
+    known = reporters()
+    config = _config_for(args, known)
+    formats = _formats(args, config, known)
+    out = args.out or config.run.out or DEFAULT_OUT
+    baseline_path = args.baseline or config.run.baseline
+    baseline = load_baseline(baseline_path) if baseline_path else None
+
+    def usage(message: str) -> int:
+        print(f"remanence: scan: {message}", file=sys.stderr)
+        return EXIT_USAGE
+
+    if args.scan_label is not None:
+        return usage("--label NAME must come right before the --secret*/--control* option it names")
+    if not args.cores and not args.pid:
+        return usage("nothing to scan: give core files, or --pid PID")
+    if args.method and not args.pid:
+        return usage("--method applies to --pid only (a core file is read as it is)")
+    progress_console = _console(stderr=True)
+    progress = (lambda message: None) if args.quiet else (lambda message: progress_console.print(escape(message), style="dim"))
+    errors = lambda message: print(f"remanence: scan: {message}", file=sys.stderr, flush=True)   # always, one line each
+    try:
+        for pid in args.pid:
+            check_pid(pid)
+        secrets, controls = load_values(args.scan_values or [], sys.stdin.buffer if sys.stdin else None, errors)
+    except AdhocUsageError as e:
+        return usage(str(e))
+    options = AdhocOptions(expect=Expect(args.expect), methods=tuple(args.method or ("procmem",)), out_dir=out,
+                           keep_snapshots=args.keep_snapshots, auto_control=not args.no_auto_control)
+    results = AdhocScan(secrets, controls, options, progress, errors).run(list(args.cores), list(dict.fromkeys(args.pid)))
+    results.machine = machine_facts()
+    doc = results_document(results, show_secrets=args.show_secrets)
+    doc = apply_gate(doc, baseline, config, baseline_path=baseline_path)
+    table_console = _console(stderr=any(f.to_stdout for f in formats))
+    if not args.quiet:
+        print_verdicts(doc, table_console)
+    _report_gate(doc, table_console, args.quiet)
+    _emit(doc, formats, out, known, progress)
+    return doc["exit_code"]
+
+
+def _probe(args) -> int:
+    from .probe import ProbeRequest, probe_scenario, scenario_file_name
+    known = reporters()
+    config = _config_for(args, known)
+    formats = _formats(args, config, known)
+    out = args.out or config.run.out or DEFAULT_OUT
+    baseline_path = args.baseline or config.run.baseline
+    baseline = load_baseline(baseline_path) if baseline_path else None
+    argv = args.program[1:] if args.program[:1] == ["--"] else args.program
+    request = ProbeRequest(
+        argv=argv, delivery="prompt" if args.prompt is not None else args.delivery or "stdin", prompt=args.prompt or "",
+        triggers=tuple(args.triggers or ProbeRequest.triggers), in_use=args.in_use, expect=Expect(args.expect),
+        methods=tuple(args.method or ProbeRequest.methods), secret_form="binary" if args.binary else "password",
+        secret_length=args.secret_length, newline=not args.no_newline, env=tuple(args.env), cwd=Path.cwd(),
+        timeout_s=args.timeout, repeat=args.repeat, name=args.name)
+    scenario = probe_scenario(request, out / scenario_file_name(request))
+    progress_console = _console(stderr=True)
+    progress = (lambda message: None) if args.quiet else (lambda message: progress_console.print(escape(message), style="dim"))
+    progress(f"probe scenario written to {scenario.source}")
+    results = Runner(RunOptions(out, args.keep_snapshots, None), progress).run(make_plan([scenario]))
+    results.machine = machine_facts()
+    doc = apply_gate(results_document(results, show_secrets=args.show_secrets), baseline, config, baseline_path=baseline_path)
+    table_console = _console(stderr=any(f.to_stdout for f in formats))
+    if not args.quiet:
+        print_verdicts(doc, table_console)
+    _report_gate(doc, table_console, args.quiet)
+    _emit(doc, formats, out, known, progress)
+    return doc["exit_code"]
+
+
 def _terminate(signum, frame):
     raise KeyboardInterrupt
 
 
-COMMANDS = {"run": _run, "merge": _merge, "list": _list, "doctor": _doctor}
+COMMANDS = {"run": _run, "merge": _merge, "list": _list, "doctor": _doctor, "scan": _scan, "probe": _probe}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -152,19 +152,23 @@ class CommandProcess:
 
     # --- delivery --------------------------------------------------------------------------------------------
 
-    def deliver(self, timeout: float) -> None:
-        """Give the program the secret: piped on stdin, typed when the prompt appears, or (already) in its file."""
+    def deliver(self, timeout: float) -> int:
+        """Give the program the secret: piped on stdin, typed when the prompt appears, or (already) in its file.
+        Returns the output offset the first trigger counts from: the end of the prompt, else the very start
+        (a program given its secret at start may answer before we look)."""
         payload = self.secret.value + (b"\n" if self.spec.newline else b"")
         if self.spec.delivery == "stdin":
             os.write(self._stdin_w, payload)   # at most 4 KiB + 1: fits the pipe, never blocks
             self._close(self._stdin_w)         # end of input, as with `prog < file`
             self.delivered = "piped on stdin"
-        elif self.spec.delivery == "prompt":
-            at = self.wait_for(Trigger("output", pattern=self.spec.prompt), 0, timeout, "its prompt")
+            return 0
+        if self.spec.delivery == "prompt":
+            prompt_end = self.wait_for(Trigger("output", pattern=self.spec.prompt), 0, timeout, "its prompt")
             os.write(self._master, payload)
             self.delivered = f"typed at the prompt /{self.spec.prompt}/"
-        else:
-            self.delivered = "written to the file the program was given"
+            return prompt_end
+        self.delivered = "written to the file the program was given"
+        return 0
 
     def consumed(self) -> str | None:
         """How we know the program took the secret in, or None if it has not (yet)."""

@@ -28,6 +28,7 @@ class ProbeRequest:
     delivery: str                     # stdin | prompt | file
     prompt: str = ""
     triggers: tuple[str, ...] = (DEFAULT_TRIGGER,)
+    in_use: str | None = None         # a trigger at which the secret must be present: the strongest control
     expect: Expect = Expect.ABSENT
     methods: tuple[str, ...] = LIVE_METHODS[:2]
     secret_form: str = "password"
@@ -37,6 +38,19 @@ class ProbeRequest:
     cwd: Path = Path(".")
     timeout_s: float = 60.0
     repeat: int = 1
+    name: str | None = None
+
+
+def probe_name(request: ProbeRequest) -> str:
+    """probe.<program>, or probe.<interpreter>.<script> when the program is an interpreter running a file."""
+    words = [Path(request.argv[0]).name]
+    if len(request.argv) > 1 and Path(request.cwd, request.argv[1]).is_file():
+        words.append(Path(request.argv[1]).name)
+    return request.name or "probe." + re.sub(r"[^A-Za-z0-9_.-]", "_", ".".join(words))
+
+
+def scenario_file_name(request: ProbeRequest) -> str:
+    return probe_name(request) + ".toml"
 
 
 def _toml(value) -> str:
@@ -79,8 +93,7 @@ def scenario_text(request: ProbeRequest) -> str:
         raise UsageError("probe: --at exit must be the last --at")
     triggers = [t for t in request.triggers if t != "exit"]
     methods = list(request.methods) + (["exit"] if exit_wanted else [])
-    name = "probe." + re.sub(r"[^A-Za-z0-9_.-]", "_", Path(request.argv[0]).name)
-    lines = [f"name = {_toml(name)}",
+    lines = [f"name = {_toml(probe_name(request))}",
              f"description = {_toml('remanence probe -- ' + ' '.join(request.argv))}",
              f'target = "{COMMAND_TARGET}"',
              f"methods = {_toml(methods)}",
@@ -102,6 +115,9 @@ def scenario_text(request: ProbeRequest) -> str:
     if env := _env(request.env):
         lines.append("env = { " + ", ".join(f"{k} = {_toml(v)}" for k, v in env.items()) + " }")
     expectation = [f"expect = {_toml(request.expect.value)}", f"why = {_toml(WHY[request.expect])}"]
+    if request.in_use:
+        lines += ["", "[[checkpoints]]", 'name = "in_use"', f"trigger = {_trigger_table(request.in_use)}",
+                  'expect = "present"', f"why = {_toml(WHY[Expect.PRESENT])}"]
     for i, trigger in enumerate(triggers, 1):
         lines += ["", "[[checkpoints]]", f"name = \"at{i}\"", f"trigger = {_trigger_table(trigger)}", *expectation]
     if exit_wanted:

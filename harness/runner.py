@@ -18,7 +18,7 @@ from .scan.context import hit_context, secret_material
 from .scan.engine import ScanError, scan_snapshot
 from .scenario import CheckpointSpec
 from .secretgen import make_canary, make_secret
-from .snapshot import SnapshotError, take_snapshot
+from .snapshot import SnapshotError, held_still, resume, take_snapshot
 from .snapshot.exitstop import ExitStop
 from .snapshot.kernelcore import take_kernel_core
 from .verdict import Verdict, judge
@@ -336,17 +336,19 @@ class _CommandRun(_Run):
 
     def carry_out(self) -> None:
         target: CommandProcess = self.target
-        target.deliver(self.timeout)
-        self.record.notes.append(f"secret {target.delivered}")
         triggered = [c for c in self.pending if not c.is_exit]
         exit_spec = next((c for c in self.pending if c.is_exit), None)
-        since = target.output_offset
         if exit_spec and not triggered:
-            self._arm_exit_stop()
+            self._arm_exit_stop()    # before the secret goes in: the program may be done with it at once
+        since = target.deliver(self.timeout)
+        self.record.notes.append(f"secret {target.delivered}")
         for spec in triggered:
             since = target.wait_for(spec.trigger, since, self.timeout, f"checkpoint {spec.name!r}")
             self.pending.remove(spec)
-            self.record.verdicts += self._checkpoint(spec, None)
+            # The program does not wait for us as a protocol target does: hold it still so every method sees
+            # the moment the trigger fired.
+            with held_still(target.pid):
+                self.record.verdicts += self._checkpoint(spec, None)
             if target.status is not None:   # kernel-core ended it
                 return
             if spec is triggered[-1] and exit_spec:
@@ -354,6 +356,14 @@ class _CommandRun(_Run):
         if exit_spec:
             self._snapshot_at_exit(exit_spec)
             target.wait_exit(EXIT_TIMEOUT_S)
+
+    def _take(self, method: str) -> Snapshot:
+        if method == "kernel-core":   # the abort must be delivered: let the program run again
+            resume(self.target.pid)
+            return super()._take(method)
+        if method == "exit":
+            return super()._take(method)
+        return take_snapshot(method, self.target.pid, self.workdir, held=True)
 
     def _establish_control(self, spec: CheckpointSpec) -> None:
         """The program's memory is only worth searching once it took the secret in: proof of that is the

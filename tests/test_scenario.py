@@ -158,3 +158,94 @@ def test_exit_checkpoint_must_be_last(tmp_path):
     text = text.replace('name = "in_use"', 'name = "exit"')
     with pytest.raises(ScenarioError, match="must come last"):
         load_scenario(write(tmp_path, text))
+
+
+COMMAND = """
+name = "mine.login"
+target = "command"
+methods = ["procmem", "gcore"]
+
+[command]
+argv = ["./login", "--user", "me"]
+cwd = "bin"
+delivery = "prompt"
+prompt = "Password: ?$"
+env = { LANG = "C" }
+
+[[checkpoints]]
+name = "logged_in"
+trigger = { output = "Welcome" }
+expect = "present"
+why = "in use"
+
+[[checkpoints]]
+name = "later"
+trigger = { idle = 1.5 }
+expect = "absent"
+why = "wiped after login"
+"""
+
+
+def test_command_target_loads_with_triggers_and_a_password_secret(tmp_path):
+    s = load_scenario(write(tmp_path, COMMAND))
+    assert s.command.argv == ("./login", "--user", "me")
+    assert s.command.cwd == (tmp_path / "bin").resolve()
+    assert (s.command.delivery, s.command.prompt, s.command.env) == ("prompt", "Password: ?$", {"LANG": "C"})
+    assert s.secret.form == "password"        # a user's program is given a password unless the file says otherwise
+    assert [(c.trigger.kind, c.trigger.pattern, c.trigger.seconds) for c in s.checkpoints] == [
+        ("output", "Welcome", 0.0), ("idle", "", 1.5)]
+
+
+@pytest.mark.parametrize("old, new, key, words", [
+    ('argv = ["./login", "--user", "me"]', 'argv = []', "command.argv", "required"),
+    ('prompt = "Password: ?$"\n', "", "command.prompt", "required key is missing"),
+    ('prompt = "Password: ?$"', 'prompt = "(unclosed"', "command.prompt", "not a valid regular expression"),
+    ('delivery = "prompt"\nprompt = "Password: ?$"', 'delivery = "file"', "command.argv", "{secret_file}"),
+    ('delivery = "prompt"\nprompt = "Password: ?$"', 'delivery = "stdin"\nprompt = "x"', "command.prompt", "only for delivery"),
+    ('trigger = { output = "Welcome" }\n', "", "checkpoints[0].trigger", "required key is missing"),
+    ('trigger = { idle = 1.5 }', 'trigger = { idle = 1.5, delay = 2 }', "checkpoints[1].trigger", "exactly one"),
+    ('trigger = { idle = 1.5 }', 'trigger = { idle = -1 }', "checkpoints[1].trigger.idle", "out of range"),
+    ('trigger = { output = "Welcome" }', 'trigger = { output = "[" }', "checkpoints[0].trigger.output", "regular expression"),
+    ('trigger = { idle = 1.5 }', 'trigger = { when = 1 }', "checkpoints[1].trigger.when", "unknown key"),
+    ('env = { LANG = "C" }', 'env = { LANG = 1 }', "command.env.LANG", "NAME ="),
+    ('methods = ["procmem", "gcore"]', 'methods = ["procmem"]\nentry = "x"', "entry", "no entry"),
+])
+def test_broken_command_targets_name_the_key(tmp_path, old, new, key, words):
+    assert old in COMMAND
+    with pytest.raises(ScenarioError) as e:
+        load_scenario(write(tmp_path, COMMAND.replace(old, new, 1)))
+    assert e.value.key == key and words in str(e.value), str(e.value)
+
+
+def test_a_binary_secret_cannot_be_typed_at_a_prompt(tmp_path):
+    with pytest.raises(ScenarioError, match="must be a password") as e:
+        load_scenario(write(tmp_path, COMMAND.replace('[command]', '[secret]\nform = "binary"\n\n[command]')))
+    assert e.value.key == "secret.form"
+
+
+def test_triggers_and_command_tables_belong_to_command_targets_only(tmp_path):
+    with pytest.raises(ScenarioError, match="unknown key") as e:
+        load_scenario(write(tmp_path, GOOD.replace('expect = "absent"\nwhy = "wiped"', 'expect = "absent"\nwhy = "wiped"\ntrigger = { idle = 1 }')))
+    assert e.value.key == "checkpoints[1].trigger"
+    with pytest.raises(ScenarioError, match="only for target") as e:
+        load_scenario(write(tmp_path, GOOD + '\n[command]\nargv = ["x"]\n'))
+    assert e.value.key == "command"
+
+
+def test_derived_expectations_load_per_checkpoint(tmp_path):
+    text = GOOD + '\n[checkpoints.derived.session_rx]\nexpect = "absent"\nwhy = "wiped with the key"\nwhere = "heap"\n'
+    s = load_scenario(write(tmp_path, text))
+    derived = s.checkpoint("freed").derived["session_rx"]
+    assert (derived.expect, derived.why, derived.where) == (Expect.ABSENT, "wiped with the key", "heap")
+    assert s.checkpoint("in_use").derived == {}
+
+
+@pytest.mark.parametrize("table, key, words", [
+    ('[checkpoints.derived.Bad-Label]\nexpect = "absent"\nwhy = "x"', "checkpoints[1].derived.Bad-Label", "a-z, 0-9"),
+    ('[checkpoints.derived.rx]\nexpect = "absent"', "checkpoints[1].derived.rx.why", "required"),
+    ('[checkpoints.derived.rx]\nexpect = "present"\nwhy = "x"\nwhere = "intended"', "checkpoints[1].derived.rx.where", "no intended region"),
+])
+def test_broken_derived_expectations_name_the_key(tmp_path, table, key, words):
+    with pytest.raises(ScenarioError) as e:
+        load_scenario(write(tmp_path, GOOD + "\n" + table + "\n"))
+    assert e.value.key == key and words in str(e.value), str(e.value)

@@ -11,6 +11,8 @@ take_snapshot covers the live methods.
 """
 from __future__ import annotations
 
+import contextlib
+
 import os
 import platform
 import shutil
@@ -78,8 +80,27 @@ def method_unavailable(method: str) -> str | None:
     return None
 
 
-def take_snapshot(method: str, pid: int, workdir: Path) -> Snapshot:
-    """Snapshot process `pid` with a live method (procmem, gcore, gcore-all), writing the snapshot file into `workdir`."""
+def resume(pid: int) -> None:
+    """SIGCONT, if the process still exists."""
+    from harness.snapshot.procmem import resume as send_continue
+    send_continue(pid)
+
+
+@contextlib.contextmanager
+def held_still(pid: int):
+    """Keep process `pid` stopped (SIGSTOP, every thread) for the block, so several methods see one moment;
+    live snapshots taken inside must be told `held=True`. gdb leaves a process it found stopped stopped."""
+    from harness.snapshot.procmem import freeze
+    freeze(pid)
+    try:
+        yield
+    finally:
+        resume(pid)
+
+
+def take_snapshot(method: str, pid: int, workdir: Path, held: bool = False) -> Snapshot:
+    """Snapshot process `pid` with a live method (procmem, gcore, gcore-all), writing the snapshot file into `workdir`.
+    `held`: the caller keeps the process stopped (held_still) and resumes it itself."""
     reason = method_unavailable(method)
     if reason:
         raise SnapshotError(f"{method} unavailable: {reason}")
@@ -90,7 +111,7 @@ def take_snapshot(method: str, pid: int, workdir: Path) -> Snapshot:
         raise ValueError(f"{method} is driven by the runner, not take_snapshot")
     if method == "procmem":
         from harness.snapshot.procmem import take_procmem
-        snapshot = take_procmem(pid, workdir)
+        snapshot = take_procmem(pid, workdir, held=held)
     else:
         from harness.snapshot.gcore import take_gcore
         snapshot = take_gcore(pid, workdir, dump_all=method == "gcore-all")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from elftools.common.exceptions import ELFError
+from elftools.construct import ConstructError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.enums import ENUM_CORE_NOTE_N_TYPE
 
@@ -109,21 +110,46 @@ def _note_type_name(n_type) -> str:
     return _NOTE_NAMES.get(value, f"NT_{value:#x}")
 
 
+# What a file that is not an ELF file most likely is, by its first bytes: cores are often stored compressed
+# (systemd-coredump writes .zst files, bug trackers get .gz/.xz).
+_COMPRESSED = ((b"\x28\xb5\x2f\xfd", "zstd", "zstd -d"), (b"\x1f\x8b", "gzip", "gunzip"),
+               (b"\xfd7zXZ\x00", "xz", "unxz"), (b"BZh", "bzip2", "bunzip2"), (b"\x04\x22\x4d\x18", "lz4", "lz4 -d"))
+_NOT_CORE = {"ET_EXEC": "an ELF executable", "ET_DYN": "an ELF shared object or PIE executable",
+             "ET_REL": "an ELF object file", "ET_NONE": "an ELF file of no type"}
+_ELF_HEADER_SIZE = {1: 52, 2: 64}
+
+
+def _not_elf(path: Path, head: bytes) -> CoreFormatError:
+    what = f"{path}: not an ELF file (bad magic {head[:4]!r})"
+    if not head:
+        return CoreFormatError(f"{what}: the file is empty")
+    for magic, name, command in _COMPRESSED:
+        if head.startswith(magic):
+            return CoreFormatError(f"{what}: a {name}-compressed file; decompress it first ({command})")
+    return CoreFormatError(f"{what}: starts with {head[:8].hex()}")
+
+
 def read_core_layout(path: Path | str) -> CoreLayout:
+    """The core's layout. CoreFormatError (one line, starting with the path) when it is not a core we can read:
+    not ELF, not a core, an unsupported machine, truncated, or corrupt structures."""
     path = Path(path)
     file_size = path.stat().st_size
     with open(path, "rb") as stream:
         ident = stream.read(16)
         if ident[:4] != b"\x7fELF":
-            raise CoreFormatError(f"{path}: not an ELF file (bad magic {ident[:4]!r})")
+            raise _not_elf(path, ident)
         if len(ident) < 16 or ident[4] not in (1, 2):
             raise CoreFormatError(f"{path}: unsupported ELF class byte {ident[4:5].hex() or 'missing'} (expected 32- or 64-bit)")
+        if file_size < _ELF_HEADER_SIZE[ident[4]]:
+            raise CoreFormatError(f"{path}: truncated: the ELF header needs {_ELF_HEADER_SIZE[ident[4]]} bytes "
+                                  f"but the file has {file_size}")
         stream.seek(0)
         try:
             elf = ELFFile(stream)
             e_type, machine, elf_class = elf.header["e_type"], elf.header["e_machine"], elf.elfclass
             if e_type != "ET_CORE":
-                raise CoreFormatError(f"{path}: not a core file (e_type is {e_type}, expected ET_CORE)")
+                what = _NOT_CORE.get(e_type, "an ELF file")
+                raise CoreFormatError(f"{path}: {what}, not a core file (e_type is {e_type}, expected ET_CORE)")
             if (elf_class, machine) not in _PR_PID_OFFSET:
                 raise CoreFormatError(f"{path}: unsupported core: {elf_class}-bit {machine}")
             phdr_end = elf.header["e_phoff"] + elf.num_segments() * elf.header["e_phentsize"]
@@ -136,7 +162,7 @@ def read_core_layout(path: Path | str) -> CoreLayout:
                     raise CoreFormatError(f"{path}: truncated: {ph['p_type']} segment at file offset {ph['p_offset']:#x} "
                                           f"needs {needed} bytes but the file has {file_size}")
             notes, file_mappings = _read_notes(elf, stream, path, _PR_PID_OFFSET[(elf_class, machine)])
-        except ELFError as exc:
+        except (ELFError, ConstructError, struct.error, ValueError, EOFError) as exc:
             raise CoreFormatError(f"{path}: unreadable ELF structure: {exc}") from exc
     segments = tuple(CoreSegment(ph["p_vaddr"], ph["p_memsz"], ph["p_filesz"], ph["p_offset"], _flags(ph["p_flags"]))
                      for ph in raw_segments if ph["p_type"] == "PT_LOAD")

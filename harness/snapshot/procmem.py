@@ -195,7 +195,9 @@ def copy_stopped_memory(pid: int, workdir: Path, method: str, mem_fd: int | None
     return Snapshot(method=method, path=raw_path, regions=regions, gaps=gaps), mappings
 
 
-def take_procmem(pid: int, workdir: Path, chunk_size: int = CHUNK_SIZE, stop_timeout: float = 5.0) -> Snapshot:
+def take_procmem(pid: int, workdir: Path, chunk_size: int = CHUNK_SIZE, stop_timeout: float = 5.0,
+                 held: bool = False) -> Snapshot:
+    """`held`: the caller already keeps the process stopped (and will resume it): do not SIGCONT it here."""
     mem_fd = open_mem(pid)
     try:
         try:
@@ -204,9 +206,11 @@ def take_procmem(pid: int, workdir: Path, chunk_size: int = CHUNK_SIZE, stop_tim
             snapshot, mappings = copy_stopped_memory(pid, workdir, "procmem", mem_fd, chunk_size)
             frozen_for = time.monotonic() - frozen_at
         finally:
-            resume(pid)
+            if not held:
+                resume(pid)
     finally:
         os.close(mem_fd)
-    snapshot.notes = [f"all threads stopped after {waited:.4f}s; held stopped {frozen_for:.3f}s",
+    snapshot.notes = [f"all threads stopped after {waited:.4f}s; held stopped {frozen_for:.3f}s"
+                      + (" (stopped by the caller for the whole checkpoint)" if held else ""),
                       f"{len(mappings)} mappings, {snapshot.captured_bytes} bytes read, {len(snapshot.gaps)} gaps"]
     return snapshot
