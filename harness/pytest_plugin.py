@@ -44,7 +44,7 @@ import pytest
 from .model import Outcome
 from .results import document_aggregates, document_counts, outcomes_exit_code
 from .snapshot import machine_facts
-from .scenario import LANGUAGES, SNAPSHOT_METHODS, Scenario, ScenarioError, load_scenario
+from .scenario import COMMAND_TARGET, SNAPSHOT_METHODS, TARGET_KINDS, Scenario, ScenarioError, load_scenario
 
 log = logging.getLogger("remanence")
 
@@ -106,8 +106,9 @@ class _State:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "remanence: a remanence scenario checkpoint x snapshot method")
-    for language in LANGUAGES:
-        config.addinivalue_line("markers", f"{language}: remanence scenario whose target is the {language} program")
+    for language in TARGET_KINDS:
+        program = "a user's own program" if language == COMMAND_TARGET else f"the {language} program"
+        config.addinivalue_line("markers", f"{language}: remanence scenario whose target is {program}")
     for method in SNAPSHOT_METHODS:
         config.addinivalue_line("markers", f"{marker_name(method)}: remanence item judged on a {method} snapshot")
     if not config.pluginmanager.hasplugin("xdist"):
