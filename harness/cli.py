@@ -14,9 +14,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
-from .model import Expect
 from .config import Config, ConfigError, FormatSpec, parse_formats, resolve_config, split_formats
 from .gate import BaselineError, apply_gate, load_baseline
+from .model import Expect
 from .plan import Plan, UsageError, availability, make_plan, select
 from .report import reporters, write_report
 from .report.json_report import results_document
@@ -305,6 +305,32 @@ def _config_for(args, known: dict) -> Config:
     return resolve_config(getattr(args, "config", None), list(known))
 
 
+class _Reporting:
+    """What run, merge, scan and probe share: config, formats, output folder, baseline (loaded before the work,
+    so a bad one fails fast), progress on stderr; and finish(): gate, verdict table, reports, exit code."""
+
+    def __init__(self, args, out: Path | None = None):
+        self.known = reporters()
+        self.config = _config_for(args, self.known)
+        self.formats = _formats(args, self.config, self.known)
+        self.out = out or getattr(args, "out", None) or self.config.run.out or DEFAULT_OUT
+        self.baseline_path = args.baseline or self.config.run.baseline
+        self.baseline = load_baseline(self.baseline_path) if self.baseline_path else None
+        self.quiet = args.quiet
+        console = _console(stderr=True)
+        self.progress = (lambda message: None) if args.quiet else \
+            (lambda message: console.print(escape(message), style="dim"))
+
+    def finish(self, doc: dict) -> int:
+        doc = apply_gate(doc, self.baseline, self.config, baseline_path=self.baseline_path)
+        table_console = _console(stderr=any(f.to_stdout for f in self.formats))  # stdout may belong to a report
+        if not self.quiet:
+            print_verdicts(doc, table_console)
+        _report_gate(doc, table_console, self.quiet)
+        _emit(doc, self.formats, self.out, self.known, self.progress)
+        return doc["exit_code"]
+
+
 # --- commands ----------------------------------------------------------------------------------------------
 
 def _list(args) -> int:
@@ -327,13 +353,8 @@ def _list(args) -> int:
 
 
 def _run(args) -> int:
-    known = reporters()
-    config = _config_for(args, known)
-    defaults = config.run
-    formats = _formats(args, config, known)
-    out = args.out or defaults.out or DEFAULT_OUT
-    baseline_path = args.baseline or defaults.baseline
-    baseline = load_baseline(baseline_path) if baseline_path else None   # before the run: a bad one fails fast
+    reporting = _Reporting(args)
+    defaults = reporting.config.run
     shard = parse_shard(args.shard) if args.shard is not None else None
     methods = args.method or (list(defaults.methods) if defaults.methods else None)
     repeat = args.repeat if args.repeat is not None else defaults.repeat
@@ -345,45 +366,23 @@ def _run(args) -> int:
     if shard:
         mine = set(shard_slice(planned, *shard))
         plan = Plan(tuple(r for r in plan.runs if r.run_id in mine))
-
-    progress_console = _console(stderr=True)
-    progress = (lambda message: None) if args.quiet else (lambda message: progress_console.print(escape(message), style="dim"))
-    if shard:
-        progress(f"shard {shard[0]}/{shard[1]}: {len(plan.runs)} of {len(planned)} planned run(s)")
-    results = Runner(RunOptions(out, args.keep_snapshots, timeout), progress).run(plan)
+        reporting.progress(f"shard {shard[0]}/{shard[1]}: {len(plan.runs)} of {len(planned)} planned run(s)")
+    results = Runner(RunOptions(reporting.out, args.keep_snapshots, timeout), reporting.progress).run(plan)
     results.machine = machine_facts()
     doc = results_document(results, show_secrets=args.show_secrets)
     if shard:
         doc["shard"] = f"{shard[0]}/{shard[1]}"
         doc["planned_runs"] = planned
         doc["shard_runs"] = [r.run_id for r in plan.runs]
-    doc = apply_gate(doc, baseline, config, baseline_path=baseline_path)
-    table_console = _console(stderr=any(f.to_stdout for f in formats))  # stdout may belong to a report
-    if not args.quiet:
-        print_verdicts(doc, table_console)
-    _report_gate(doc, table_console, args.quiet)
-    _emit(doc, formats, out, known, progress)
-    return doc["exit_code"]
+    return reporting.finish(doc)
 
 
 def _merge(args) -> int:
-    known = reporters()
-    config = _config_for(args, known)
-    formats = _formats(args, config, known)
-    baseline_path = args.baseline or config.run.baseline
-    baseline = load_baseline(baseline_path) if baseline_path else None
+    reporting = _Reporting(args, out=args.out)
     files = shard_inputs(args.inputs)
     doc = merge_documents([(str(f), load_shard(f)) for f in files])
-    doc = apply_gate(doc, baseline, config, baseline_path=baseline_path)
-    progress_console = _console(stderr=True)
-    progress = (lambda message: None) if args.quiet else (lambda message: progress_console.print(escape(message), style="dim"))
-    progress(f"merged {len(files)} shard document(s): {len(doc['runs'])} run(s), {len(doc['verdicts'])} verdict(s)")
-    table_console = _console(stderr=any(f.to_stdout for f in formats))
-    if not args.quiet:
-        print_verdicts(doc, table_console)
-    _report_gate(doc, table_console, args.quiet)
-    _emit(doc, formats, args.out, known, progress)
-    return doc["exit_code"]
+    reporting.progress(f"merged {len(files)} shard document(s): {len(doc['runs'])} run(s), {len(doc['verdicts'])} verdict(s)")
+    return reporting.finish(doc)
 
 
 def _doctor(args) -> int:
@@ -414,13 +413,7 @@ def _doctor(args) -> int:
 
 def _scan(args) -> int:
     from .adhoc import AdhocOptions, AdhocScan, AdhocUsageError, check_pid, load_values
-    from .model import Expect
-    known = reporters()
-    config = _config_for(args, known)
-    formats = _formats(args, config, known)
-    out = args.out or config.run.out or DEFAULT_OUT
-    baseline_path = args.baseline or config.run.baseline
-    baseline = load_baseline(baseline_path) if baseline_path else None
+    reporting = _Reporting(args)
 
     def usage(message: str) -> int:
         print(f"remanence: scan: {message}", file=sys.stderr)
@@ -432,8 +425,6 @@ def _scan(args) -> int:
         return usage("nothing to scan: give core files, or --pid PID")
     if args.method and not args.pid:
         return usage("--method applies to --pid only (a core file is read as it is)")
-    progress_console = _console(stderr=True)
-    progress = (lambda message: None) if args.quiet else (lambda message: progress_console.print(escape(message), style="dim"))
     errors = lambda message: print(f"remanence: scan: {message}", file=sys.stderr, flush=True)   # always, one line each
     try:
         for pid in args.pid:
@@ -441,28 +432,17 @@ def _scan(args) -> int:
         secrets, controls = load_values(args.scan_values or [], sys.stdin.buffer if sys.stdin else None, errors)
     except AdhocUsageError as e:
         return usage(str(e))
-    options = AdhocOptions(expect=Expect(args.expect), methods=tuple(args.method or ("procmem",)), out_dir=out,
-                           keep_snapshots=args.keep_snapshots, auto_control=not args.no_auto_control)
-    results = AdhocScan(secrets, controls, options, progress, errors).run(list(args.cores), list(dict.fromkeys(args.pid)))
+    options = AdhocOptions(expect=Expect(args.expect), methods=tuple(args.method or ("procmem",)),
+                           out_dir=reporting.out, keep_snapshots=args.keep_snapshots, auto_control=not args.no_auto_control)
+    results = AdhocScan(secrets, controls, options, reporting.progress, errors).run(
+        list(args.cores), list(dict.fromkeys(args.pid)))
     results.machine = machine_facts()
-    doc = results_document(results, show_secrets=args.show_secrets)
-    doc = apply_gate(doc, baseline, config, baseline_path=baseline_path)
-    table_console = _console(stderr=any(f.to_stdout for f in formats))
-    if not args.quiet:
-        print_verdicts(doc, table_console)
-    _report_gate(doc, table_console, args.quiet)
-    _emit(doc, formats, out, known, progress)
-    return doc["exit_code"]
+    return reporting.finish(results_document(results, show_secrets=args.show_secrets))
 
 
 def _probe(args) -> int:
     from .probe import ProbeRequest, probe_scenario, scenario_file_name
-    known = reporters()
-    config = _config_for(args, known)
-    formats = _formats(args, config, known)
-    out = args.out or config.run.out or DEFAULT_OUT
-    baseline_path = args.baseline or config.run.baseline
-    baseline = load_baseline(baseline_path) if baseline_path else None
+    reporting = _Reporting(args)
     argv = args.program[1:] if args.program[:1] == ["--"] else args.program
     request = ProbeRequest(
         argv=argv, delivery="prompt" if args.prompt is not None else args.delivery or "stdin", prompt=args.prompt or "",
@@ -470,19 +450,11 @@ def _probe(args) -> int:
         methods=tuple(args.method or ProbeRequest.methods), secret_form="binary" if args.binary else "password",
         secret_length=args.secret_length, newline=not args.no_newline, env=tuple(args.env), cwd=Path.cwd(),
         timeout_s=args.timeout, repeat=args.repeat, name=args.name)
-    scenario = probe_scenario(request, out / scenario_file_name(request))
-    progress_console = _console(stderr=True)
-    progress = (lambda message: None) if args.quiet else (lambda message: progress_console.print(escape(message), style="dim"))
-    progress(f"probe scenario written to {scenario.source}")
-    results = Runner(RunOptions(out, args.keep_snapshots, None), progress).run(make_plan([scenario]))
+    scenario = probe_scenario(request, reporting.out / scenario_file_name(request))
+    reporting.progress(f"probe scenario written to {scenario.source}")
+    results = Runner(RunOptions(reporting.out, args.keep_snapshots, None), reporting.progress).run(make_plan([scenario]))
     results.machine = machine_facts()
-    doc = apply_gate(results_document(results, show_secrets=args.show_secrets), baseline, config, baseline_path=baseline_path)
-    table_console = _console(stderr=any(f.to_stdout for f in formats))
-    if not args.quiet:
-        print_verdicts(doc, table_console)
-    _report_gate(doc, table_console, args.quiet)
-    _emit(doc, formats, out, known, progress)
-    return doc["exit_code"]
+    return reporting.finish(results_document(results, show_secrets=args.show_secrets))
 
 
 def _terminate(signum, frame):
