@@ -16,7 +16,6 @@ import os
 import re
 import select
 import shutil
-import signal
 import struct
 import termios
 import threading
@@ -24,7 +23,7 @@ import time
 from pathlib import Path
 
 from .model import Secret
-from .process import TARGET_PATH, TargetError, describe_status, spawn_in
+from .process import TARGET_PATH, SpawnedGroup, TargetError, describe_status, spawn_in
 from .scan.context import secret_material
 from .scenario import SECRET_FILE_PLACEHOLDER, CommandSpec, Trigger
 
@@ -80,7 +79,7 @@ class _FileWatch:
         os.close(self.fd)
 
 
-class CommandProcess:
+class CommandProcess(SpawnedGroup):
     """One run of the user's program. Use as a context manager: leaving it kills and reaps its process group."""
 
     def __init__(self, spec: CommandSpec, secret: Secret, canary: Secret, workdir: Path):
@@ -143,12 +142,6 @@ class CommandProcess:
         self._output_fd = output_fd
         self._reader = threading.Thread(target=self._read_output, name="command-output", daemon=True)
         self._reader.start()
-
-    def __enter__(self) -> "CommandProcess":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.kill()
 
     # --- delivery --------------------------------------------------------------------------------------------
 
@@ -276,38 +269,9 @@ class CommandProcess:
         tail = self.log_tail(300)
         return f"; its output: {tail}" if tail else "; it printed nothing"
 
-    # --- lifecycle (as TargetProcess) ---------------------------------------------------------------------------
+    # --- lifecycle ---------------------------------------------------------------------------------------------
 
-    def poll(self) -> int | None:
-        if self.status is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid and not os.WIFSTOPPED(status):
-                self.status = status
-        return self.status
-
-    def adopt_status(self, status: int) -> None:
-        if self.status is None:
-            self.status = status
-
-    def wait_exit(self, timeout: float) -> int:
-        deadline = time.monotonic() + timeout
-        while self.poll() is None:
-            if time.monotonic() > deadline:
-                self.kill()
-                raise TargetError(f"did not exit within {timeout:.0f} s; process group killed")
-            time.sleep(0.01)
-        return self.status
-
-    def kill(self) -> None:
-        """Kill the whole process group, reap the program, close our ends. Safe to call more than once."""
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        while self.status is None:
-            _, status = os.waitpid(self.pid, 0)
-            if not os.WIFSTOPPED(status):
-                self.status = status
+    def _release(self) -> None:
         self._reader.join(timeout=1.0)   # it stops at end of output, or within 0.2 s once the status is known
         self._close_all()
 

@@ -57,7 +57,58 @@ def spawn_in(cwd: Path, argv: list[str], env: dict, actions: list) -> int:
         os.chdir(previous)
 
 
-class TargetProcess:
+class SpawnedGroup:
+    """A child we spawned as the leader of its own session: polled and reaped here only, killed with its whole
+    process group. Subclasses set `pid` and `status` and close their own ends in `_release`."""
+
+    pid: int
+    status: int | None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.kill()
+
+    def wait_exit(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while self.poll() is None:
+            if time.monotonic() > deadline:
+                self.kill()
+                raise TargetError(f"did not exit within {timeout:.0f} s; process group killed")
+            time.sleep(0.01)
+        return self.status
+
+    def poll(self) -> int | None:
+        if self.status is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid and not os.WIFSTOPPED(status):
+                self.status = status
+        return self.status
+
+    def adopt_status(self, status: int) -> None:
+        """The wait status collected by someone else who waited for this child (the exit-stop tracer)."""
+        if self.status is None:
+            self.status = status
+
+    def kill(self) -> None:
+        """Kill the whole process group and reap the leader. Safe to call more than once."""
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        while self.status is None:
+            _, status = os.waitpid(self.pid, 0)
+            if not os.WIFSTOPPED(status):  # a ptrace stop is not the end
+                self.status = status
+        self._release()
+
+    def _release(self) -> None:
+        """Close what we hold of the child (sockets, pipes): called once it is reaped."""
+
+
+
+class TargetProcess(SpawnedGroup):
     """One target run. Use as a context manager: leaving it always kills and reaps the whole process group."""
 
     def __init__(self, command: tuple[str, ...], entry: str, secret_len: int, canary_len: int, log_path: Path,
@@ -85,12 +136,6 @@ class TargetProcess:
             if source_fd != child.fileno():
                 os.close(source_fd)
             child.close()
-
-    def __enter__(self) -> "TargetProcess":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.kill()
 
     # --- protocol -----------------------------------------------------------
 
@@ -128,39 +173,7 @@ class TargetProcess:
     def resume(self) -> None:
         self._sock.sendall(b"continue\n")
 
-    def wait_exit(self, timeout: float) -> int:
-        deadline = time.monotonic() + timeout
-        while self.poll() is None:
-            if time.monotonic() > deadline:
-                self.kill()
-                raise TargetError(f"did not exit within {timeout:.0f} s after 'done'; process group killed")
-            time.sleep(0.01)
-        return self.status
-
-    # --- lifecycle ----------------------------------------------------------
-
-    def poll(self) -> int | None:
-        if self.status is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid and not os.WIFSTOPPED(status):
-                self.status = status
-        return self.status
-
-    def adopt_status(self, status: int) -> None:
-        """The wait status collected by someone else who waited for this child (the exit-stop tracer)."""
-        if self.status is None:
-            self.status = status
-
-    def kill(self) -> None:
-        """Kill the whole process group and reap the leader. Safe to call more than once."""
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        while self.status is None:
-            _, status = os.waitpid(self.pid, 0)
-            if not os.WIFSTOPPED(status):  # a ptrace stop is not the end
-                self.status = status
+    def _release(self) -> None:
         self._sock.close()
 
     def log_tail(self, limit: int = 800) -> str:

@@ -37,6 +37,8 @@ class TargetProgram:
         return TARGET_ENV[self.language]
 
 
+# How each target's sources register a scenario: C's macro, Go's and Node's register(), Python's decorator.
+REGISTRATION_MARKS = ("REMANENCE_SCENARIO", "register(", "@scenario(")
 SOURCE_SUFFIXES = {"c": (".c",), "go": (".go",), "node": (".js",), "python": (".py",)}
 
 
@@ -50,7 +52,7 @@ def registration_site(language: str, entry: str) -> tuple[str, int] | None:
         if text.startswith("//go:build"):  # a test-only build variant, not the scenario's home
             continue
         for number, line in enumerate(text.splitlines(), 1):
-            if any(n in line for n in needles) and ("REMANENCE_SCENARIO" in line or "register(" in line):
+            if any(n in line for n in needles) and any(m in line for m in REGISTRATION_MARKS):
                 return str(path.relative_to(PROJECT_ROOT)), number
     return None
 
