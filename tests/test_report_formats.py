@@ -1,6 +1,8 @@
 """JUnit XML, SARIF 2.1.0 and Markdown reports, rendered from the results document.
 
-Golden files come from tests/golden/sample-results.json; REMANENCE_UPDATE_GOLDEN=1 rewrites them.
+Golden files come from tests/golden/sample-results.json (a document from before verdicts had a subject) and
+tests/golden/sample-derived-results.json (subjects: the secret, values derived from it, `remanence scan` labels);
+REMANENCE_UPDATE_GOLDEN=1 rewrites them.
 """
 from __future__ import annotations
 
@@ -22,12 +24,15 @@ from harness.targets import PROJECT_ROOT
 
 GOLDEN = Path(__file__).parent / "golden"
 SAMPLE = GOLDEN / "sample-results.json"
+SAMPLE_DERIVED = GOLDEN / "sample-derived-results.json"
+# golden name -> results document; every format's golden test covers each
+SAMPLES = {"sample": SAMPLE, "sample-derived": SAMPLE_DERIVED}
 UPDATE = os.environ.get("REMANENCE_UPDATE_GOLDEN") == "1"
 MISSING = object()
 
 
-def sample() -> dict:
-    return json.loads(SAMPLE.read_text(encoding="utf-8"))
+def sample(name: str = "sample") -> dict:
+    return json.loads(SAMPLES[name].read_text(encoding="utf-8"))
 
 
 # --- small documents ------------------------------------------------------------------------------
@@ -87,7 +92,7 @@ def document(verdicts: list[dict], runs: list[dict] | None = None) -> dict:
 def scenario_root(tmp_path: Path, doc: dict, skip: tuple[str, ...] = ()) -> Path:
     """Scenario files for the document's runs, written under tmp_path, so checkpoint lines are known and stable."""
     for r in doc["runs"]:
-        if r["source"] in skip:
+        if r["source"] in skip or Path(r["source"]).is_absolute():   # an ad-hoc scan's core file: not ours to write
             continue
         path = tmp_path / r["source"]
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -134,22 +139,26 @@ def test_reporter_identity():
     assert (MarkdownReporter().format, MarkdownReporter().filename) == ("md", "summary.md")
 
 
-def test_golden_junit():
-    golden_check("sample.xml", JunitReporter().render(sample()))
+@pytest.mark.parametrize("name", SAMPLES)
+def test_golden_junit(name):
+    golden_check(f"{name}.xml", JunitReporter().render(sample(name)))
 
 
-def test_golden_sarif(tmp_path):
-    doc = sample()
+@pytest.mark.parametrize("name", SAMPLES)
+def test_golden_sarif(tmp_path, name):
+    doc = sample(name)
     root = scenario_root(tmp_path, doc, skip=("tests/scenarios/selftest.crash.toml",))
-    golden_check("sample.sarif", SarifReporter(root=root).render(doc))
+    golden_check(f"{name}.sarif", SarifReporter(root=root).render(doc))
 
 
-def test_golden_markdown():
-    golden_check("sample.md", MarkdownReporter().render(sample()))
+@pytest.mark.parametrize("name", SAMPLES)
+def test_golden_markdown(name):
+    golden_check(f"{name}.md", MarkdownReporter().render(sample(name)))
 
 
-def test_rendering_is_deterministic(tmp_path):
-    doc = sample()
+@pytest.mark.parametrize("name", SAMPLES)
+def test_rendering_is_deterministic(tmp_path, name):
+    doc = sample(name)
     assert all_outputs(doc, tmp_path) == all_outputs(copy.deepcopy(doc), tmp_path)
 
 

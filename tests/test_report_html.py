@@ -24,6 +24,8 @@ from harness.report.html_report import HtmlReporter, build_view
 GOLDEN = Path(__file__).parent / "golden"
 SAMPLE = GOLDEN / "sample-results.json"
 SAMPLE_HTML = GOLDEN / "sample.html"
+SAMPLE_DERIVED = GOLDEN / "sample-derived-results.json"
+SAMPLE_DERIVED_HTML = GOLDEN / "sample-derived.html"
 CHROMIUM = Path("/usr/bin/chromium")
 BROWSER_TIMEOUT = 120
 EVIL = "<script>alert(1)</script>"
@@ -39,6 +41,12 @@ def page(doc) -> str:
     return HtmlReporter().render(doc)
 
 
+@pytest.fixture(scope="module")
+def derived_doc() -> dict:
+    """Subjects: the secret, values the target derived from it, and a `remanence scan` run's labelled values."""
+    return json.loads(SAMPLE_DERIVED.read_text())
+
+
 def test_reporter_interface():
     reporter = HtmlReporter()
     assert (reporter.format, reporter.filename) == ("html", "report.html")
@@ -46,14 +54,24 @@ def test_reporter_interface():
         reporter.format = "x"  # frozen
 
 
+def _golden_check(golden: Path, page: str) -> None:
+    if os.environ.get("REMANENCE_UPDATE_GOLDEN") == "1":
+        golden.write_text(page, encoding="utf-8")
+    assert golden.exists(), "no golden file: run REMANENCE_UPDATE_GOLDEN=1 pytest tests/test_report_html.py"
+    assert page == golden.read_text(encoding="utf-8"), (
+        f"report.html differs from tests/golden/{golden.name}; if the change is deliberate, "
+        "run REMANENCE_UPDATE_GOLDEN=1 pytest tests/test_report_html.py and review the diff")
+
+
 def test_golden(doc, page):
     assert HtmlReporter().render(copy.deepcopy(doc)) == page, "rendering is not deterministic"
-    if os.environ.get("REMANENCE_UPDATE_GOLDEN") == "1":
-        SAMPLE_HTML.write_text(page, encoding="utf-8")
-    assert SAMPLE_HTML.exists(), "no golden file: run REMANENCE_UPDATE_GOLDEN=1 pytest tests/test_report_html.py"
-    assert page == SAMPLE_HTML.read_text(encoding="utf-8"), (
-        "report.html differs from tests/golden/sample.html; if the change is deliberate, "
-        "run REMANENCE_UPDATE_GOLDEN=1 pytest tests/test_report_html.py and review the diff")
+    _golden_check(SAMPLE_HTML, page)
+
+
+def test_golden_derived(derived_doc):
+    page = HtmlReporter().render(derived_doc)
+    assert HtmlReporter().render(copy.deepcopy(derived_doc)) == page, "rendering is not deterministic"
+    _golden_check(SAMPLE_DERIVED_HTML, page)
 
 
 # --- escaping ----------------------------------------------------------------------------------------------
@@ -335,3 +353,35 @@ def test_in_headless_chromium(doc, tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert struct.unpack(">II", data[16:24]) == (1400, 2000)
     assert len(data) > 50_000, "a nearly blank screenshot"
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is absent: install Debian's chromium "
+                                                  "(make test does) to check the page in a real browser")
+def test_subjects_in_headless_chromium(derived_doc, tmp_path):
+    """Derived values and scan labels: their own verdict cards, chips and matrix chips, as a browser builds the DOM."""
+    report = write_report(HtmlReporter(), derived_doc, tmp_path / "out")
+    dom = _Dom()
+    dom.feed(_chromium("--dump-dom", report.as_uri(), tmp=tmp_path))
+    assert _find(dom.root, "body"), "chromium rendered no DOM"
+
+    (matrix,) = _find(dom.root, "table", class_="matrix")
+    (row,) = _find(matrix, "tr", data_scenario="proto.kx")
+    (cell,) = _find(row, "td", data_method="procmem")
+    chips = [(_text(c).strip(), c["attrs"]["class"]) for c in _find(cell, "span", class_="chip")]
+    assert chips == [("exchanged 2/2", "chip o-PASS"), ("exchangedderived:session_rx 2/2", "chip o-PASS"),
+                     ("wiped 2/2", "chip o-PASS"), ("wipedderived:session_rx 1/2", "chip o-FAIL"),
+                     ("wipedderived:session_tx 2/2", "chip o-ERROR")]
+
+    failed = _find(dom.root, "article", data_scenario="proto.kx", data_checkpoint="wiped",
+                   data_subject="derived:session_rx", data_outcome="FAIL")
+    assert len(failed) == 1
+    (chip,) = _find(failed[0], "span", class_="subj")
+    assert _text(chip) == "derived:session_rx"
+    (hit,) = _find(failed[0], "tr", class_="hit")
+    intended = [td for td in hit["children"] if isinstance(td, dict) and td["tag"] == "td"][6]
+    assert _text(intended) == "—"
+    assert len(_find(dom.root, "article", data_subject="secret")) == 4
+
+    (scan,) = _find(dom.root, "section", data_scenario="core.4242")
+    keys = [_text(i) for i in _find(scan, "i")]
+    assert "control" in keys and "canary" not in keys

@@ -29,6 +29,9 @@ SEVERITY = {"FAIL": 5, "ERROR": 4, "INCONCLUSIVE": 3, "SKIP": 2, "PASS": 1}
 METHOD_ORDER = ("procmem", "gcore", "gcore-all", "kernel-core", "exit")
 LANGUAGES = {"c": "C", "go": "Go", "rust": "Rust", "python": "Python", "java": "Java", "js": "JavaScript",
              "cpp": "C++", "c++": "C++"}
+SECRET = "secret"
+# Runs of `remanence scan` (a core file, a live process): no canary there; the field holds the first control value's.
+ADHOC_TARGETS = ("core", "pid")
 EXIT_MEANING = {0: "every verdict as expected", 1: "a secret was found where it must not be",
                 3: "some verdicts could not be decided", 130: "the run was interrupted"}
 
@@ -516,7 +519,20 @@ class _MapCache:
         return layout, map_id, False
 
 
-def _verdict_view(v: dict, vid: str, secrets_shown: bool, maps: _MapCache) -> dict:
+def _subject(v: dict) -> str:
+    """What a verdict looked for; a document written before the field existed looked for the secret alone."""
+    subject = v.get("subject")
+    return subject if isinstance(subject, str) and subject else SECRET
+
+
+def _subject_title(subject: str) -> str:
+    if subject.startswith("derived:"):
+        return (f"{subject}: a value the target derived from the secret, judged with its own expectation "
+                "at this checkpoint and method")
+    return f"{subject}: the value this verdict looked for"
+
+
+def _verdict_view(v: dict, vid: str, secrets_shown: bool, maps: _MapCache, control_word: str) -> dict:
     snap = v.get("snapshot") if isinstance(v.get("snapshot"), dict) else None
     snapshot = None
     if snap is not None:
@@ -535,9 +551,13 @@ def _verdict_view(v: dict, vid: str, secrets_shown: bool, maps: _MapCache) -> di
         }
     hits = [_hit_view(h, secrets_shown, n) for n, h in enumerate(v.get("hits") or [], 1)]
     scan = v.get("scan") or {}
+    subject = _subject(v)
     return {
         "id": vid, "scenario": v.get("scenario"), "repetition": v.get("repetition"),
         "checkpoint": v.get("checkpoint"), "method": v.get("method"), "expect": v.get("expect"),
+        # None for the planted secret: only other subjects are marked
+        "subject_key": subject, "subject": None if subject == SECRET else subject,
+        "subject_title": _subject_title(subject), "control_word": control_word,
         "expect_text": _expect_text(v.get("expect")), "why": v.get("why") or "", "outcome": v.get("outcome"),
         "reason": v.get("reason") or "", "canary_seen": v.get("canary_seen"),
         "intended_address": v.get("intended_address"),
@@ -553,12 +573,20 @@ def build_view(doc: dict) -> dict:
     runs = doc.get("runs") or []
     verdicts = doc.get("verdicts") or []
 
+    has_subjects = any(_subject(v) != SECRET for v in verdicts)
+    targets: dict[str, str] = {}
+    for r in runs:
+        targets.setdefault(r.get("scenario"), r.get("target"))
+
     # verdict views, keyed by run
     by_run: dict[tuple, list[dict]] = {}
     all_views = []
     for v in verdicts:
-        vid = ids.make("v", v.get("scenario"), v.get("repetition"), v.get("checkpoint"), v.get("method"))
-        view = _verdict_view(v, vid, secrets_shown, maps)
+        subject = _subject(v)
+        vid = ids.make("v", v.get("scenario"), v.get("repetition"), v.get("checkpoint"), v.get("method"),
+                       *(() if subject == SECRET else (subject,)))
+        view = _verdict_view(v, vid, secrets_shown, maps,
+                             "control" if targets.get(v.get("scenario")) in ADHOC_TARGETS else "canary")
         all_views.append(view)
         by_run.setdefault((v.get("scenario"), v.get("repetition")), []).append(view)
 
@@ -582,6 +610,7 @@ def build_view(doc: dict) -> dict:
             "id": ids.make("r", name, r.get("repetition")), "repetition": r.get("repetition"),
             "secret_form": secret.get("form"), "secret_length": secret.get("length"),
             "secret_sha": secret.get("sha256_prefix"), "canary_sha": r.get("canary_sha256_prefix"),
+            "canary_label": "control" if r.get("target") in ADHOC_TARGETS else "canary",
             "pid": r.get("pid"), "exit": r.get("exit"), "notes": r.get("notes") or [], "error": r.get("error"),
             "skip_reason": r.get("skip_reason"), "target_output": r.get("target_output") or "",
             "duration": r.get("duration_s"), "verdicts": by_run.get(key, [])})
@@ -594,7 +623,8 @@ def build_view(doc: dict) -> dict:
                                          "entry": None, "description": "", "source": None, "target_source": None,
                                          "runs": []})
         sc["runs"].append({"id": ids.make("r", name, key[1]), "repetition": key[1], "secret_form": None,
-                           "secret_length": None, "secret_sha": None, "canary_sha": None, "pid": None, "exit": None,
+                           "secret_length": None, "secret_sha": None, "canary_sha": None, "canary_label": "canary",
+                           "pid": None, "exit": None,
                            "notes": [], "error": None, "skip_reason": None, "target_output": "", "duration": None,
                            "verdicts": views})
     for sc in scenarios.values():
@@ -602,7 +632,7 @@ def build_view(doc: dict) -> dict:
             timeline: dict[str, list[dict]] = {}
             for vd in run["verdicts"]:
                 timeline.setdefault(vd["checkpoint"], []).append(
-                    {"id": vd["id"], "method": vd["method"], "outcome": vd["outcome"]})
+                    {"id": vd["id"], "method": vd["method"], "outcome": vd["outcome"], "subject": vd["subject"]})
             run["timeline"] = [{"checkpoint": cp, "verdicts": vs} for cp, vs in timeline.items()]
         sc["repeated"] = len(sc["runs"]) > 1
         sc["worst"] = worst(v["outcome"] for run in sc["runs"] for v in run["verdicts"])
@@ -636,6 +666,7 @@ def build_view(doc: dict) -> dict:
         "exit_tone": {0: "PASS", 1: "FAIL", 3: "INCONCLUSIVE", 130: "ERROR"}.get(exit_code, "SKIP"),
         "counts": counts, "verdict_total": sum(c["n"] for c in counts), "run_total": len(runs),
         "scenario_total": len(scenarios), "machine": machine, "matrix": matrix, "methods": methods,
+        "has_subjects": has_subjects,
         "scenarios": list(scenarios.values()), "has_maps": any(v["snapshot"] and v["snapshot"]["layout"]
                                                              for v in all_views),
         "schema_version": doc.get("schema_version"),
@@ -643,10 +674,11 @@ def build_view(doc: dict) -> dict:
 
 
 def _matrix(scenarios: dict[str, dict], views: list[dict], methods: list[str]) -> list[dict]:
-    """Rows: scenarios grouped by target language; columns: methods; a cell: its checkpoints over repetitions."""
-    cells: dict[tuple[str, str], dict[str, list[dict]]] = {}
+    """Rows: scenarios grouped by target language; columns: methods; a cell: a chip per checkpoint (and per subject:
+    a derived value's verdicts are counted apart from the secret's) over repetitions."""
+    cells: dict[tuple[str, str], dict[tuple[str, str], list[dict]]] = {}
     for v in views:
-        cells.setdefault((v["scenario"], v["method"]), {}).setdefault(v["checkpoint"], []).append(v)
+        cells.setdefault((v["scenario"], v["method"]), {}).setdefault((v["checkpoint"], v["subject_key"]), []).append(v)
     groups: dict[str, dict] = {}
     for sc in scenarios.values():
         group = groups.setdefault(sc["language"], {"language": sc["language"], "rows": []})
@@ -658,7 +690,7 @@ def _matrix(scenarios: dict[str, dict], views: list[dict], methods: list[str]) -
                 row["cells"].append({"method": m, "outcome": None})
                 continue
             chips = []
-            for cp, vs in checkpoints.items():
+            for (cp, subject), vs in checkpoints.items():
                 outcome = worst(v["outcome"] for v in vs)
                 count = sum(1 for v in vs if v["outcome"] == outcome)
                 found = sum(1 for v in vs if v["hits"])
@@ -667,25 +699,33 @@ def _matrix(scenarios: dict[str, dict], views: list[dict], methods: list[str]) -
                 rate = None
                 if len(vs) > 1:
                     rate = f"found {found}/{len(vs)}" if expect == "observe" else f"{count}/{len(vs)}"
-                title = (f"{cp} · {m} · {_expect_text(expect)} · {outcome} in {count} of {len(vs)} run(s) · "
-                         f"secret found in {found} of {len(vs)}" + (f" · {gated[0]}" if gated else ""))
+                title = (f"{cp} · {m}" + (f" · {subject}" if subject != SECRET else "")
+                         + f" · {_expect_text(expect)} · {outcome} in {count} of {len(vs)} run(s) · "
+                         f"{'secret' if subject == SECRET else subject} found in {found} of {len(vs)}"
+                         + (f" · {gated[0]}" if gated else ""))
                 target = next(v for v in vs if v["outcome"] == outcome)
-                chips.append({"checkpoint": cp, "outcome": outcome, "rate": rate, "title": title,
+                chips.append({"checkpoint": cp, "subject": None if subject == SECRET else subject,
+                              "outcome": outcome, "rate": rate, "title": title,
                               "href": "#" + target["id"], "gated": bool(gated)})
             outcome = worst(c["outcome"] for c in chips)
             first = next(c for c in chips if c["outcome"] == outcome)
             # where the failing copies sit, so the matrix alone tells the story
             where: list[str] = []
+            failing_subjects = set()
             for vs in checkpoints.values():
                 for v in vs:
                     if v["outcome"] == "FAIL":
+                        if v["hits"]:
+                            failing_subjects.add(v["subject_key"])
                         for h in v["hits"]:
                             name = h["region_base"] or h["region_kind"]
                             if name not in where:
                                 where.append(name)
             row["cells"].append({"method": m, "outcome": outcome, "chips": chips, "href": first["href"],
                                  "gated": all(c["gated"] for c in chips if c["outcome"] == outcome),
-                                 "where": ", ".join(where[:3]) + (f" +{len(where) - 3}" if len(where) > 3 else "")})
+                                 "where": ", ".join(where[:3]) + (f" +{len(where) - 3}" if len(where) > 3 else ""),
+                                 "where_what": (next(iter(failing_subjects)) if len(failing_subjects) == 1
+                                                else "copies" if failing_subjects else SECRET)})
         group["rows"].append(row)
     return list(groups.values())
 

@@ -1,4 +1,8 @@
-"""JUnit XML: one testsuite per scenario, one testcase per scenario x method x checkpoint.
+"""JUnit XML: one testsuite per scenario, one testcase per scenario x method x checkpoint x subject.
+
+The testcase is named `checkpoint[method]`; a verdict about something other than the planted secret (a
+value the target derived from it, `derived:<label>`, or a `remanence scan` value) adds its subject:
+`checkpoint[method] derived:session_rx`.
 
 A testcase aggregates the scenario's repetitions: it fails if any repetition FAILed, errs if any
 was ERROR or INCONCLUSIVE (and none FAILed), is skipped only if every repetition was SKIPped.
@@ -61,14 +65,35 @@ def gate_note(verdict: dict) -> str:
     return ""
 
 
+SECRET = "secret"
+
+
+def subject_of(verdict: dict) -> str:
+    """What a verdict looked for: "secret" (the planted secret; also when the document predates the field),
+    "derived:<label>" for a value the target derived from it, or a `remanence scan` value's label."""
+    subject = verdict.get("subject")
+    return subject if isinstance(subject, str) and subject else SECRET
+
+
+def has_subjects(doc: dict) -> bool:
+    """Whether any verdict looked for something other than the planted secret: only then do reports name subjects."""
+    return any(subject_of(v) != SECRET for v in doc.get("verdicts", []))
+
+
 @dataclass
 class Case:
-    """One scenario x checkpoint x method with its repetitions' verdicts, in document order."""
+    """One scenario x checkpoint x method x subject with its repetitions' verdicts, in document order."""
 
     scenario: str
     checkpoint: str
     method: str
     verdicts: list[dict] = field(default_factory=list)
+    subject: str = SECRET
+
+    @property
+    def label(self) -> str:
+        """The subject as reports name it: empty for the planted secret."""
+        return "" if self.subject == SECRET else self.subject
 
     @property
     def expect(self) -> str:
@@ -79,11 +104,12 @@ class Case:
 
 
 def cases(doc: dict) -> list[Case]:
-    """The document's verdicts grouped per scenario x checkpoint x method, in order of first appearance."""
-    groups: dict[tuple[str, str, str], Case] = {}
+    """The document's verdicts grouped per scenario x checkpoint x method x subject, in order of first appearance:
+    a derived value's verdict is not one more repetition of the secret's."""
+    groups: dict[tuple[str, str, str, str], Case] = {}
     for v in doc.get("verdicts", []):
-        key = (v["scenario"], v["checkpoint"], v["method"])
-        groups.setdefault(key, Case(*key)).verdicts.append(v)
+        key = (v["scenario"], v["checkpoint"], v["method"], subject_of(v))
+        groups.setdefault(key, Case(*key[:3], subject=key[3])).verdicts.append(v)
     return list(groups.values())
 
 
@@ -154,7 +180,8 @@ def _hit_line(hit: dict) -> str:
 def _repetition_lines(case: Case) -> list[str]:
     lines = []
     first = case.verdicts[0]
-    lines.append(f"expect {first.get('expect')}: {first.get('why', '')}")
+    of = f" ({case.subject})" if case.label else ""
+    lines.append(f"expect {first.get('expect')}{of}: {first.get('why', '')}")
     for v in case.verdicts:
         note = gate_note(v)
         lines.append(f"repetition {v.get('repetition')}: {v.get('outcome')}"
@@ -163,10 +190,15 @@ def _repetition_lines(case: Case) -> list[str]:
     return lines
 
 
+def testcase_name(case: Case) -> str:
+    """`checkpoint[method]`, then the subject when it is not the planted secret: unique within a scenario."""
+    return f"{case.checkpoint}[{case.method}]" + (f" {case.subject}" if case.label else "")
+
+
 def _testcase(case: Case, classname: str, source: str | None) -> tuple[ET.Element, str | None]:
     """The testcase element and its status: "failure", "error", "skipped" or None (passed)."""
     n = len(case.verdicts)
-    elem = ET.Element("testcase", {"name": f"{case.checkpoint}[{case.method}]", "classname": classname})
+    elem = ET.Element("testcase", {"name": testcase_name(case), "classname": classname})
     if source:
         elem.set("file", source)
     elem.set("time", _seconds(sum(verdict_seconds(v) for v in case.verdicts)))

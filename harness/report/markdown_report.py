@@ -2,14 +2,15 @@
 
 A headline with the counts and the exit code, a table of what needs attention (non-passing
 verdicts, aggregated over repetitions), repetition rates for repeated scenarios, then every verdict
-in a collapsed <details>. Kept under GitHub's 64 KiB limit: whatever does not fit is left out with a
+in a collapsed <details>. When some verdict is about something other than the planted secret (a derived
+value, a `remanence scan` value), every table gets a subject column. Kept under GitHub's 64 KiB limit: whatever does not fit is left out with a
 note. No secret bytes and no hexdumps, whatever `secrets_shown` says.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .junit_report import Case, cases, gate_note, gate_state, gated_fail, redact
+from .junit_report import Case, cases, gate_note, gate_state, gated_fail, has_subjects, redact, subject_of
 
 EMOJI = {"PASS": "✅", "FAIL": "❌", "INCONCLUSIVE": "❔", "ERROR": "💥", "SKIP": "⏭️"}
 GATE_EMOJI = {"suppressed": "🔕", "baseline": "📌"}
@@ -50,8 +51,13 @@ def _with_gate(v: dict) -> str:
     return f"{note}: {v.get('reason', '')}" if note else v.get("reason", "")
 
 
-def _attention(all_cases: list[Case]) -> list[tuple[int, str]]:
-    """(priority, row) for each scenario x checkpoint x method x non-passing outcome (gated FAILs apart)."""
+def _subject_cell(subject: str) -> list[str]:
+    """The subject column's cell (present only when some verdict is not about the planted secret)."""
+    return [cell(subject)]
+
+
+def _attention(all_cases: list[Case], subjects: bool) -> list[tuple[int, str]]:
+    """(priority, row) for each scenario x checkpoint x method (x subject) x non-passing outcome (gated FAILs apart)."""
     rank = {"FAIL": 0, "ERROR": 1, "INCONCLUSIVE": 2, "baseline": 3, "suppressed": 4, "SKIP": 5}
     rows = []
     for case in all_cases:
@@ -66,6 +72,7 @@ def _attention(all_cases: list[Case]) -> list[tuple[int, str]]:
             first = verdicts[0]
             label = _verdict_label(first) + (f" {len(verdicts)}/{n}" if n > 1 else "")
             rows.append((rank.get(key, 6), _row(cell(case.scenario), cell(case.checkpoint), cell(case.method),
+                                                *(_subject_cell(case.subject) if subjects else []),
                                                 cell(case.expect), label, cell(_with_gate(first)))))
     return sorted(rows, key=lambda r: r[0])   # stable: document order within a rank
 
@@ -79,6 +86,8 @@ class MarkdownReporter:
     def render(self, doc: dict) -> str:
         verdicts = doc.get("verdicts", [])
         all_cases = cases(doc)
+        subjects = has_subjects(doc)
+        subject_col = ["subject"] if subjects else []
         counts = {o: 0 for o in OUTCOMES}
         for v in verdicts:
             counts[v.get("outcome", "")] = counts.get(v.get("outcome", ""), 0) + 1
@@ -116,10 +125,10 @@ class MarkdownReporter:
         head += [" · ".join(facts), ""]
 
         sections: list[tuple[list[str], list[str], list[str]]] = []   # (opening lines, rows, closing lines)
-        attention = [row for _, row in _attention(all_cases)]
+        attention = [row for _, row in _attention(all_cases, subjects)]
         if attention:
             sections.append(([f"### Needs attention ({len(attention)})", ""]
-                             + _header("scenario", "checkpoint", "method", "expected", "verdict", "reason"),
+                             + _header("scenario", "checkpoint", "method", *subject_col, "expected", "verdict", "reason"),
                              attention, [""]))
         else:
             sections.append((["All verdicts passed.", ""], [], []))
@@ -129,17 +138,21 @@ class MarkdownReporter:
             for c in repeated:
                 found = sum(bool(v.get("hits")) for v in c.verdicts)
                 outcomes = ", ".join(f"{EMOJI[o]} {c.count(o)}/{len(c.verdicts)} {o}" for o in OUTCOMES if c.count(o))
-                rows.append(_row(cell(c.scenario), cell(c.checkpoint), cell(c.method), cell(c.expect),
+                rows.append(_row(cell(c.scenario), cell(c.checkpoint), cell(c.method),
+                                 *(_subject_cell(c.subject) if subjects else []), cell(c.expect),
                                  f"{found}/{len(c.verdicts)}", outcomes))
             sections.append((["### Repetition rates", ""]
-                             + _header("scenario", "checkpoint", "method", "expected", "secret found", "outcomes"),
+                             + _header("scenario", "checkpoint", "method", *subject_col, "expected",
+                                       "found" if subjects else "secret found", "outcomes"),
                              rows, [""]))
         if verdicts:
             rows = [_row(cell(v.get("scenario")), str(v.get("repetition", "")), cell(v.get("checkpoint")),
-                         cell(v.get("method")), cell(v.get("expect")), _verdict_label(v), cell(_with_gate(v)))
+                         cell(v.get("method")), *(_subject_cell(subject_of(v)) if subjects else []),
+                         cell(v.get("expect")), _verdict_label(v), cell(_with_gate(v)))
                     for v in verdicts]
             sections.append(([f"<details><summary>All verdicts ({len(verdicts)})</summary>", ""]
-                             + _header("scenario", "#", "checkpoint", "method", "expected", "verdict", "reason"),
+                             + _header("scenario", "#", "checkpoint", "method", *subject_col, "expected", "verdict",
+                                       "reason"),
                              rows, ["", "</details>", ""]))
         return self._fit(head, sections)
 

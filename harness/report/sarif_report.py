@@ -2,7 +2,8 @@
 
 One rule per leak kind (stable ids REM001...). FAIL verdicts become `error` results, INCONCLUSIVE and
 ERROR ones `warning` results; PASS and SKIP produce none. A result aggregates the repetitions of one
-scenario x checkpoint x method with the same kind and fingerprint; it is located at the scenario file
+scenario x checkpoint x method x subject with the same kind and fingerprint (a value the target derived from
+the secret, `derived:<label>`, or a `remanence scan` value gets results of its own, its message naming it); it is located at the scenario file
 (the line naming the checkpoint, when the file can be read), relates to the line where the target
 registers the scenario, and carries the hit's memory address in physicalLocation.address.
 `partialFingerprints["remanence/v1"]` is the document's stable fingerprint (never an address, PID or
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..results import fingerprint
-from .junit_report import cases, gate_state, leak_kind, rate, redact, run_info, suppression
+from .junit_report import SECRET, cases, gate_state, leak_kind, rate, redact, run_info, suppression
 
 SARIF_SCHEMA = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
 FINGERPRINT_KEY = "remanence/v1"
@@ -127,13 +128,21 @@ RULES: list[dict] = [
 RULE_INDEX = {rule["name"]: i for i, rule in enumerate(RULES)}
 _HIT_KINDS = ("secret-copy-remains", "secret-copy-misplaced")
 _WHAT = {
-    "secret-copy-remains": "a copy of the secret remains",
-    "expected-copy-missing": "the expected copy of the secret is missing",
-    "secret-copy-misplaced": "the secret is found, but not where expected",
-    "region-flags-wrong": "the secret's region lacks a required flag",
-    "inconclusive": "the check was inconclusive",
-    "harness-error": "the check could not run",
+    "secret-copy-remains": "a copy of {subject} remains",
+    "expected-copy-missing": "the expected copy of {subject} is missing",
+    "secret-copy-misplaced": "{subject} is found, but not where expected",
+    "region-flags-wrong": "{subject}'s region lacks a required flag",
+    "inconclusive": "the check{of} was inconclusive",
+    "harness-error": "the check{of} could not run",
 }
+
+
+def _what(kind: str, subject: str) -> str:
+    """What a result found, naming what was looked for when it is not the planted secret: "a copy of the secret
+    remains", "a copy of derived:session_rx remains", "the check of api was inconclusive"."""
+    if subject == SECRET:
+        return _WHAT[kind].format(subject="the secret", of="")
+    return _WHAT[kind].format(subject=_plain(subject), of=f" of {_plain(subject)}")
 _MAX_LOCATIONS = 10
 _ISO_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
 
@@ -235,7 +244,7 @@ class SarifReporter:
                 if kind in _HIT_KINDS and v.get("hits"):
                     fps = sorted({h["fingerprint"] for h in v["hits"]})
                 else:
-                    fps = [fingerprint(case.scenario, case.method, case.checkpoint, "-", "none")]
+                    fps = [fingerprint(case.scenario, case.method, case.checkpoint, "-", "none", case.subject)]
                 for fp in fps:
                     groups.setdefault((kind, fp), []).append(v)
             for (kind, fp), verdicts in groups.items():
@@ -271,7 +280,7 @@ class SarifReporter:
         source = run.get("source")
         target_source = run.get("target_source")
 
-        message = (f"{case.scenario} at checkpoint {case.checkpoint} ({case.method}): {_WHAT[kind]}. "
+        message = (f"{case.scenario} at checkpoint {case.checkpoint} ({case.method}): {_what(kind, case.subject)}. "
                    f"{first.get('outcome')} in {rate(len(verdicts), n)}: {_plain(first.get('reason'))}. "
                    f"Expected {case.expect}: {_plain(first.get('why')).rstrip('.')}.")
         if target_source:
@@ -321,8 +330,8 @@ class SarifReporter:
         elif state == "new":
             result["baselineState"] = "new"
         result["properties"] = {
-            "scenario": case.scenario, "checkpoint": case.checkpoint, "method": case.method, "expect": case.expect,
-            "kind": kind, "repetitions": n, "affected_repetitions": len(verdicts),
+            "scenario": case.scenario, "checkpoint": case.checkpoint, "method": case.method,
+            **({"subject": case.subject} if case.label else {}), "expect": case.expect, "kind": kind, "repetitions": n, "affected_repetitions": len(verdicts),
             "outcomes": {o: case.count(o) for o in ("PASS", "FAIL", "INCONCLUSIVE", "ERROR", "SKIP") if case.count(o)},
         }
         return result
