@@ -262,7 +262,7 @@ class ScenarioItem(pytest.Item):
         s, first = self.scenario, verdicts[0]
         failing = next(v for v in verdicts if v["outcome"] == worst.value)
         tally = Counter(v["outcome"] for v in verdicts)
-        out = [f"{worst.value}: {_one_line(failing['reason'])}",
+        out = [f"{worst.value}: {_subject_note(failing)}{_one_line(failing['reason'])}",
                f"  scenario: {s.name} ({self.location[0]}:{self.line + 1}), checkpoint {self.checkpoint}, "
                f"method {self.method}",
                f"  verdict:  {worst.value}: {_HEADLINES[worst]}",
@@ -273,7 +273,7 @@ class ScenarioItem(pytest.Item):
             out.append("  outcomes: " + ", ".join(f"{n}/{len(verdicts)} {o}" for o, n in tally.items()))
         runs = {r["repetition"]: r for r in doc["runs"]}
         for v in verdicts:
-            out.append(f"  repetition {v['repetition']}: {v['outcome']}: {_one_line(v['reason'])}")
+            out.append(f"  repetition {v['repetition']}: {v['outcome']}: {_subject_note(v)}{_one_line(v['reason'])}")
             if v["outcome"] in (Outcome.PASS.value, Outcome.SKIP.value):
                 continue
             out.append(f"    canary seen: {_yes_no(v['canary_seen'])}; secret {runs.get(v['repetition'], {}).get('secret', {}).get('sha256_prefix') or '-'} (sha256 prefix)")
@@ -285,6 +285,12 @@ class ScenarioItem(pytest.Item):
                 if run.get("exit"):
                     out.append(f"    target: {run['exit']}")
         return "\n".join(out)
+
+
+def _subject_note(verdict: dict) -> str:
+    """An item covers every subject judged at its checkpoint and method: name any but the secret."""
+    subject = verdict.get("subject", "secret")
+    return "" if subject == "secret" else f"[{subject}] "
 
 
 class VerdictFailure(Exception):
