@@ -68,12 +68,15 @@ def test_utf16_of_textual_forms():
 
 def test_fragments_cover_every_window():
     fragments = [p for p in patterns_for(SECRET) if p.fragment is not None]
-    assert len(fragments) == len(VALUE) - 16 + 1
+    windows = len(VALUE) - 16 + 1
+    assert len(fragments) == 3 * windows          # raw, hex-lower and hex-upper of every 16-byte window
+    expected = {"raw": lambda w: w, "hex-lower": lambda w: w.hex().encode(), "hex-upper": lambda w: w.hex().upper().encode()}
     for p in fragments:
         start, end = p.fragment
-        assert (end - start, p.encoding, p.needle) == (16, "raw", VALUE[start:end])
+        assert end - start == 16 and p.needle == expected[p.encoding](VALUE[start:end])
+    assert {p.fragment for p in fragments if p.encoding == "hex-upper"} == {(i, i + 16) for i in range(windows)}
     assert not [p for p in patterns_for(Secret("s", os.urandom(16))) if p.fragment]   # not longer: none
-    assert len([p for p in patterns_for(Secret("s", os.urandom(40)), fragment_size=24) if p.fragment]) == 17
+    assert len([p for p in patterns_for(Secret("s", os.urandom(40)), fragment_size=24) if p.fragment]) == 3 * 17
 
 
 def test_nul_bytes_preserved_in_needles():
@@ -91,7 +94,9 @@ def test_identical_needles_merged_keeping_first_name():
     assert len(needles) == len(set(needles))
     # A repetitive secret repeats its windows: only the first of equal fragments is kept.
     repeated = [p for p in patterns_for(Secret("s", b"ab" * 20)) if p.fragment]
-    assert [p.fragment for p in repeated] == [(0, 16), (1, 17)]
+    # (its hex has no letters: upper and lower case are one needle)
+    assert [(p.encoding, p.fragment) for p in repeated] == [
+        (name, window) for window in ((0, 16), (1, 17)) for name in ("raw", "hex-lower")]
 
 
 def test_short_needles_dropped():

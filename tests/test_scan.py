@@ -117,6 +117,20 @@ def test_partial_wipe_gives_one_merged_fragment(tmp_path):
     assert not result.hits[0].full
 
 
+def test_hex_text_with_its_head_overwritten_gives_one_hex_fragment(tmp_path):
+    """A dead JS string of the key's hex whose first 8 characters an allocator overwrote (V8's free-list filler):
+    28 of the 32 key bytes are still there as text, found as one hex fragment, not as 13 separate windows."""
+    image = FakeImage(50_000)
+    heap = image.region("old-space", 0x4000_0000, 40_000, 1000)
+    text = SECRET.value.hex().encode()
+    image.plant(heap, 600, b"\xaa" * 8 + text[8:])
+    image.plant(heap, 9000, SECRET.value.hex().upper().encode())        # a whole copy hides its own windows
+    result = scan_snapshot(image.snapshot(tmp_path), [SECRET], chunk_size=4096)
+    assert hit_keys(result) == [
+        ("secret", "hex-lower", "old-space", 0x4000_0000 + 608, 1608, 56, (4, 32)),
+        ("secret", "hex-upper", "old-space", 0x4000_0000 + 9000, 10_000, 64, None)]
+
+
 def test_hole_in_the_middle_gives_two_runs(tmp_path):
     secret = Secret("secret", os.urandom(48))
     image = FakeImage(20_000)

@@ -60,10 +60,14 @@ def patterns_for(secret: Secret, fragment_size: int = 16) -> list[Pattern]:
     for codec, tag in (("utf-16-le", "utf16le"), ("utf-16-be", "utf16be")):
         for name in textual:
             forms.append((f"{tag}:{name}", as_text(by_name[name]).encode(codec), None))
-    # Windows of the raw secret: what survives a wipe that missed part of the buffer.
+    # Windows of the raw secret, and of its hex text, aligned to whole bytes: what survives a wipe that missed
+    # part of the buffer, or an allocator that reused the head of a dead string (V8's free-list filler).
     if len(value) > fragment_size:
         for i in range(len(value) - fragment_size + 1):
-            forms.append(("raw", value[i:i + fragment_size], (i, i + fragment_size)))
+            window = value[i:i + fragment_size]
+            for name, needle in (("raw", window), ("hex-lower", window.hex().encode()),
+                                 ("hex-upper", window.hex().upper().encode())):
+                forms.append((name, needle, (i, i + fragment_size)))
 
     patterns: list[Pattern] = []
     seen: set[bytes] = set()

@@ -135,21 +135,27 @@ def make_hit(secret: str, encoding: str, region: Region, offset: int, length: in
                file_offset=region.file_offset + offset, length=length, region=region, fragment=fragment)
 
 
-def merge_fragments(hits: list[Hit]) -> list[Hit]:
-    """Drop fragment hits inside a whole raw copy; merge the consistent ones of one surviving run.
+def bytes_per_secret_byte(encoding: str) -> int:
+    """How many bytes of an encoded form one byte of the secret takes (fragments exist for raw and hex)."""
+    return 2 if encoding.startswith("hex") else 1
 
-    Fragments of one run share the displacement file_offset - fragment_start (where the whole
-    secret would begin), so grouping by it and joining touching ranges yields one hit per run."""
-    whole_copies = {(h.secret, h.file_offset) for h in hits if h.fragment is None and h.encoding == "raw"}
-    runs: dict[tuple[str, Region, int], list[tuple[int, int]]] = defaultdict(list)
+
+def merge_fragments(hits: list[Hit]) -> list[Hit]:
+    """Drop fragment hits inside a whole copy of the same encoding; merge the consistent ones of one surviving run.
+
+    Fragments of one run share the displacement file_offset - width * fragment_start (where the whole
+    encoded secret would begin), so grouping by it and joining touching ranges yields one hit per run."""
+    whole_copies = {(h.secret, h.encoding, h.file_offset) for h in hits if h.fragment is None}
+    runs: dict[tuple[str, str, Region, int], list[tuple[int, int]]] = defaultdict(list)
     merged = [h for h in hits if h.fragment is None]
     for h in hits:
         if h.fragment is None:
             continue
-        displacement = h.file_offset - h.fragment[0]
-        if (h.secret, displacement) not in whole_copies:
-            runs[(h.secret, h.region, displacement)].append(h.fragment)
-    for (secret, region, displacement), ranges in runs.items():
+        displacement = h.file_offset - bytes_per_secret_byte(h.encoding) * h.fragment[0]
+        if (h.secret, h.encoding, displacement) not in whole_copies:
+            runs[(h.secret, h.encoding, h.region, displacement)].append(h.fragment)
+    for (secret, encoding, region, displacement), ranges in runs.items():
+        width = bytes_per_secret_byte(encoding)
         spans: list[list[int]] = []
         for start, end in sorted(ranges):
             if spans and start <= spans[-1][1]:   # overlapping or adjacent: the same run
@@ -157,6 +163,6 @@ def merge_fragments(hits: list[Hit]) -> list[Hit]:
             else:
                 spans.append([start, end])
         for lo, hi in spans:
-            offset = displacement + lo - region.file_offset
-            merged.append(make_hit(secret, "raw", region, offset, hi - lo, (lo, hi)))
+            offset = displacement + width * lo - region.file_offset
+            merged.append(make_hit(secret, encoding, region, offset, width * (hi - lo), (lo, hi)))
     return merged
