@@ -8,20 +8,24 @@ reported without failing the check.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
+import platform
 import resource
 import shutil
 import subprocess
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .results import EXIT_INCONCLUSIVE, EXIT_OK
 from .snapshot import CAP_SYS_PTRACE, CAP_SYS_RESOURCE, METHODS, has_capability, method_unavailable, ptrace_scope
-from .targets import MIN_GO, RUNTIME_SECRET_PLATFORMS, TargetUnavailable, _go_problem, build_target, go_tool
+from .targets import (MIN_GO, RUNTIME_SECRET_PLATFORMS, TargetUnavailable, _go_problem, _node_problem, build_target,
+                      go_tool)
 
 OK, LIMITED, MISSING = "ok", "limited", "missing"
 _TOKEN_WORDS = {"method": "the {} snapshot method", "target": "{} scenarios"}
-_LANGUAGE_NAMES = {"c": "C", "go": "Go", "node": "Node.js"}
+_LANGUAGE_NAMES = {"c": "C", "go": "Go", "node": "Node.js", "python": "Python"}
 
 
 @dataclass
@@ -149,14 +153,18 @@ def check_target(language: str, prerequisites: list[Check]) -> Check:
 
 
 def check_node() -> Check:
-    node = shutil.which("node")
-    if node is None:
-        return _check("node", MISSING, "node not found on PATH", ["target:node"],
-                      "planned Node.js targets; no scenario uses them yet")
-    version = _first_line([node, "--version"])
-    if version is None:
-        return _check("node", MISSING, f"{node} --version failed", ["target:node"], "planned Node.js targets")
-    return _check("node", OK, f"node {version} at {node}")
+    problem, version = _node_problem()
+    if problem:
+        return _check("node", MISSING, problem, ["target:node"], "sodium-native from npm")
+    return _check("node", OK, f"node {version} at {shutil.which('node')}, npm at {shutil.which('npm')}")
+
+
+def check_python_venv() -> Check:
+    """The Python target gets a venv of its own with PyNaCl from PyPI (see check_target for the install)."""
+    if importlib.util.find_spec("ensurepip") is None:   # Debian splits it out: python3-venv
+        return _check("python venv", MISSING, f"{sys.executable} cannot make venvs with pip (install python3-venv)",
+                      ["target:python"], "PyNaCl")
+    return _check("python venv", OK, f"{sys.executable} (Python {platform.python_version()}) makes the target's venv")
 
 
 def run_checks(build: bool = True) -> list[Check]:
@@ -168,7 +176,14 @@ def run_checks(build: bool = True) -> list[Check]:
     checks.append(go)
     if build:
         checks.append(check_target("go", [go]))
-    checks.append(check_node())
+    node = check_node()
+    checks.append(node)
+    if build:
+        checks.append(check_target("node", [node]))
+    venv = check_python_venv()
+    checks.append(venv)
+    if build:
+        checks.append(check_target("python", [venv]))
     return checks
 
 

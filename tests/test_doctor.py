@@ -13,7 +13,7 @@ from harness.targets import PROJECT_ROOT
 
 SCENARIOS = PROJECT_ROOT / "scenarios"
 CHECKS = ["ptrace", "core_pattern", "core limit", "gdb", "C toolchain", "libsodium", "C target build", "go",
-          "Go target build", "node"]
+          "Go target build", "node", "Node.js target build", "python venv", "Python target build"]
 
 
 @pytest.fixture(autouse=True)
@@ -68,7 +68,8 @@ def test_missing_go_and_node_are_reported_with_what_they_disable(capsys, tmp_pat
     assert go["affects"] == ["target:go"] and "Go scenarios" in go["disables"] and go["blocks_suite"] is True
     assert build["status"] == "missing" and build["affects"] == ["target:go"]
     assert node["status"] == "missing" and node["affects"] == ["target:node"] and "Node.js" in node["disables"]
-    assert node["blocks_suite"] is False    # no scenario uses a node target yet
+    assert node["blocks_suite"] is True     # the built-in suite has Node scenarios
+    assert checks["Node.js target build"]["detail"] == "not built: node missing (see above)"
     assert code == 3 == report["exit_code"]   # the built-in suite has Go scenarios
 
 
@@ -95,8 +96,12 @@ def test_a_working_node_is_ok(capsys, tmp_path, monkeypatch):
     node = bin_dir / "node"
     node.write_text("#!/bin/sh\necho v99.1.0\n")
     node.chmod(0o755)
+    (bin_dir / "npm").symlink_to(node)
     _, report = doctor(capsys, "--no-build")
     assert by_name(report)["node"]["status"] == "ok" and "v99.1.0" in by_name(report)["node"]["detail"]
+    node.write_text("#!/bin/sh\necho v16.20.0\n")
+    _, report = doctor(capsys, "--no-build")
+    assert by_name(report)["node"]["status"] == "missing" and "older than 18" in by_name(report)["node"]["detail"]
 
 
 def test_table_output(capsys, tmp_path, monkeypatch):
