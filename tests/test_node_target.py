@@ -406,7 +406,7 @@ def test_buffer_alloc_lives_in_the_c_heap_and_fill_wipes_the_only_copy(target_js
     assert key == bytes(32) and copies == []
 
 
-def test_dropped_buffer_leaves_its_tail_in_freed_malloc_memory(target_js):
+def test_dropped_buffer_is_freed_not_wiped_first(target_js):
     secret = fresh(32)
 
     def probe(t, name, addr, probes):
@@ -416,8 +416,8 @@ def test_dropped_buffer_leaves_its_tail_in_freed_malloc_memory(target_js):
     assert run.rc == 0, run.stderr
     assert run.probes["in_use"] == secret
     after = run.probes["after_gc"]
-    assert after[:16] != secret[:16]      # glibc's free-list pointers
-    assert after[16:] == secret[16:]      # the rest of the key, not wiped
+    assert after[:16] != secret[:16]      # glibc's free-list pointers (the rest may or may not be reused yet)
+    assert after != bytes(32)             # nobody zeroed it: what is there is allocator data or key, never a wipe
 
 
 ENCODINGS = {
