@@ -61,6 +61,7 @@ class Target:
         child.close()
         self.buf = b""
         self.stdout = self.stderr = b""
+        self.derived: dict[str, bytes] = {}   # values sent with `derived <label> <n>`, so far
 
     @property
     def pid(self) -> int:
@@ -80,6 +81,15 @@ class Target:
             self.buf += chunk
         line, self.buf = self.buf.split(b"\n", 1)
         return line.decode("ascii")
+
+    def read_exact(self, n: int) -> bytes:
+        """Exactly n raw bytes following a line (part may already be buffered)."""
+        while len(self.buf) < n:
+            chunk = self.sock.recv(65536)
+            assert chunk, f"EOF inside a derived value ({len(self.buf)} of {n} bytes)"
+            self.buf += chunk
+        data, self.buf = self.buf[:n], self.buf[n:]
+        return data
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
@@ -119,12 +129,16 @@ class Run:
     stdout: bytes
     stderr: bytes
     probes: dict = field(default_factory=dict)
+    derived: list[tuple[str, bytes]] = field(default_factory=list)   # in the order sent
+
+
+DERIVED_LINE = re.compile(r"derived ([a-z0-9_]{1,64}) ([0-9]+)")
 
 
 def drive(t: Target, secret: bytes, canary: bytes, on_checkpoint=None) -> Run:
     """Full conversation with a started target; on_checkpoint(target, name, addr, probes)
-    runs while the target is stopped at a checkpoint."""
-    lines, checkpoints, notes, probes = [], [], [], {}
+    runs while the target is stopped at a checkpoint (t.derived holds the derived values sent so far)."""
+    lines, checkpoints, notes, probes, derived = [], [], [], {}, []
     try:
         assert t.readline() == "ready 1"
         t.send(canary + secret)
@@ -138,6 +152,11 @@ def drive(t: Target, secret: bytes, canary: bytes, on_checkpoint=None) -> Run:
                 if on_checkpoint is not None:
                     on_checkpoint(t, name, addr, probes)
                 t.send(b"continue\n")
+            elif line.startswith("derived "):
+                m = DERIVED_LINE.fullmatch(line)
+                assert m and 1 <= int(m[2]) <= 4096, line
+                t.derived[m[1]] = t.read_exact(int(m[2]))
+                derived.append((m[1], t.derived[m[1]]))
             elif line.startswith("note "):
                 notes.append(line[len("note "):])
             elif line == "done":
@@ -147,7 +166,7 @@ def drive(t: Target, secret: bytes, canary: bytes, on_checkpoint=None) -> Run:
         rc = t.wait()
     finally:
         t.kill()
-    return Run(rc, lines, checkpoints, notes, t.stdout, t.stderr, probes)
+    return Run(rc, lines, checkpoints, notes, t.stdout, t.stderr, probes, derived)
 
 
 def read_mem(pid: int, addr: int, n: int) -> bytes:
@@ -180,6 +199,39 @@ def fresh(n: int) -> bytes:
 
 
 # --- conformance steps every target must pass; the callers assert on what these return -----------
+
+def scenario_file_names(folder: Path, target: str) -> set[str]:
+    """The scenario names of `folder`'s files, each checked to be in `<name>.toml` and to run `target`."""
+    names = set()
+    for path in folder.glob("*.toml"):
+        text = path.read_text()
+        m = re.search(r'^name\s*=\s*"([^"]+)"', text, re.M)
+        assert m, path
+        assert path.name == f"{m[1]}.toml"
+        assert re.search(rf'^target\s*=\s*"{target}"', text, re.M), path
+        names.add(m[1])
+    return names
+
+
+def dies_before_ready(t: Target) -> int:
+    """Exit code of a target that must end before saying anything on the channel (a duplicate registration)."""
+    try:
+        assert t.readline() is None
+        return t.wait()
+    finally:
+        t.kill()
+
+
+def after_secret_of_length(t: Target, secret_len: int) -> tuple[str | None, int]:
+    """(the target's next line, exit code) once it got a canary and a secret of `secret_len` bytes."""
+    try:
+        assert t.readline() == "ready 1"
+        t.send(fresh(16) + fresh(secret_len))
+        line = t.readline()
+        return line, t.wait()
+    finally:
+        t.kill()
+
 
 def after_bad_environment(t: Target) -> tuple[str | None, int]:
     """(the line after `ready 1`, exit code) of a target started with a broken environment."""

@@ -15,8 +15,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from target_driver import (Run, Target, after_bad_environment, after_bogus_reply, drive, exit_after_eof, fresh,
-                           read_mem, smaps_entry, target_env)
+from target_driver import (Run, Target, after_bad_environment, after_bogus_reply, after_secret_of_length,
+                           dies_before_ready, drive, exit_after_eof, fresh, read_mem, smaps_entry,
+                           target_env)
 
 ROOT = Path(__file__).resolve().parents[1]
 C_DIR = ROOT / "targets" / "c"
@@ -143,12 +144,7 @@ def test_duplicate_registration_aborts_before_any_scenario(dup_bin):
 
     # Started for real, it dies before saying anything on the channel.
     t = start_target(dup_bin, ["malloc.nowipe"], _env(32, 16))
-    try:
-        assert t.readline() is None
-        rc = t.wait()
-    finally:
-        t.kill()
-    assert rc != 0
+    assert dies_before_ready(t) != 0
     assert b"duplicate scenario registration 'sodium.live'" in t.stderr
 
 
@@ -261,14 +257,7 @@ def test_stdio_copy_has_the_stdio_buffer_copy(target_bin):
     [("stack.nowipe", 65), ("stack.explicit_bzero", 4096), ("stdio.copy", 4096)],
 )
 def test_secret_too_long_for_the_scenario_fails_70(target_bin, scenario, secret_len):
-    t = start_target(target_bin, [scenario], _env(secret_len, 16))
-    try:
-        assert t.readline() == "ready 1"
-        t.send(fresh(16) + fresh(secret_len))
-        line = t.readline()
-        rc = t.wait()
-    finally:
-        t.kill()
+    line, rc = after_secret_of_length(start_target(target_bin, [scenario], _env(secret_len, 16)), secret_len)
     assert line is not None and line.startswith("error "), line
     assert rc == 70
 

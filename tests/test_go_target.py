@@ -16,8 +16,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from target_driver import (Run, Target, after_bad_environment, after_bogus_reply, drive, exit_after_eof, fresh,
-                           read_mem, smaps_entry, target_env)
+from target_driver import (Run, Target, after_bad_environment, after_bogus_reply, after_secret_of_length,
+                           dies_before_ready, drive, exit_after_eof, fresh, read_mem, scenario_file_names, smaps_entry,
+                           target_env)
 
 ROOT = Path(__file__).resolve().parents[1]
 GO_DIR = ROOT / "targets" / "go"
@@ -185,13 +186,7 @@ def test_list_names_all_scenarios(target_bin):
 
 
 def test_every_scenario_has_a_scenario_file():
-    names = set()
-    for path in SCENARIO_DIR.glob("*.toml"):
-        m = re.search(r'^name\s*=\s*"([^"]+)"', path.read_text(), re.M)
-        assert m, path
-        assert path.name == f"{m[1]}.toml"
-        names.add(m[1])
-    assert names == set(SCENARIOS)
+    assert scenario_file_names(SCENARIO_DIR, "go") == set(SCENARIOS)
 
 
 @pytest.mark.parametrize("argv", [["no.such"], [], ["secret.return", "extra"]])
@@ -214,12 +209,7 @@ def test_duplicate_registration_aborts_before_any_scenario(dup_bin):
 
     # Started for real, it dies before saying anything on the channel.
     t = start_target(dup_bin, ["secret.heap"], _env(32, 16))
-    try:
-        assert t.readline() is None
-        rc = t.wait()
-    finally:
-        t.kill()
-    assert rc != 0
+    assert dies_before_ready(t) != 0
     assert b"duplicate scenario registration 'secret.return'" in t.stderr
 
 
@@ -392,14 +382,7 @@ def test_core_limit_kept_except_for_memguard_scenarios(target_bin, scenario):
      ("secret.signal", 1)],
 )
 def test_secret_outside_the_scenario_limits_fails_70(target_bin, scenario, secret_len):
-    t = start_target(target_bin, [scenario], _env(secret_len, 16))
-    try:
-        assert t.readline() == "ready 1"
-        t.send(fresh(16) + fresh(secret_len))
-        line = t.readline()
-        rc = t.wait()
-    finally:
-        t.kill()
+    line, rc = after_secret_of_length(start_target(target_bin, [scenario], _env(secret_len, 16)), secret_len)
     assert line is not None and line.startswith("error "), line
     assert rc == 70
 

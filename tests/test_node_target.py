@@ -16,8 +16,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from target_driver import (Target, after_bad_environment, after_bogus_reply, drive, exit_after_eof, fresh,
-                           read_mem, smaps_entry, target_env)
+from target_driver import (Target, after_bad_environment, after_bogus_reply, dies_before_ready, drive, exit_after_eof,
+                           fresh, read_mem, scenario_file_names, smaps_entry, target_env)
 
 ROOT = Path(__file__).resolve().parents[1]
 NODE_DIR = ROOT / "targets" / "node"
@@ -161,15 +161,7 @@ def test_list_names_all_scenarios(target_js):
 
 
 def test_every_scenario_has_a_scenario_file():
-    names = set()
-    for path in SCENARIO_DIR.glob("*.toml"):
-        text = path.read_text()
-        m = re.search(r'^name\s*=\s*"([^"]+)"', text, re.M)
-        assert m, path
-        assert path.name == f"{m[1]}.toml"
-        assert re.search(r'^target\s*=\s*"node"', text, re.M), path
-        names.add(m[1])
-    assert names == set(SCENARIOS)
+    assert scenario_file_names(SCENARIO_DIR, "node") == set(SCENARIOS)
 
 
 def test_package_pins_sodium_native_exactly():
@@ -204,12 +196,7 @@ def test_duplicate_registration_aborts_before_any_scenario(target_dir, tmp_path)
         assert "duplicate scenario registration 'node.sodium.live'" in r.stderr
         assert r.stdout == ""
         t = Target(shutil.which("node"), [str(dup), "node.sodium.live"], _env(32, 16), TIMEOUT)
-        try:
-            assert t.readline() is None
-            rc = t.wait()
-        finally:
-            t.kill()
-        assert rc != 0
+        assert dies_before_ready(t) != 0
         assert b"duplicate scenario registration 'node.sodium.live'" in t.stderr
     finally:
         dup.unlink()

@@ -10,17 +10,16 @@ harness does. No harness code is used. The conversation loop is our own: it also
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from target_driver import (Target, after_bad_environment, after_bogus_reply, exit_after_eof, fresh, read_mem,
-                           smaps_entry, target_env)
+from target_driver import (Run, Target, after_bad_environment, after_bogus_reply, after_secret_of_length,
+                           dies_before_ready, drive, exit_after_eof, fresh, read_mem, scenario_file_names, smaps_entry,
+                           target_env)
 
 ROOT = Path(__file__).resolve().parents[1]
 PY_DIR = ROOT / "targets" / "python"
@@ -44,7 +43,6 @@ DERIVED = {
 
 TIMEOUT = 30.0
 ADDR_RE = re.compile(r"0x[0-9a-f]+")
-DERIVED_RE = re.compile(r"derived ([a-z0-9_]{1,64}) ([0-9]+)")
 
 
 # --------------------------------------------------------------------- venv
@@ -93,63 +91,8 @@ def start_target(cmd, argv, env) -> Target:
     return Target(Path(cmd[0]), [*cmd[1:], *argv], env, TIMEOUT)
 
 
-@dataclass
-class PyRun:
-    rc: int
-    lines: list[str]
-    checkpoints: list[tuple[str, str]]
-    notes: list[str]
-    derived: list[tuple[str, bytes]]
-    stdout: bytes
-    stderr: bytes
-    probes: dict = field(default_factory=dict)
-
-
-def read_raw(t: Target, n: int) -> bytes:
-    """Exactly n raw bytes following a line (part may already be buffered)."""
-    while len(t.buf) < n:
-        chunk = t.sock.recv(65536)
-        assert chunk, f"EOF inside a derived value ({len(t.buf)} of {n} bytes)"
-        t.buf += chunk
-    data, t.buf = t.buf[:n], t.buf[n:]
-    return data
-
-
-def drive_py(t: Target, secret: bytes, canary: bytes, on_checkpoint=None) -> PyRun:
-    """drive() of target_driver, plus `derived <label> <n>` + n raw bytes. on_checkpoint(target,
-    name, addr, probes, derived) runs while the target is stopped at a checkpoint."""
-    lines, checkpoints, notes, derived, probes = [], [], [], [], {}
-    try:
-        assert t.readline() == "ready 1"
-        t.send(canary + secret)
-        while True:
-            line = t.readline()
-            assert line is not None, f"EOF before done; lines so far: {lines}"
-            lines.append(line)
-            if line.startswith("checkpoint "):
-                _, name, addr = line.split(" ")
-                checkpoints.append((name, addr))
-                if on_checkpoint is not None:
-                    on_checkpoint(t, name, addr, probes, dict(derived))
-                t.send(b"continue\n")
-            elif line.startswith("derived "):
-                m = DERIVED_RE.fullmatch(line)
-                assert m and 1 <= int(m[2]) <= 4096, line
-                derived.append((m[1], read_raw(t, int(m[2]))))
-            elif line.startswith("note "):
-                notes.append(line[len("note "):])
-            elif line == "done":
-                break
-            else:
-                pytest.fail(f"unexpected line from target: {line!r}")
-        rc = t.wait()
-    finally:
-        t.kill()
-    return PyRun(rc, lines, checkpoints, notes, derived, t.stdout, t.stderr, probes)
-
-
-def converse(cmd, scenario, secret, canary, on_checkpoint=None) -> PyRun:
-    return drive_py(start_target(cmd, [scenario], _env(len(secret), len(canary))), secret, canary, on_checkpoint)
+def converse(cmd, scenario, secret, canary, on_checkpoint=None) -> Run:
+    return drive(start_target(cmd, [scenario], _env(len(secret), len(canary))), secret, canary, on_checkpoint)
 
 
 def readable_memory_contains(pid: int, needle: bytes) -> list[tuple[int, str]]:
@@ -195,15 +138,7 @@ def test_list_names_all_scenarios(cmd):
 
 
 def test_every_scenario_has_a_scenario_file():
-    names = set()
-    for path in SCENARIO_DIR.glob("*.toml"):
-        text = path.read_text()
-        m = re.search(r'^name\s*=\s*"([^"]+)"', text, re.M)
-        assert m, path
-        assert path.name == f"{m[1]}.toml"
-        assert re.search(r'^target\s*=\s*"python"', text, re.M), path
-        names.add(m[1])
-    assert names == set(SCENARIOS)
+    assert scenario_file_names(SCENARIO_DIR, "python") == set(SCENARIOS)
 
 
 def test_scenario_files_name_the_checkpoints_and_derived_values_the_target_sends():
@@ -239,12 +174,7 @@ def test_duplicate_registration_aborts_before_any_scenario(venv_python, target_p
     assert r.stdout == ""
     # Started for real, it dies before saying anything on the channel.
     t = start_target(command(venv_python, dup), ["py.bytearray.wiped"], _env(32, 16))
-    try:
-        assert t.readline() is None
-        rc = t.wait()
-    finally:
-        t.kill()
-    assert rc != 0
+    assert dies_before_ready(t) != 0
     assert b"duplicate scenario registration 'py.kx.xchacha'" in t.stderr
 
 
@@ -281,12 +211,12 @@ def test_derived_values_are_what_they_claim(cmd, venv_python):
         assert dict(run.derived)[label] == expected_sk, scenario
 
 
-def _probe_memory(t, name, addr, probes, derived, secret):
+def _probe_memory(t, name, addr, probes, secret):
     a = int(addr, 16)
     probes[name] = {
         "at_addr": read_mem(t.pid, a, len(secret)),
         "secret": readable_memory_contains(t.pid, secret),
-        "derived": {label: readable_memory_contains(t.pid, value) for label, value in derived.items()},
+        "derived": {label: readable_memory_contains(t.pid, value) for label, value in t.derived.items()},
         "smaps": smaps_entry(t.pid, a),
         "maps_name": next((n for at, n in readable_memory_contains(t.pid, secret) if at == a), None),
     }
@@ -295,7 +225,7 @@ def _probe_memory(t, name, addr, probes, derived, secret):
 def run_with_probes(cmd, scenario, secret=None):
     secret = secret or fresh(32)
     run = converse(cmd, scenario, secret, fresh(32),
-                   lambda t, name, addr, probes, derived: _probe_memory(t, name, addr, probes, derived, secret))
+                   lambda t, name, addr, probes: _probe_memory(t, name, addr, probes, secret))
     assert run.rc == 0, run.stderr
     return secret, run
 
@@ -365,14 +295,7 @@ def test_kx_values_survive_the_drop(cmd):
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 @pytest.mark.parametrize("secret_len", [16, 33])
 def test_wrong_secret_length_fails_70(cmd, scenario, secret_len):
-    t = start_target(cmd, [scenario], _env(secret_len, 16))
-    try:
-        assert t.readline() == "ready 1"
-        t.send(fresh(16) + fresh(secret_len))
-        line = t.readline()
-        rc = t.wait()
-    finally:
-        t.kill()
+    line, rc = after_secret_of_length(start_target(cmd, [scenario], _env(secret_len, 16)), secret_len)
     assert line == f"error this scenario needs a 32-byte secret, got {secret_len}"
     assert rc == 70
 
@@ -467,7 +390,7 @@ def test_large_canary_is_read_whole(cmd):
     """A 1 MiB canary (the protocol's maximum) arrives in many pieces; the key after it still lands whole."""
     secret, canary = fresh(32), fresh(1 << 20)
 
-    def probe(t, name, addr, probes, derived):
+    def probe(t, name, addr, probes):
         probes[name] = (read_mem(t.pid, int(addr, 16), 32), len(readable_memory_contains(t.pid, canary)))
 
     run = converse(cmd, "py.bytearray.wiped", secret, canary, probe)

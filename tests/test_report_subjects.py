@@ -8,7 +8,6 @@ the subject-aware output must say.
 from __future__ import annotations
 
 import copy
-import json
 import re
 import xml.etree.ElementTree as ET
 from collections import Counter
