@@ -33,7 +33,7 @@ from .scan.context import hit_context, secret_material
 from .scan.encodings import MIN_NEEDLE_LEN
 from .scan.engine import ScanError, scan_snapshot
 from .scenario import CheckpointSpec, MethodExpectation, Scenario, SecretSpec
-from .snapshot import SnapshotError, take_snapshot
+from .snapshot import SnapshotError, dispose_snapshot, take_snapshot
 from .snapshot.elfcore import CoreFormatError, read_core_layout, snapshot_from_core
 from .verdict import Finding, Verdict, judge
 
@@ -316,17 +316,9 @@ class AdhocScan:
         return None
 
     def _dispose(self, snapshot: Snapshot, record: RunRecord) -> None:
-        """Delete our snapshot file, or keep it (0600, in 0700 folders) under OUT/snapshots/pid-N/."""
-        if not self.options.keep_snapshots or not snapshot.path.exists():
-            snapshot.path.unlink(missing_ok=True)
-            return
-        folder = self.options.out_dir / "snapshots" / record.scenario.name.replace(":", "-")
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(folder.parent, 0o700)
-        kept = folder / f"{LIVE_CHECKPOINT}.{snapshot.method}{snapshot.path.suffix or '.img'}"
-        shutil.move(snapshot.path, kept)
-        os.chmod(kept, 0o600)
-        snapshot.path = kept
+        options = self.options
+        keep_in = options.out_dir / "snapshots" / record.scenario.name.replace(":", "-") if options.keep_snapshots else None
+        dispose_snapshot(snapshot, keep_in, LIVE_CHECKPOINT)
 
     # --- scanning and judging -------------------------------------------------------------------------
 

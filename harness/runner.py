@@ -1,7 +1,6 @@
 """Carrying out a plan: start each target, snapshot and scan at every checkpoint, judge, clean up."""
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import time
@@ -18,7 +17,7 @@ from .scan.context import hit_context, secret_material
 from .scan.engine import ScanError, scan_snapshot
 from .scenario import CheckpointSpec
 from .secretgen import make_canary, make_secret
-from .snapshot import SnapshotError, held_still, resume, take_snapshot
+from .snapshot import SnapshotError, dispose_snapshot, held_still, resume, take_snapshot
 from .snapshot.exitstop import ExitStop
 from .snapshot.kernelcore import take_kernel_core
 from .verdict import Verdict, judge
@@ -317,17 +316,9 @@ class _Run:
         return verdicts
 
     def _dispose(self, snapshot: Snapshot, checkpoint: str) -> None:
-        """Delete the snapshot file, or keep it (0600, in a 0700 folder) when asked."""
-        if not self.runner.options.keep_snapshots or not snapshot.path.exists():
-            snapshot.path.unlink(missing_ok=True)
-            return
-        folder = self.runner.options.out_dir / "snapshots" / self.planned.run_id.replace("#", "-")
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(folder.parent, 0o700)
-        kept = folder / f"{checkpoint}.{snapshot.method}{snapshot.path.suffix or '.img'}"
-        shutil.move(snapshot.path, kept)
-        os.chmod(kept, 0o600)
-        snapshot.path = kept
+        options = self.runner.options
+        keep_in = options.out_dir / "snapshots" / self.planned.run_id.replace("#", "-") if options.keep_snapshots else None
+        dispose_snapshot(snapshot, keep_in, checkpoint)
 
 
 class _CommandRun(_Run):

@@ -98,6 +98,20 @@ def held_still(pid: int):
         resume(pid)
 
 
+def dispose_snapshot(snapshot: Snapshot, keep_in: Path | None, stem: str) -> None:
+    """Delete the snapshot file (it holds the secret), or, if `keep_in` is given, move it there as
+    STEM.METHOD.ext: the file 0600, its folder and the folder above 0700."""
+    if keep_in is None or not snapshot.path.exists():
+        snapshot.path.unlink(missing_ok=True)
+        return
+    keep_in.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(keep_in.parent, 0o700)
+    kept = keep_in / f"{stem}.{snapshot.method}{snapshot.path.suffix or '.img'}"
+    shutil.move(snapshot.path, kept)
+    os.chmod(kept, 0o600)
+    snapshot.path = kept
+
+
 def take_snapshot(method: str, pid: int, workdir: Path, held: bool = False) -> Snapshot:
     """Snapshot process `pid` with a live method (procmem, gcore, gcore-all), writing the snapshot file into `workdir`.
     `held`: the caller keeps the process stopped (held_still) and resumes it itself."""
