@@ -1,49 +1,24 @@
 """End to end on the Go target: runtime/secret (GOEXPERIMENT=runtimesecret) and memguard, real snapshots."""
 from __future__ import annotations
 
-import contextlib
-import io
-import json
-
-import jsonschema
 import pytest
 
-from harness.cli import main
 from harness.snapshot import CAP_SYS_RESOURCE, has_capability
-from harness.targets import PROJECT_ROOT, TargetUnavailable, build_target
+from harness.targets import PROJECT_ROOT
+from suite_run import assert_every_verdict_passes, run_suite, verdicts
 
 pytestmark = pytest.mark.e2e
 GO_SCENARIOS = PROJECT_ROOT / "scenarios" / "go"
-SCHEMA = json.loads((PROJECT_ROOT / "harness" / "schema" / "results-v1.schema.json").read_text())
 
 
 @pytest.fixture(scope="module")
 def go_suite(tmp_path_factory):
-    try:
-        build_target("go")
-    except TargetUnavailable as e:
-        pytest.skip(f"Go target unavailable here: {e}")
-    out = tmp_path_factory.mktemp("go-suite")
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        code = main(["run", "--scenarios", str(GO_SCENARIOS), "--out", str(out)])
-    return code, json.loads((out / "results.json").read_text())
-
-
-def verdicts(doc: dict, scenario: str, checkpoint: str, method: str) -> list[dict]:
-    found = [v for v in doc["verdicts"]
-             if (v["scenario"], v["checkpoint"], v["method"]) == (scenario, checkpoint, method)]
-    assert found, f"no verdict for {scenario} {checkpoint} {method}"
-    return found
+    return run_suite("go", GO_SCENARIOS, tmp_path_factory.mktemp("go-suite"))
 
 
 def test_every_go_verdict_passes(go_suite):
     code, doc = go_suite
-    failing = [(v["scenario"], v["repetition"], v["checkpoint"], v["method"], v["outcome"], v["reason"])
-               for v in doc["verdicts"] if v["outcome"] != "PASS"]
-    assert failing == []
-    assert code == 0
-    jsonschema.validate(doc, SCHEMA)
-    assert {r["scenario"] for r in doc["runs"]} == {p.stem for p in GO_SCENARIOS.glob("*.toml")}
+    assert_every_verdict_passes(code, doc, GO_SCENARIOS)
 
 
 def test_gc_dependent_scenarios_repeat_and_agree(go_suite):

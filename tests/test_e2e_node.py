@@ -2,48 +2,23 @@
 and the findings the scenario files rest on are there."""
 from __future__ import annotations
 
-import contextlib
-import io
-import json
-
-import jsonschema
 import pytest
 
-from harness.cli import main
-from harness.targets import PROJECT_ROOT, TargetUnavailable, build_target
+from harness.targets import PROJECT_ROOT
+from suite_run import assert_every_verdict_passes, run_suite, verdicts
 
 pytestmark = pytest.mark.e2e
 NODE_SCENARIOS = PROJECT_ROOT / "scenarios" / "node"
-SCHEMA = json.loads((PROJECT_ROOT / "harness" / "schema" / "results-v1.schema.json").read_text())
 
 
 @pytest.fixture(scope="module")
 def node_suite(tmp_path_factory):
-    try:
-        build_target("node")
-    except TargetUnavailable as e:
-        pytest.skip(f"Node target unavailable here: {e}")
-    out = tmp_path_factory.mktemp("node-suite")
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        code = main(["run", "--scenarios", str(NODE_SCENARIOS), "--out", str(out), "--format", "json"])
-    return code, json.loads((out / "results.json").read_text())
-
-
-def verdicts(doc: dict, scenario: str, checkpoint: str, method: str) -> list[dict]:
-    found = [v for v in doc["verdicts"]
-             if (v["scenario"], v["checkpoint"], v["method"]) == (scenario, checkpoint, method)]
-    assert found, f"no verdict for {scenario} {checkpoint} {method}"
-    return found
+    return run_suite("node", NODE_SCENARIOS, tmp_path_factory.mktemp("node-suite"))
 
 
 def test_every_node_verdict_passes(node_suite):
     code, doc = node_suite
-    failing = [(v["scenario"], v["repetition"], v["checkpoint"], v["method"], v["outcome"], v["reason"])
-               for v in doc["verdicts"] if v["outcome"] != "PASS"]
-    assert failing == []
-    assert code == 0
-    jsonschema.validate(doc, SCHEMA)
-    assert {r["scenario"] for r in doc["runs"]} == {p.stem for p in NODE_SCENARIOS.glob("*.toml")}
+    assert_every_verdict_passes(code, doc, NODE_SCENARIOS)
 
 
 def test_sodium_page_is_left_out_of_cores_but_read_by_procmem(node_suite):

@@ -1,42 +1,22 @@
 """End to end on the Python target (PyNaCl): real snapshots of scenarios/python, derived values included."""
 from __future__ import annotations
 
-import contextlib
-import io
-import json
-
-import jsonschema
 import pytest
 
-from harness.cli import main
 from harness.snapshot import method_unavailable
-from harness.targets import PROJECT_ROOT, TargetUnavailable, build_target
+from harness.targets import PROJECT_ROOT
+from suite_run import assert_every_verdict_passes, run_suite, verdicts
 
 pytestmark = pytest.mark.e2e
 PY_SCENARIOS = PROJECT_ROOT / "scenarios" / "python"
-SCHEMA = json.loads((PROJECT_ROOT / "harness" / "schema" / "results-v1.schema.json").read_text())
 METHODS = ("procmem", "gcore", "gcore-all")
 
 
 @pytest.fixture(scope="module")
 def py_suite(tmp_path_factory):
-    try:
-        build_target("python")
-    except TargetUnavailable as e:
-        pytest.skip(f"Python target unavailable here (venv or pip install of PyNaCl failed?): {e}")
     if reason := method_unavailable("gcore"):
         pytest.skip(f"gcore unavailable here: {reason}")
-    out = tmp_path_factory.mktemp("py-suite")
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        code = main(["run", "--scenarios", str(PY_SCENARIOS), "--out", str(out)])
-    return code, json.loads((out / "results.json").read_text())
-
-
-def verdicts(doc: dict, scenario: str, checkpoint: str, method: str, subject: str = "secret") -> list[dict]:
-    found = [v for v in doc["verdicts"]
-             if (v["scenario"], v["checkpoint"], v["method"], v["subject"]) == (scenario, checkpoint, method, subject)]
-    assert found, f"no verdict for {scenario} {checkpoint} {method} {subject}"
-    return found
+    return run_suite("python", PY_SCENARIOS, tmp_path_factory.mktemp("py-suite"))
 
 
 def kinds(v: dict) -> list[str]:
@@ -45,12 +25,7 @@ def kinds(v: dict) -> list[str]:
 
 def test_every_python_verdict_passes(py_suite):
     code, doc = py_suite
-    failing = [(v["scenario"], v["repetition"], v["checkpoint"], v["method"], v["subject"], v["outcome"], v["reason"])
-               for v in doc["verdicts"] if v["outcome"] != "PASS"]
-    assert failing == []
-    assert code == 0
-    jsonschema.validate(doc, SCHEMA)
-    assert {r["scenario"] for r in doc["runs"]} == {p.stem for p in PY_SCENARIOS.glob("*.toml")}
+    assert_every_verdict_passes(code, doc, PY_SCENARIOS)
     assert all(r["target"] == "python" and r["error"] is None for r in doc["runs"])
     assert all(v["canary_seen"] for v in doc["verdicts"])
 

@@ -1,0 +1,44 @@
+"""Running a folder of built-in scenarios through the command line and reading its verdicts: shared by the
+end-to-end tests of the Go, Node and Python targets."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from harness.cli import main
+from harness.targets import PROJECT_ROOT, TargetUnavailable, build_target
+
+SCHEMA = json.loads((PROJECT_ROOT / "harness" / "schema" / "results-v1.schema.json").read_text())
+
+
+def run_suite(language: str, scenarios: Path, out: Path) -> tuple[int, dict]:
+    """(exit code, results document) of `remanence run --scenarios SCENARIOS`; a skip if the target cannot be built."""
+    try:
+        build_target(language)
+    except TargetUnavailable as e:
+        pytest.skip(f"{language} target unavailable here: {e}")
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        code = main(["run", "--scenarios", str(scenarios), "--out", str(out), "--format", "json"])
+    return code, json.loads((out / "results.json").read_text())
+
+
+def verdicts(doc: dict, scenario: str, checkpoint: str, method: str, subject: str = "secret") -> list[dict]:
+    found = [v for v in doc["verdicts"]
+             if (v["scenario"], v["checkpoint"], v["method"], v["subject"]) == (scenario, checkpoint, method, subject)]
+    assert found, f"no verdict for {scenario} {checkpoint} {method} {subject}"
+    return found
+
+
+def assert_every_verdict_passes(code: int, doc: dict, scenarios: Path) -> None:
+    """Every verdict PASS, exit 0, the document valid, one run (at least) for every scenario file."""
+    failing = [(v["scenario"], v["repetition"], v["checkpoint"], v["method"], v["subject"], v["outcome"], v["reason"])
+               for v in doc["verdicts"] if v["outcome"] != "PASS"]
+    assert failing == []
+    assert code == 0
+    jsonschema.validate(doc, SCHEMA)
+    assert {r["scenario"] for r in doc["runs"]} == {p.stem for p in scenarios.glob("*.toml")}
