@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import re
-import struct
 import shutil
 import stat
 import tempfile
@@ -27,14 +26,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-from .model import Expect, Gap, GapKind, Hit, Outcome, Region, RegionKind, Secret, Snapshot
+from .model import Expect, Gap, GapKind, Hit, Outcome, RegionKind, Secret, Snapshot
 from .results import Results, RunRecord
 from .scan.context import hit_context, secret_material
 from .scan.encodings import MIN_NEEDLE_LEN
 from .scan.engine import ScanError, scan_snapshot
 from .scenario import CheckpointSpec, MethodExpectation, Scenario, SecretSpec
 from .snapshot import SnapshotError, dispose_snapshot, take_snapshot
-from .snapshot.elfcore import CoreFormatError, read_core_layout, snapshot_from_core
+from .snapshot.elfcore import CoreFormatError, snapshot_from_core
 from .verdict import Finding, Verdict, judge
 
 CORE_METHOD = "core-file"
@@ -276,7 +275,6 @@ class AdhocScan:
                 self._fail_input(record, (CORE_METHOD,), f"{path}: cannot read: {exc.strerror or exc}")
                 return
             snapshot.duration_s = time.monotonic() - started
-            snapshot.notes += name_core_stacks(snapshot)
             snapshot.notes.append(f"core file {path.resolve()}, {path.stat().st_size} bytes")
             self._judge_snapshot(record, CORE_CHECKPOINT, snapshot, [])
         finally:
@@ -411,61 +409,6 @@ def judge_adhoc(expect: Expect, snapshot: Snapshot, hits: list[Hit], controls: l
     if outcome == Outcome.PASS:
         reason = f"absent from {covered}; {control_note}{_excluded(snapshot.gaps)}"
     return outcome, reason, findings
-
-
-# --- naming a user's core's stacks -------------------------------------------------------------------------
-
-# A core names only file mappings (NT_FILE): heap and stacks are anonymous. Two facts in its notes name the stacks
-# for sure: the auxiliary vector points into the initial stack (AT_RANDOM's 16 bytes, AT_EXECFN's string), and each
-# thread's saved stack pointer lies in its stack. The brk heap cannot be told from other anonymous memory.
-_AT_STACK_POINTERS = (25, 31)          # AT_RANDOM, AT_EXECFN
-# (ELF class, machine) -> (offset of the stack pointer in the NT_PRSTATUS descriptor, its size): pr_reg starts at
-# 112 (64-bit) or 72 (i386); rsp is user_regs_struct[19], aarch64's sp follows x0..x30, i386's esp is [15].
-_SP_OFFSET = {(64, "EM_X86_64"): (112 + 19 * 8, 8), (64, "EM_AARCH64"): (112 + 31 * 8, 8), (32, "EM_386"): (72 + 15 * 4, 4)}
-
-
-def _note_bytes(snapshot: Snapshot, region: Region) -> bytes:
-    with open(snapshot.path, "rb") as f:
-        f.seek(region.file_offset)
-        return f.read(region.size)
-
-
-def name_core_stacks(snapshot: Snapshot) -> list[str]:
-    """Rename the anonymous regions holding the initial stack ([stack]) and other threads' stacks ([stack:TID]) of a
-    core read without live mappings. Returns notes saying what was named and how."""
-    try:
-        layout = read_core_layout(snapshot.path)
-    except (CoreFormatError, OSError):
-        return []
-    unit = 8 if layout.elf_class == 64 else 4
-    pair = "<QQ" if unit == 8 else "<II"
-    named: dict[int, tuple[str, str]] = {}     # region index -> (name, how)
-
-    def region_index(address: int) -> int | None:
-        for i, r in enumerate(snapshot.regions):
-            if r.contains(address) and r.kind == RegionKind.ANONYMOUS:
-                return i
-        return None
-
-    auxv = next((r for r in snapshot.regions if r.kind == RegionKind.NOTE and r.name == "NT_AUXV"), None)
-    if auxv is not None:
-        data = _note_bytes(snapshot, auxv)
-        pairs = [struct.unpack_from(pair, data, i) for i in range(0, len(data) - 2 * unit + 1, 2 * unit)]
-        for key, value in pairs:
-            if key in _AT_STACK_POINTERS and (i := region_index(value)) is not None:
-                named[i] = ("[stack]", "the auxiliary vector points into it")
-                break
-    if (sp := _SP_OFFSET.get((layout.elf_class, layout.machine))) is not None:
-        offset, size = sp
-        for r in snapshot.regions:
-            if r.kind != RegionKind.REGISTERS or r.register_set != "NT_PRSTATUS" or r.size < offset + size:
-                continue
-            pointer = struct.unpack_from("<Q" if size == 8 else "<I", _note_bytes(snapshot, r), offset)[0]
-            if (i := region_index(pointer)) is not None and i not in named:
-                named[i] = (f"[stack:{r.thread}]", f"thread {r.thread}'s saved stack pointer lies in it")
-    for i, (name, _) in named.items():
-        snapshot.regions[i] = replace(snapshot.regions[i], kind=RegionKind.STACK, name=name)
-    return [f"named {name} at {snapshot.regions[i].start:#x}: {how}" for i, (name, how) in sorted(named.items())]
 
 
 # --- helpers ----------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 import bisect
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from elftools.common.exceptions import ELFError
@@ -23,6 +23,10 @@ from harness.snapshot.procmaps import LiveMapping
 # (ELF class, e_machine) we can read -> offset of pr_pid inside the NT_PRSTATUS descriptor
 # (after pr_info[3 ints], pr_cursig + padding, pr_sigpend and pr_sighold, which are longs).
 _PR_PID_OFFSET = {(64, "EM_X86_64"): 32, (64, "EM_AARCH64"): 32, (32, "EM_386"): 24}
+# The same -> (offset of the stack pointer in the NT_PRSTATUS descriptor, its size): pr_reg starts at 112 (64-bit)
+# or 72 (i386); rsp is user_regs_struct[19], aarch64's sp follows x0..x30, i386's esp is [15].
+_SP_OFFSET = {(64, "EM_X86_64"): (112 + 19 * 8, 8), (64, "EM_AARCH64"): (112 + 31 * 8, 8), (32, "EM_386"): (72 + 15 * 4, 4)}
+_AT_STACK_POINTERS = (25, 31)          # auxiliary vector keys whose values point into the initial stack: AT_RANDOM, AT_EXECFN
 
 _NOTE_NAMES = {value: name for name, value in ENUM_CORE_NOTE_N_TYPE.items() if name != "_default_"} | {
     0x200: "NT_386_TLS", 0x201: "NT_386_IOPERM", 0x202: "NT_X86_XSTATE", 0x204: "NT_X86_SHSTK",
@@ -278,4 +282,42 @@ def snapshot_from_core(path: Path | str, method: str, live: list[LiveMapping] | 
                               register_set=note.type_name if is_registers else None))
     notes = [f"core: {layout.elf_class}-bit {layout.machine}, {len(layout.segments)} load segments, "
              f"{len({n.thread for n in layout.notes if n.thread is not None})} threads"]
+    if live is None:
+        notes += _name_stacks(layout, regions)
     return Snapshot(method=method, path=path, regions=regions, gaps=gaps, notes=notes)
+
+
+def _name_stacks(layout: CoreLayout, regions: list[Region]) -> list[str]:
+    """Without live mappings a core names only file mappings: heap and stacks are anonymous. Two facts in its
+    notes name the stacks for sure: the auxiliary vector points into the initial stack ([stack]), and each
+    thread's saved stack pointer lies in its stack ([stack:TID]). The brk heap cannot be told from other
+    anonymous memory. Renames those regions in place; returns notes saying what was named and how."""
+    word = 8 if layout.elf_class == 64 else 4
+    named: dict[int, tuple[str, str]] = {}     # region index -> (name, how)
+
+    def anonymous_at(address: int) -> int | None:
+        return next((i for i, r in enumerate(regions) if r.kind == RegionKind.ANONYMOUS and r.contains(address)), None)
+
+    with open(layout.path, "rb") as f:
+        def descriptor(note: CoreNote) -> bytes:
+            f.seek(note.desc_offset)
+            return f.read(note.desc_size)
+
+        for note in (n for n in layout.notes if n.type_name == "NT_AUXV"):
+            data = descriptor(note)
+            for at in range(0, len(data) - 2 * word + 1, 2 * word):
+                key, value = struct.unpack_from("<QQ" if word == 8 else "<II", data, at)
+                if key in _AT_STACK_POINTERS and (i := anonymous_at(value)) is not None:
+                    named[i] = ("[stack]", "the auxiliary vector points into it")
+                    break
+        if (sp := _SP_OFFSET.get((layout.elf_class, layout.machine))) is not None:
+            offset, size = sp
+            for note in layout.notes:
+                if note.type_name != "NT_PRSTATUS" or note.desc_size < offset + size:
+                    continue
+                pointer = struct.unpack_from("<Q" if size == 8 else "<I", descriptor(note), offset)[0]
+                if (i := anonymous_at(pointer)) is not None and i not in named:
+                    named[i] = (f"[stack:{note.thread}]", f"thread {note.thread}'s saved stack pointer lies in it")
+    for i, (name, _) in named.items():
+        regions[i] = replace(regions[i], kind=RegionKind.STACK, name=name)
+    return [f"named {name} at {regions[i].start:#x}: {how}" for i, (name, how) in sorted(named.items())]
