@@ -27,14 +27,14 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 
 from .model import Expect, Gap, GapKind, Hit, Outcome, RegionKind, Secret, Snapshot
-from .results import Results, RunRecord
+from .results import Results, RunRecord, utc_now
 from .scan.context import hit_context, secret_material
 from .scan.encodings import MIN_NEEDLE_LEN
 from .scan.engine import ScanError, scan_snapshot
 from .scenario import CheckpointSpec, MethodExpectation, Scenario, SecretSpec
 from .snapshot import SnapshotError, dispose_snapshot, take_snapshot
 from .snapshot.elfcore import CoreFormatError, snapshot_from_core
-from .verdict import Finding, Verdict, judge
+from .verdict import Finding, Verdict, coverage, judge, mib
 
 CORE_METHOD = "core-file"
 CORE_CHECKPOINT = "image"
@@ -168,13 +168,6 @@ class _Control:
     stack_only: bool = False         # the automatic control counts only where it lives: on a stack
 
 
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def _mib(n: int) -> str:
-    return f"{n / (1 << 20):.1f} MiB"
-
 
 def _secret_spec(values: list[Value]) -> SecretSpec:
     """The run's `secret` entry describes the first value; the run's notes list all of them."""
@@ -197,7 +190,7 @@ class AdhocScan:
         self.material = [m for v in secrets + controls for m in secret_material(v.secret)]
 
     def run(self, cores: list[Path], pids: list[int]) -> Results:
-        results = Results(runs=[], started_at=_now())
+        results = Results(runs=[])
         names = _core_names(cores)
         try:
             for path, name in zip(cores, names):
@@ -216,7 +209,7 @@ class AdhocScan:
         except KeyboardInterrupt:
             results.interrupted = True
             self.progress("interrupted: writing what we have")
-        results.finished_at = _now()
+        results.finished_at = utc_now()
         return results
 
     def _guarded(self, scan, target, record: RunRecord, methods: tuple[str, ...]) -> None:
@@ -348,7 +341,7 @@ class AdhocScan:
             verdict.snapshot, verdict.scan_bytes, verdict.scan_duration_s = snapshot, scan.bytes_scanned, scan.duration_s
             record.verdicts.append(verdict)
         rate = scan.bytes_scanned / scan.duration_s / 1e9 if scan.duration_s else 0.0
-        self.progress(f"{record.scenario.name}: {method}: {_mib(scan.bytes_scanned)} scanned in {scan.duration_s:.2f} s "
+        self.progress(f"{record.scenario.name}: {method}: {mib(scan.bytes_scanned)} scanned in {scan.duration_s:.2f} s "
                       f"({rate:.2f} GB/s, {scan.patterns} patterns), {total} hit(s)")
 
 
@@ -369,7 +362,7 @@ def _excluded(gaps: list[Gap]) -> str:
     for g in gaps:
         if g.kind == GapKind.EXCLUDED:
             by_reason.setdefault(g.reason, []).append(g)
-    parts = [f"{_mib(sum(g.size for g in gs))} in {len(gs)} range(s) ({reason})" for reason, gs in by_reason.items()]
+    parts = [f"{mib(sum(g.size for g in gs))} in {len(gs)} range(s) ({reason})" for reason, gs in by_reason.items()]
     return f"; left out by the method, so not searched: {', '.join(parts)}" if parts else ""
 
 
@@ -382,7 +375,7 @@ def judge_adhoc(expect: Expect, snapshot: Snapshot, hits: list[Hit], controls: l
                 seen: list[tuple[_Control, str]]) -> tuple[Outcome, str, list[Finding]]:
     """verdict.judge, with the positive control of an ad-hoc scan: a value known to be in the image, seen in it.
     `seen`: the controls found, each with where."""
-    covered = f"{_mib(snapshot.captured_bytes)} in {len(snapshot.regions)} regions"
+    covered = coverage(snapshot)
     control_note = f"control seen: {seen[0][0].description} in {seen[0][1]}" if seen else ""
     expectation = MethodExpectation(expect, WHY[expect])
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass, field
 
 from .model import Outcome
@@ -49,10 +50,14 @@ class RunRecord:
     duration_s: float = 0.0
 
 
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
 @dataclass
 class Results:
     runs: list[RunRecord]
-    started_at: str
+    started_at: str = field(default_factory=utc_now)
     finished_at: str = ""
     interrupted: bool = False
     machine: dict = field(default_factory=dict)

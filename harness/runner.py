@@ -12,7 +12,7 @@ from .command import CommandProcess, CommandUnavailable
 from .model import Hit, Outcome, ScanResult, Secret, Snapshot
 from .plan import Plan, PlannedRun
 from .process import TargetError, TargetProcess, describe_status
-from .results import Results, RunRecord
+from .results import Results, RunRecord, utc_now
 from .scan.context import hit_context, secret_material
 from .scan.engine import ScanError, scan_snapshot
 from .scenario import CheckpointSpec
@@ -34,9 +34,6 @@ class RunOptions:
     keep_snapshots: bool = False
     timeout_s: float | None = None       # overrides each scenario's timeout
 
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 class _Control:
@@ -65,7 +62,7 @@ class Runner:
         self.progress = progress
 
     def run(self, plan: Plan) -> Results:
-        results = Results(runs=[], started_at=_now())
+        results = Results(runs=[])
         try:
             for planned in plan.runs:
                 record = RunRecord(planned.scenario, planned.repetition, planned.scenario.secret)
@@ -74,7 +71,7 @@ class Runner:
         except KeyboardInterrupt:
             results.interrupted = True
             self.progress("interrupted: target killed, writing what we have")
-        results.finished_at = _now()
+        results.finished_at = utc_now()
         return results
 
     # --- one run -----------------------------------------------------------

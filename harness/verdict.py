@@ -79,8 +79,13 @@ def _matches_where(finding: Finding, where: str) -> bool:
     }[where]
 
 
-def _mib(n: int) -> str:
+def mib(n: int) -> str:
     return f"{n / (1 << 20):.1f} MiB"
+
+
+def coverage(snapshot: Snapshot) -> str:
+    """What a snapshot covered, for reasons: "12.3 MiB in 45 regions"."""
+    return f"{mib(snapshot.captured_bytes)} in {len(snapshot.regions)} regions"
 
 
 def _summarise(findings: list[Finding], limit: int = 3) -> str:
@@ -128,7 +133,7 @@ def judge(
     if snapshot.not_produced is not None:
         return (*_judge_not_produced(expectation, snapshot.not_produced, control_established), [])
     findings = attribute(secret_hits, intended_address, snapshot)
-    covered = f"{_mib(snapshot.captured_bytes)} in {len(snapshot.regions)} regions"
+    covered = coverage(snapshot)
     unreadable = [g for g in snapshot.gaps if g.kind == GapKind.UNREADABLE]
     intended_region = snapshot.region_at(intended_address) if intended_address is not None else None
     if mismatch := _region_flag_mismatch(intended_region, intended_flags):
