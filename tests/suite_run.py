@@ -1,5 +1,5 @@
-"""Running a folder of built-in scenarios through the command line and reading its verdicts: shared by the
-end-to-end tests of the Go, Node and Python targets."""
+"""Running a folder of built-in scenarios through the command line and reading its verdicts, and skipping when
+this machine cannot: shared by the tests that run real targets."""
 from __future__ import annotations
 
 import contextlib
@@ -11,17 +11,26 @@ import jsonschema
 import pytest
 
 from harness.cli import main
+from harness.snapshot import method_unavailable
 from harness.targets import PROJECT_ROOT, TargetUnavailable, build_target
 
 SCHEMA = json.loads((PROJECT_ROOT / "harness" / "schema" / "results-v1.schema.json").read_text())
 
 
-def run_suite(language: str, scenarios: Path, out: Path) -> tuple[int, dict]:
-    """(exit code, results document) of `remanence run --scenarios SCENARIOS`; a skip if the target cannot be built."""
+def require(language: str, *methods: str) -> None:
+    """Skip the test, with the reason, unless the target builds and the snapshot methods work here."""
     try:
         build_target(language)
     except TargetUnavailable as e:
         pytest.skip(f"{language} target unavailable here: {e}")
+    for method in methods:
+        if reason := method_unavailable(method):
+            pytest.skip(f"{method} unavailable here: {reason}")
+
+
+def run_suite(language: str, scenarios: Path, out: Path) -> tuple[int, dict]:
+    """(exit code, results document) of `remanence run --scenarios SCENARIOS`; a skip if the target cannot be built."""
+    require(language)
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         code = main(["run", "--scenarios", str(scenarios), "--out", str(out), "--format", "json"])
     return code, json.loads((out / "results.json").read_text())

@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness.snapshot import method_unavailable
 from harness.targets import PROJECT_ROOT
-from suite_run import assert_every_verdict_passes, run_suite, verdicts
+from suite_run import assert_every_verdict_passes, require, run_suite, verdicts
 
 pytestmark = pytest.mark.e2e
 PY_SCENARIOS = PROJECT_ROOT / "scenarios" / "python"
@@ -14,8 +13,7 @@ METHODS = ("procmem", "gcore", "gcore-all")
 
 @pytest.fixture(scope="module")
 def py_suite(tmp_path_factory):
-    if reason := method_unavailable("gcore"):
-        pytest.skip(f"gcore unavailable here: {reason}")
+    require("python", "gcore")
     return run_suite("python", PY_SCENARIOS, tmp_path_factory.mktemp("py-suite"))
 
 

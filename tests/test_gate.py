@@ -13,8 +13,8 @@ from harness.config import (Config, ConfigError, FormatSpec, Suppression, discov
                             parse_formats)
 from harness.gate import apply_gate, doc_exit_code
 from harness.results import fingerprint
-from harness.snapshot import method_unavailable
-from harness.targets import PROJECT_ROOT, TargetUnavailable, build_target
+from harness.targets import PROJECT_ROOT
+from suite_run import require
 
 SCENARIOS = PROJECT_ROOT / "scenarios"
 SCHEMA = json.loads((PROJECT_ROOT / "harness" / "schema" / "results-v1.schema.json").read_text())
@@ -247,12 +247,7 @@ def test_format_lists():
 
 @pytest.fixture(scope="module", autouse=True)
 def c_target():
-    try:
-        build_target("c")
-    except TargetUnavailable as e:
-        pytest.skip(f"C target unavailable here: {e}")
-    if reason := method_unavailable("procmem"):
-        pytest.skip(f"procmem unavailable here: {reason}")
+    require("c", "procmem")
 
 
 @pytest.fixture(autouse=True)

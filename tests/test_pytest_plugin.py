@@ -16,8 +16,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from harness.snapshot import method_unavailable
-from harness.targets import PROJECT_ROOT, TargetUnavailable, build_target
+from harness.targets import PROJECT_ROOT
+from suite_run import require
 
 pytestmark = pytest.mark.e2e
 SCENARIOS = PROJECT_ROOT / "scenarios" / "c"
@@ -77,12 +77,7 @@ OUTCOMES = dict(passed=9, failed=3, skipped=1, errors=1)
 
 @pytest.fixture(scope="module", autouse=True)
 def c_target():
-    try:
-        build_target("c")
-    except TargetUnavailable as e:
-        pytest.skip(f"C target unavailable here: {e}")
-    if reason := method_unavailable("gcore"):
-        pytest.skip(f"gcore unavailable here: {reason}")
+    require("c", "gcore")
 
 
 def selftest(entry: str, timeout: float) -> str:

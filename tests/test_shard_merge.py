@@ -10,8 +10,8 @@ import pytest
 
 from harness.cli import main
 from harness.shard import ShardError, merge_documents, parse_shard, shard_slice
-from harness.snapshot import method_unavailable
-from harness.targets import PROJECT_ROOT, TargetUnavailable, build_target
+from harness.targets import PROJECT_ROOT
+from suite_run import require
 
 SCENARIOS = PROJECT_ROOT / "scenarios"
 SCHEMA = json.loads((PROJECT_ROOT / "harness" / "schema" / "results-v1.schema.json").read_text())
@@ -94,12 +94,7 @@ def test_merge_refuses_other_n_and_other_plans():
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """scenarios/c with procmem: shard 1/2, shard 2/2 and unsharded, each (exit code, results.json, folder)."""
-    try:
-        build_target("c")
-    except TargetUnavailable as e:
-        pytest.skip(f"C target unavailable here: {e}")
-    if reason := method_unavailable("procmem"):
-        pytest.skip(f"procmem unavailable here: {reason}")
+    require("c", "procmem")
     tmp = tmp_path_factory.mktemp("shards")
     done = {}
     for name, extra in (("1", ["--shard", "1/2"]), ("2", ["--shard", "2/2"]), ("full", [])):
