@@ -114,18 +114,32 @@ def _go_problem(go: str | None) -> tuple[str | None, str]:
     return None, version
 
 
-def _build(language: str, source: Path, toolchain: str, command: list[str], env: dict | None = None) -> Path:
+def _cache_folder(language: str, source: Path, toolchain: str) -> Path:
     if not source.is_dir():
         raise TargetUnavailable(f"{source} is missing")
-    out = cache_dir() / f"{language}-{_source_hash(source, toolchain)}"
+    return cache_dir() / f"{language}-{_source_hash(source, toolchain)}"
+
+
+def _run_step(language: str, argv: list[str], cwd: Path, env: dict | None = None) -> None:
+    """One build or install command; its failure, with the end of its output, is the target's SKIP reason."""
+    try:
+        done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise TargetUnavailable(f"building the {language} target failed: {' '.join(argv[:3])}: {e}") from None
+    if done.returncode != 0:
+        raise TargetUnavailable(f"building the {language} target failed: {' '.join(argv[:3])}: "
+                                f"{(done.stderr or done.stdout).strip()[-2000:]}")
+
+
+def _build(language: str, source: Path, toolchain: str, command: list[str], env: dict | None = None) -> Path:
+    out = _cache_folder(language, source, toolchain)
     binary = out / BINARY_NAMES[language]
     if not binary.exists():
         out.mkdir(parents=True, exist_ok=True)
         partial = out / (binary.name + ".partial")
-        build = subprocess.run([c.replace("{OUT}", str(out)).replace("{BIN}", str(partial)) for c in command],
-                               cwd=source, capture_output=True, text=True, env=env)
-        if build.returncode != 0 or not partial.exists():
-            raise TargetUnavailable(f"building the {language} target failed: {(build.stderr or build.stdout).strip()[-2000:]}")
+        _run_step(language, [c.replace("{OUT}", str(out)).replace("{BIN}", str(partial)) for c in command], source, env)
+        if not partial.exists():
+            raise TargetUnavailable(f"building the {language} target failed: {partial.name} was not written")
         partial.rename(binary)  # only a complete build is ever cached
     return binary
 
@@ -133,9 +147,7 @@ def _build(language: str, source: Path, toolchain: str, command: list[str], env:
 def _install(language: str, source: Path, toolchain: str, steps: list[list[str]], product: str) -> Path:
     """For interpreted targets: copy the sources into a cache folder and run the install steps there
     (npm ci, pip install); the folder is only published once every step succeeded."""
-    if not source.is_dir():
-        raise TargetUnavailable(f"{source} is missing")
-    out = cache_dir() / f"{language}-{_source_hash(source, toolchain)}"
+    out = _cache_folder(language, source, toolchain)
     if not (out / product).exists():
         partial = out.with_name(out.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
@@ -144,14 +156,7 @@ def _install(language: str, source: Path, toolchain: str, steps: list[list[str]]
             (partial / path.relative_to(source)).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, partial / path.relative_to(source))
         for step in steps:
-            try:
-                done = subprocess.run([a.replace("{OUT}", str(partial)) for a in step], cwd=partial,
-                                      capture_output=True, text=True, timeout=600)
-            except (OSError, subprocess.TimeoutExpired) as e:
-                raise TargetUnavailable(f"installing the {language} target failed: {' '.join(step[:3])}: {e}") from None
-            if done.returncode != 0:
-                raise TargetUnavailable(f"installing the {language} target failed: {' '.join(step[:3])}: "
-                                        f"{(done.stderr or done.stdout).strip()[-2000:]}")
+            _run_step(language, [a.replace("{OUT}", str(partial)) for a in step], partial)
         shutil.rmtree(out, ignore_errors=True)
         partial.rename(out)
     return out
