@@ -267,18 +267,10 @@ class _Run:
             if t.snapshot is None:
                 verdict.outcome = Outcome.SKIP if t.method in planned.method_skips else Outcome.ERROR
             else:
-                verdict.canary_seen = t.canary_seen
-                verdict.outcome, verdict.reason, findings = judge(
-                    expectation=expectation, snapshot=t.snapshot, secret_hits=t.secret_hits,
-                    canary_seen=t.canary_seen, intended_address=address,
-                    control_established=self.control.established, control_note=self.control.note,
-                    intended_flags=spec.intended_region)
-                verdict.findings = [replace(f, context=hit_context(t.snapshot, f.hit, self.secret_material))
-                                    for f in findings]
+                self._judge_into(verdict, expectation, t, t.secret_hits, self.control, address, spec.intended_region)
                 if missing and verdict.outcome != Outcome.ERROR:
                     verdict.outcome = Outcome.FAIL
                     verdict.reason = f"the target did not note {', '.join(missing)} (its notes: {'; '.join(self.record.notes) or 'none'}); " + verdict.reason
-                verdict.snapshot, verdict.scan_bytes, verdict.scan_duration_s = t.snapshot, t.scan.bytes_scanned, t.scan.duration_s
             verdicts.append(verdict)
             verdicts += self._derived_verdicts(spec, t)
             if t.snapshot is not None:
@@ -299,18 +291,22 @@ class _Run:
             elif label not in self.derived:
                 verdict.reason = f"the target never sent the derived value {label!r} (derived so far: {', '.join(self.derived) or 'none'})"
             elif t.snapshot is not None:
-                control = self.derived_controls[label]
                 hits = [h for h in t.scan.hits if h.secret == DERIVED_PREFIX + label]
-                verdict.canary_seen = t.canary_seen
-                verdict.outcome, verdict.reason, findings = judge(
-                    expectation=expectation, snapshot=t.snapshot, secret_hits=hits, canary_seen=t.canary_seen,
-                    intended_address=None, control_established=control.established, control_note=control.note,
-                    intended_flags={})
-                verdict.findings = [replace(f, context=hit_context(t.snapshot, f.hit, self.secret_material))
-                                    for f in findings]
-                verdict.snapshot, verdict.scan_bytes, verdict.scan_duration_s = t.snapshot, t.scan.bytes_scanned, t.scan.duration_s
+                self._judge_into(verdict, expectation, t, hits, self.derived_controls[label], None, {})
             verdicts.append(verdict)
         return verdicts
+
+    def _judge_into(self, verdict: Verdict, expectation, t: "_Taken", hits: list[Hit], control: _Control,
+                    address: int | None, flags: dict[str, bool]) -> None:
+        """Judge one subject's hits in a taken snapshot and fill the verdict: outcome, reason, findings with their
+        masked context, and what was scanned."""
+        verdict.canary_seen = t.canary_seen
+        verdict.outcome, verdict.reason, findings = judge(
+            expectation=expectation, snapshot=t.snapshot, secret_hits=hits, canary_seen=t.canary_seen,
+            intended_address=address, control_established=control.established, control_note=control.note,
+            intended_flags=flags)
+        verdict.findings = [replace(f, context=hit_context(t.snapshot, f.hit, self.secret_material)) for f in findings]
+        verdict.snapshot, verdict.scan_bytes, verdict.scan_duration_s = t.snapshot, t.scan.bytes_scanned, t.scan.duration_s
 
     def _dispose(self, snapshot: Snapshot, checkpoint: str) -> None:
         options = self.runner.options
