@@ -168,7 +168,6 @@ class _Control:
     stack_only: bool = False         # the automatic control counts only where it lives: on a stack
 
 
-
 def _secret_spec(values: list[Value]) -> SecretSpec:
     """The run's `secret` entry describes the first value; the run's notes list all of them."""
     first = values[0].secret

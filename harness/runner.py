@@ -35,7 +35,6 @@ class RunOptions:
     timeout_s: float | None = None       # overrides each scenario's timeout
 
 
-
 class _Control:
     """The positive control of one run: has the secret been seen where the scenario put it?"""
 
