@@ -1,6 +1,7 @@
 """A running target: spawned in its own session, spoken to over fd 3 (targets/PROTOCOL.md), always reaped."""
 from __future__ import annotations
 
+import ctypes
 import os
 import select
 import signal
@@ -28,6 +29,16 @@ class TargetEvent:
     text: str                 # the rest of the line (checkpoint name, note body, derived label, error message)
     address: int | None = None
     data: bytes = field(default=b"", repr=False)   # a derived value's bytes: never in a log
+
+
+PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def die_with_parent() -> None:
+    """In a child before exec (a subprocess preexec_fn): SIGKILL it when the harness dies, even when it is
+    stopped, so a killed harness leaves no target, gdb or build step behind."""
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def signal_name(sig: int) -> str:
