@@ -4,9 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
-import tempfile
 from pathlib import Path
 
 from rich.console import Console
@@ -14,16 +12,19 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
+from .command import CommandUnavailable, resolve_program
 from .config import Config, ConfigError, FormatSpec, parse_formats, resolve_config, split_formats
 from .gate import BaselineError, apply_gate, load_baseline
 from .model import Expect
 from .plan import Plan, UsageError, availability, make_plan, select
+from .entry import handle_interrupts, interrupted_message, interrupts_deferred
+from .paths import OutsideError
 from .report import reporters, write_report
 from .report.json_report import results_document
 from .report.terminal import print_verdicts
-from .results import EXIT_USAGE
+from .results import EXIT_FAIL, EXIT_USAGE
 from .runner import RunOptions, Runner
-from .scenario import SNAPSHOT_METHODS, ScenarioError, load_scenarios
+from .scenario import MAX_REPEAT, MAX_SECONDS, SECRET_LENGTHS, SNAPSHOT_METHODS, Scenario, ScenarioError, load_scenarios
 from .shard import ShardError, load_shard, merge_documents, parse_shard, shard_inputs, shard_slice
 from .snapshot import machine_facts, method_unavailable
 from .targets import PROJECT_ROOT
@@ -37,6 +38,28 @@ def _console(stderr: bool = False) -> Console:
     if not console.is_terminal and "COLUMNS" not in os.environ:
         console.width = 160  # logs and CI: wide enough that reasons stay readable
     return console
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if not 0 < seconds <= MAX_SECONDS:   # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"{value!r}: seconds must be more than 0 and at most {MAX_SECONDS}")
+    return seconds
+
+
+def _bounded_int(low: int, high: int):
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+        if not low <= number <= high:
+            raise argparse.ArgumentTypeError(f"{value!r} is out of range {low}..{high}")
+        return number
+    return parse
 
 
 def _methods(value: str) -> list[str]:
@@ -57,11 +80,26 @@ def _add_gate_options(p: argparse.ArgumentParser) -> None:
                    help="config file (default: $REMANENCE_CONFIG, else ./remanence.toml if present)")
     p.add_argument("--baseline", type=Path, default=None,
                    help="an earlier results.json: only verdicts not already failing there fail the gate")
+    p.add_argument("--allow-skip", action="store_true",
+                   help="SKIP verdicts (checks this machine cannot do) do not fail the gate (default: they exit 3); "
+                        "config: [run] allow_skip = true")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr, no table on stdout")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line (and exit 2), not a usage block: CI logs and scripts show the reason itself."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+
+def one_line(text: object) -> str:
+    """A message on one line: newlines and other control characters (from file names, TOML keys) escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="remanence", description="Forensic leak tests: do secrets really get wiped?")
+    parser = _Parser(prog="remanence", description="Forensic leak tests: do secrets really get wiped?")
     parser.add_argument("--version", action="version", version=f"remanence {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -69,8 +107,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("names", nargs="*", help="scenario names or glob patterns (default: all)")
     run.add_argument("--scenarios", type=Path, default=None, help=f"scenario folder (default: {DEFAULT_SCENARIOS})")
     run.add_argument("--method", type=_methods, default=None, help="only these snapshot methods (comma-separated)")
-    run.add_argument("--repeat", type=int, default=None, help="repetitions per scenario (overrides the scenario files)")
-    run.add_argument("--timeout", type=float, default=None, help="seconds to wait for each checkpoint (overrides the files)")
+    run.add_argument("--repeat", type=_bounded_int(1, MAX_REPEAT), default=None,
+                     help="repetitions per scenario (overrides the scenario files)")
+    run.add_argument("--timeout", type=_seconds, default=None,
+                     help="seconds to wait for each checkpoint (overrides the files)")
     run.add_argument("--out", type=Path, default=None, help=f"output folder (default: {DEFAULT_OUT})")
     run.add_argument("--shard", default=None, metavar="I/N",
                      help="run only shard I of N (1-based): run k of the plan goes to shard (k mod N)+1")
@@ -128,14 +168,15 @@ def _add_probe_parser(sub) -> None:
     probe.add_argument("--expect", choices=[e.value for e in Expect], default=Expect.ABSENT.value,
                        help="what every snapshot should show (default: absent; needs the program to have read the secret)")
     probe.add_argument("--method", type=_methods, default=None, help="snapshot methods (default: procmem,gcore)")
-    probe.add_argument("--secret-length", type=int, default=24, help="length of the secret in bytes (default 24)")
+    probe.add_argument("--secret-length", type=_bounded_int(*SECRET_LENGTHS), default=24,
+                       help="length of the secret in bytes (default 24)")
     probe.add_argument("--binary", action="store_true", help="random bytes instead of a printable password (not with --prompt)")
     probe.add_argument("--no-newline", action="store_true", help="do not end the piped or typed secret with a newline")
     probe.add_argument("--env", action="append", default=[], metavar="NAME[=VALUE]",
                        help="add to the program's minimal environment (NAME alone copies ours); repeatable")
     probe.add_argument("--name", default=None, help="scenario name (default: probe.<program>)")
-    probe.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the prompt and each trigger")
-    probe.add_argument("--repeat", type=int, default=1, help="run the probe this many times")
+    probe.add_argument("--timeout", type=_seconds, default=60.0, help="seconds to wait for the prompt and each trigger")
+    probe.add_argument("--repeat", type=_bounded_int(1, MAX_REPEAT), default=1, help="run the probe this many times")
     probe.add_argument("--out", type=Path, default=None, help=f"output folder (default: {DEFAULT_OUT})")
     probe.add_argument("--keep-snapshots", action="store_true", help="keep snapshot files (mode 0600) under OUT/snapshots")
     probe.add_argument("--show-secrets", action="store_true", help="do not mask secret bytes in hexdumps")
@@ -248,27 +289,14 @@ def _formats(args, config: Config, known: dict) -> list[FormatSpec]:
     return list(config.run.formats) if config.run.formats else [FormatSpec("json")]
 
 
-def _write_file(path: Path, text: str) -> Path:
-    """Atomically, as write_report does, to a path of the user's choosing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-    return path
-
-
 def _emit(doc: dict, formats: list[FormatSpec], out: Path, known: dict, progress) -> None:
     to_stdout = None
     for spec in formats:
         reporter = known[spec.name]
         if spec.to_stdout:
             to_stdout = reporter
-        elif spec.path is None:
-            progress(f"wrote {write_report(reporter, doc, out)}")
         else:
-            progress(f"wrote {_write_file(Path(spec.path), reporter.render(doc))}")
+            progress(f"wrote {write_report(reporter, doc, out, spec.path)}")
     if to_stdout is not None:  # last, so nothing else interleaves with it
         sys.stdout.write(to_stdout.render(doc))
         sys.stdout.flush()
@@ -316,22 +344,38 @@ class _Reporting:
         self.out = out or getattr(args, "out", None) or self.config.run.out or DEFAULT_OUT
         self.baseline_path = args.baseline or self.config.run.baseline
         self.baseline = load_baseline(self.baseline_path) if self.baseline_path else None
+        self.allow_skip = args.allow_skip or self.config.run.allow_skip
         self.quiet = args.quiet
         console = _console(stderr=True)
         self.progress = (lambda message: None) if args.quiet else \
             (lambda message: console.print(escape(message), style="dim"))
 
     def finish(self, doc: dict) -> int:
-        doc = apply_gate(doc, self.baseline, self.config, baseline_path=self.baseline_path)
-        table_console = _console(stderr=any(f.to_stdout for f in self.formats))  # stdout may belong to a report
-        if not self.quiet:
-            print_verdicts(doc, table_console)
-        _report_gate(doc, table_console, self.quiet)
-        _emit(doc, self.formats, self.out, self.known, self.progress)
+        """Gate, table and reports; a Ctrl-C or SIGTERM meanwhile waits until every report file is complete."""
+        with interrupts_deferred() as interrupts:
+            doc = apply_gate(doc, self.baseline, self.config, baseline_path=self.baseline_path,
+                             allow_skip=self.allow_skip)
+            table_console = _console(stderr=any(f.to_stdout for f in self.formats))  # stdout may belong to a report
+            if not self.quiet:
+                print_verdicts(doc, table_console)
+            _report_gate(doc, table_console, self.quiet)
+            _emit(doc, self.formats, self.out, self.known, self.progress)
+        if interrupts and doc["exit_code"] != EXIT_FAIL:
+            return interrupted_message()
         return doc["exit_code"]
 
 
 # --- commands ----------------------------------------------------------------------------------------------
+
+def _require_programs(scenarios: list[Scenario]) -> None:
+    """A user's program that cannot be found is a usage error before anything runs, not a SKIP."""
+    for s in scenarios:
+        if s.command is not None:
+            try:
+                resolve_program(s.command)
+            except CommandUnavailable as e:
+                raise UsageError(f"{s.source}: command.argv: {e}") from None
+
 
 def _list(args) -> int:
     config = _config_for(args, reporters())
@@ -361,6 +405,7 @@ def _run(args) -> int:
     timeout = args.timeout if args.timeout is not None else defaults.timeout
 
     scenarios = select(load_scenarios(args.scenarios or defaults.scenarios or DEFAULT_SCENARIOS), args.names)
+    _require_programs(scenarios)
     plan = make_plan(scenarios, methods, repeat)
     planned = [r.run_id for r in plan.runs]
     if shard:
@@ -416,7 +461,7 @@ def _scan(args) -> int:
     reporting = _Reporting(args)
 
     def usage(message: str) -> int:
-        print(f"remanence: scan: {message}", file=sys.stderr)
+        _usage_error(f"scan: {message}")
         return EXIT_USAGE
 
     if args.scan_label is not None:
@@ -425,7 +470,7 @@ def _scan(args) -> int:
         return usage("nothing to scan: give core files, or --pid PID")
     if args.method and not args.pid:
         return usage("--method applies to --pid only (a core file is read as it is)")
-    errors = lambda message: print(f"remanence: scan: {message}", file=sys.stderr, flush=True)   # always, one line each
+    errors = lambda message: print(f"remanence: scan: {one_line(message)}", file=sys.stderr, flush=True)  # always
     try:
         for pid in args.pid:
             check_pid(pid)
@@ -441,7 +486,7 @@ def _scan(args) -> int:
 
 
 def _probe(args) -> int:
-    from .probe import ProbeRequest, probe_scenario, scenario_file_name
+    from .probe import ProbeRequest, probe_scenario
     reporting = _Reporting(args)
     argv = args.program[1:] if args.program[:1] == ["--"] else args.program
     request = ProbeRequest(
@@ -450,32 +495,38 @@ def _probe(args) -> int:
         methods=tuple(args.method or ProbeRequest.methods), secret_form="binary" if args.binary else "password",
         secret_length=args.secret_length, newline=not args.no_newline, env=tuple(args.env), cwd=Path.cwd(),
         timeout_s=args.timeout, repeat=args.repeat, name=args.name)
-    scenario = probe_scenario(request, reporting.out / scenario_file_name(request))
+    scenario = probe_scenario(request, reporting.out)
     reporting.progress(f"probe scenario written to {scenario.source}")
     results = Runner(RunOptions(reporting.out, args.keep_snapshots, None), reporting.progress).run(make_plan([scenario]))
     results.machine = machine_facts()
     return reporting.finish(results_document(results, show_secrets=args.show_secrets))
 
 
-def _terminate(signum, frame):
-    raise KeyboardInterrupt
-
-
 COMMANDS = {"run": _run, "merge": _merge, "list": _list, "doctor": _doctor, "scan": _scan, "probe": _probe}
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)  # a CI cancel behaves like Ctrl-C: kill targets, write what we have
+    """The whole command; start-up (arguments, then the command's own checks) happens before any target runs."""
+    handle_interrupts()   # again for in-process callers; the console script sets it before importing this module
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:       # --help, --version, or a usage error already printed on one line
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
     try:
         return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        return interrupted_message()
     except ScenarioError as e:
-        print(f"remanence: scenario error: {e}", file=sys.stderr)
+        _usage_error(f"scenario error: {e}")
     except ConfigError as e:
-        print(f"remanence: {'config error: ' if e.path else ''}{e}", file=sys.stderr)
-    except (UsageError, BaselineError, ShardError) as e:
-        print(f"remanence: {e}", file=sys.stderr)
+        _usage_error(f"{'config error: ' if e.path else ''}{e}")
+    except (UsageError, BaselineError, ShardError, OutsideError) as e:
+        _usage_error(str(e))
     return EXIT_USAGE
+
+
+def _usage_error(message: str) -> None:
+    print(f"remanence: {one_line(message)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

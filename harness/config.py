@@ -12,6 +12,7 @@ file (out, scenarios, baseline, formats' NAME=PATH) are relative to the file's f
     out = "reports"
     formats = ["json", "sarif", "md=-"]     # like --format: NAME or NAME=PATH, PATH "-" = stdout
     baseline = "ci/baseline.json"           # like --baseline
+    allow_skip = false                      # like --allow-skip: SKIP verdicts do not fail the gate
 
     [[suppress]]
     id = "stdio-buffer"                     # optional label
@@ -31,7 +32,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .scenario import SNAPSHOT_METHODS
+from .scenario import MAX_REPEAT, MAX_SECONDS, SNAPSHOT_METHODS
 from .tomltable import TomlTable, load_toml
 
 CONFIG_ENV = "REMANENCE_CONFIG"
@@ -100,6 +101,7 @@ class RunDefaults:
     out: Path | None = None
     formats: tuple[FormatSpec, ...] | None = None
     baseline: Path | None = None
+    allow_skip: bool = False
 
 
 @dataclass(frozen=True)
@@ -163,7 +165,7 @@ def _method_pattern(t: TomlTable, name: str, value: str) -> None:
 
 
 def _run_defaults(t: TomlTable, base: Path, known_formats: list[str]) -> RunDefaults:
-    t.reject_unknown(("scenarios", "methods", "repeat", "timeout", "out", "formats", "baseline"))
+    t.reject_unknown(("scenarios", "methods", "repeat", "timeout", "out", "formats", "baseline", "allow_skip"))
     methods = t.string_list("methods")
     if methods is not None:
         if not methods:
@@ -172,11 +174,11 @@ def _run_defaults(t: TomlTable, base: Path, known_formats: list[str]) -> RunDefa
             if m not in SNAPSHOT_METHODS:
                 raise t.fail(f"methods[{i}]", f"unknown method {m!r} (known: {', '.join(SNAPSHOT_METHODS)})")
     repeat = t.get("repeat", int)
-    if repeat is not None and not 1 <= repeat <= 1000:
-        raise t.fail("repeat", f"{repeat} is out of range 1..1000")
+    if repeat is not None and not 1 <= repeat <= MAX_REPEAT:
+        raise t.fail("repeat", f"{repeat} is out of range 1..{MAX_REPEAT}")
     timeout = t.get("timeout", (int, float))
-    if timeout is not None and not 0 < timeout <= 3600:
-        raise t.fail("timeout", f"{timeout} is out of range (0, 3600] seconds")
+    if timeout is not None and not 0 < timeout <= MAX_SECONDS:
+        raise t.fail("timeout", f"{timeout} is out of range (0, {MAX_SECONDS}] seconds")
     paths = {}
     for key in ("scenarios", "out", "baseline"):
         value = t.get(key, str)
@@ -186,7 +188,8 @@ def _run_defaults(t: TomlTable, base: Path, known_formats: list[str]) -> RunDefa
     formats = t.string_list("formats")
     specs = None if formats is None else tuple(parse_formats(formats, known_formats, base, t.path, f"{t.prefix}formats"))
     return RunDefaults(paths["scenarios"], tuple(methods) if methods else None, repeat,
-                       None if timeout is None else float(timeout), paths["out"], specs, paths["baseline"])
+                       None if timeout is None else float(timeout), paths["out"], specs, paths["baseline"],
+                       t.get("allow_skip", bool, False))
 
 
 def _suppression(t: TomlTable, index: int) -> Suppression:

@@ -2,16 +2,17 @@
 
 It works on the results document (results.json's plain data), so a run and a merge of shards gate alike.
 
-Every verdict gets `gate`: null for PASS and SKIP, else
+Every verdict gets `gate`: null for PASS (and for SKIP when skips are allowed: --allow-skip, [run] allow_skip), else
     {"state": "new" | "baseline" | "suppressed", "suppression": {"id", "reason", "expires"} | null}
 - suppressed: a live (unexpired) [[suppress]] entry of the config matches it (checked first: it says why);
 - baseline:   every one of its fingerprints belonged to a non-PASS verdict of the baseline document whose
-              outcome was at least as severe (FAIL covers FAIL, ERROR and INCONCLUSIVE; ERROR and
-              INCONCLUSIVE cover each other), so a known INCONCLUSIVE never hides a new FAIL;
+              outcome was at least as severe (FAIL covers everything; ERROR, INCONCLUSIVE and SKIP cover
+              each other), so a known INCONCLUSIVE never hides a new FAIL, and a check this machine could
+              not do in the baseline either (SKIP) is not new;
 - new:        anything else.
 The document gets a top-level `gate` and its `exit_code` becomes the gate's: 1 if a new verdict FAILed or a
-suppression has expired, else 130 if the run was interrupted, else 3 if a new verdict is ERROR or
-INCONCLUSIVE, else 0. Baseline and suppressed verdicts stay in the document with their real outcome.
+suppression has expired, else 130 if the run was interrupted, else 3 if a new verdict is ERROR,
+INCONCLUSIVE or SKIP (missing evidence), else 0. Baseline and suppressed verdicts stay in the document with their real outcome.
 """
 from __future__ import annotations
 
@@ -19,10 +20,9 @@ import datetime as dt
 from pathlib import Path
 
 from .config import Config
-from .results import EXIT_FAIL, EXIT_USAGE, fingerprint, outcomes_exit_code
+from .results import EXIT_FAIL, EXIT_USAGE, fingerprint, missing_evidence, outcomes_exit_code
 
-NOT_JUDGED = ("PASS", "SKIP")
-SEVERITY = {"FAIL": 2, "ERROR": 1, "INCONCLUSIVE": 1}
+SEVERITY = {"FAIL": 2, "ERROR": 1, "INCONCLUSIVE": 1, "SKIP": 1}
 SCHEMA_NAME = "remanence-results"
 
 
@@ -32,9 +32,9 @@ class BaselineError(Exception):
     exit_code = EXIT_USAGE
 
 
-def doc_exit_code(doc: dict) -> int:
+def doc_exit_code(doc: dict, allow_skip: bool = False) -> int:
     """The ungated exit code of a results document."""
-    return outcomes_exit_code((v["outcome"] for v in doc["verdicts"]), bool(doc.get("interrupted")))
+    return outcomes_exit_code((v["outcome"] for v in doc["verdicts"]), bool(doc.get("interrupted")), allow_skip)
 
 
 def verdict_prints(v: dict) -> list[str]:
@@ -46,8 +46,36 @@ def verdict_prints(v: dict) -> list[str]:
     return [fingerprint(v["scenario"], v["method"], v["checkpoint"], "-", "none")]
 
 
+def check_fields(item, where: str, fields: dict[str, type], optional: dict[str, type] | None = None) -> None:
+    """ValueError naming `where` and the key unless `item` is an object with these keys of these types."""
+    if not isinstance(item, dict):
+        raise ValueError(f"{where}: expected an object, got {type(item).__name__}")
+    for key, kind in {**fields, **(optional or {})}.items():
+        if key not in item:
+            if key in fields:
+                raise ValueError(f"{where}: {key} is missing")
+            continue
+        value = item[key]
+        if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
+            raise ValueError(f"{where}.{key}: expected {kind.__name__}, got {type(value).__name__}")
+
+
+def _check_verdict(v, where: str) -> None:
+    from .model import Outcome
+    check_fields(v, where, {"scenario": str, "repetition": int, "checkpoint": str, "method": str, "outcome": str},
+                  {"fingerprints": list, "hits": list, "subject": str})
+    if v["outcome"] not in {o.value for o in Outcome}:
+        raise ValueError(f"{where}.outcome: {v['outcome']!r} is not one of {', '.join(o.value for o in Outcome)}")
+    for i, fp in enumerate(v.get("fingerprints") or []):
+        if not isinstance(fp, str):
+            raise ValueError(f"{where}.fingerprints[{i}]: expected a string, got {type(fp).__name__}")
+    for i, hit in enumerate(v.get("hits") or []):
+        check_fields(hit, f"{where}.hits[{i}]", {"fingerprint": str})
+
+
 def check_document(doc, source: str, what: str = "results document") -> None:
-    """Raise ValueError unless `doc` looks like a remanence results document of a schema version we read."""
+    """Raise ValueError unless `doc` is a remanence results document of a schema version we read, whose
+    verdicts (and runs, when present) have the keys and types the gate and merge use."""
     from .report.json_report import SCHEMA_VERSION
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA_NAME:
         raise ValueError(f"{source}: not a remanence {what} (no \"schema\": \"{SCHEMA_NAME}\")")
@@ -55,6 +83,8 @@ def check_document(doc, source: str, what: str = "results document") -> None:
         raise ValueError(f"{source}: schema_version {doc.get('schema_version')!r}, this remanence reads {SCHEMA_VERSION}")
     if not isinstance(doc.get("verdicts"), list):
         raise ValueError(f"{source}: no verdicts list")
+    for i, v in enumerate(doc["verdicts"]):
+        _check_verdict(v, f"{source}: verdicts[{i}]")
 
 
 def load_baseline(path: Path) -> dict:
@@ -85,9 +115,12 @@ def _baseline_index(baseline: dict | None) -> dict[str, int]:
 
 
 def apply_gate(doc: dict, baseline: dict | None, config: Config | None, *, baseline_path: Path | str | None = None,
-               today: dt.date | None = None) -> dict:
-    """A copy of `doc` with per-verdict `gate`, a top-level `gate` and the gate's `exit_code` (see the module doc)."""
+               today: dt.date | None = None, allow_skip: bool = False) -> dict:
+    """A copy of `doc` with per-verdict `gate`, a top-level `gate` and the gate's `exit_code` (see the module doc).
+    Skips are allowed by `allow_skip` (the command line) or the config's [run] allow_skip."""
     config = config or Config()
+    allow_skip = allow_skip or bool(config.run.allow_skip)
+    judged = missing_evidence(allow_skip) | {"FAIL"}
     today = today or dt.date.today()
     live = [s for s in config.suppressions if not s.expired(today)]
     expired = [s for s in config.suppressions if s.expired(today)]
@@ -97,7 +130,7 @@ def apply_gate(doc: dict, baseline: dict | None, config: Config | None, *, basel
     for v in doc["verdicts"]:
         v = {k: val for k, val in v.items() if k != "gate"}
         gate = None
-        if v["outcome"] not in NOT_JUDGED:
+        if v["outcome"] in judged:
             match = next((s for s in live if s.matches(v)), None)
             if match is not None:
                 used.add(match.index)
@@ -110,7 +143,7 @@ def apply_gate(doc: dict, baseline: dict | None, config: Config | None, *, basel
         verdicts.append(v)
     new = [v for v in verdicts if v["gate"] and v["gate"]["state"] == "new"]
     interrupted = bool(doc.get("interrupted"))
-    exit_code = outcomes_exit_code((v["outcome"] for v in new), interrupted)
+    exit_code = outcomes_exit_code((v["outcome"] for v in new), interrupted, allow_skip)
     messages = []
     if expired:
         exit_code = EXIT_FAIL
@@ -127,7 +160,8 @@ def apply_gate(doc: dict, baseline: dict | None, config: Config | None, *, basel
         "config": str(config.path) if config.path else None,
         "baseline": str(baseline_path) if baseline_path is not None else None,
         "exit_code": exit_code,
-        "ungated_exit_code": doc_exit_code(doc),
+        "ungated_exit_code": doc_exit_code(doc, allow_skip),
+        "allow_skip": allow_skip,
         "new_failures": len(new),
         "baseline_failures": count("baseline"),
         "suppressed": count("suppressed"),

@@ -13,8 +13,10 @@ from pathlib import Path
 
 from .model import Expect
 from .plan import UsageError
-from .scenario import (COMMAND_TARGET, EXIT_CHECKPOINT, LIVE_METHODS, SECRET_FILE_PLACEHOLDER, TRIGGER_KINDS,
-                       Scenario, ScenarioError, load_scenario)
+from .command import CommandUnavailable, resolve_program
+from .paths import inside
+from .scenario import (COMMAND_TARGET, CommandSpec, EXIT_CHECKPOINT, LIVE_METHODS, MAX_SECONDS, SECRET_FILE_PLACEHOLDER,
+                       TRIGGER_KINDS, Scenario, ScenarioError, load_scenario, name_problem)
 
 DEFAULT_TRIGGER = "idle=1"
 WHY = {Expect.ABSENT: "the program claims to wipe the secret once it is done with it",
@@ -65,9 +67,12 @@ def _trigger_table(text: str) -> str:
     if kind == "output":
         return f"{{ output = {_toml(value)} }}"
     try:
-        return f"{{ {kind} = {float(value)!r} }}"
+        seconds = float(value)
     except ValueError:
         raise UsageError(f"--at {text!r}: {value!r} is not a number of seconds") from None
+    if not 0 < seconds <= MAX_SECONDS:   # also refuses nan and inf
+        raise UsageError(f"--at {text!r}: seconds must be more than 0 and at most {MAX_SECONDS}")
+    return f"{{ {kind} = {seconds!r} }}"
 
 
 def _env(entries: tuple[str, ...]) -> dict[str, str]:
@@ -125,10 +130,18 @@ def scenario_text(request: ProbeRequest) -> str:
     return "\n".join(lines) + "\n"
 
 
-def probe_scenario(request: ProbeRequest, path: Path) -> Scenario:
-    """Write the probe's scenario file to `path` (reports point at it; it can join a suite as it is) and load it."""
+def probe_scenario(request: ProbeRequest, out: Path) -> Scenario:
+    """Write the probe's scenario file into `out` (reports point at it; it can join a suite as it is) and load it."""
+    if request.name is not None and (problem := name_problem(request.name)):
+        raise UsageError(f"probe --name: {problem}")
+    text = scenario_text(request)
+    try:   # a program that does not exist is the user's mistake (exit 2), found before anything is written
+        resolve_program(CommandSpec(tuple(request.argv), request.cwd.resolve(), request.delivery))
+    except CommandUnavailable as e:
+        raise UsageError(f"probe: {e}") from None
+    path = inside(out, scenario_file_name(request))
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(scenario_text(request))
+    path.write_text(text)
     try:
         return load_scenario(path)
     except ScenarioError as e:

@@ -15,7 +15,9 @@ Running: the first item of a scenario file that runs (in its setup) runs the sce
 repetitions, with only the methods of the items selected in this session for that file (so `-m`/`-k`
 deselection means those snapshots are never taken), and keeps the redacted results document on the
 file's node for its siblings. Each item then judges its verdicts over all repetitions: PASS passes,
-SKIP skips, FAIL / INCONCLUSIVE / ERROR fail with a readable text built from the redacted results
+FAIL / INCONCLUSIVE / ERROR fail with a readable text built from the redacted results, and so does
+SKIP (no evidence is not a green item) unless skips are allowed (`--remanence-allow-skip`, ini
+`remanence_allow_skip = true`): then an item whose verdicts are all SKIP is skipped
 (no secret bytes, no hexdumps). A scenario that cannot be planned (e.g. its entry is not registered
 in the target) makes its items error at setup with the ScenarioError text.
 
@@ -52,12 +54,14 @@ NOT_SCENARIO_FILES = ("pyproject.toml", "remanence.toml")
 SCENARIO_DIR = "scenarios"
 _STATE = pytest.StashKey["_State"]()
 _WORKEROUTPUT_KEY = "remanence_results"
-# The worst outcome decides an item's result and wording; PASS and SKIP never fail it.
-_SEVERITY = (Outcome.FAIL, Outcome.ERROR, Outcome.INCONCLUSIVE)
+# The worst outcome decides an item's result and wording; PASS never fails it, SKIP only when skips are not allowed.
+_SEVERITY = (Outcome.FAIL, Outcome.ERROR, Outcome.INCONCLUSIVE, Outcome.SKIP)
 _HEADLINES = {
     Outcome.FAIL: "the expectation does not hold",
     Outcome.ERROR: "the target or a snapshot failed; an ERROR verdict fails the gate",
     Outcome.INCONCLUSIVE: "the evidence cannot decide; an INCONCLUSIVE verdict fails the gate",
+    Outcome.SKIP: "the check could not be done here, so there is no evidence; a SKIP fails unless skips are "
+                  "allowed (--remanence-allow-skip, ini remanence_allow_skip = true)",
 }
 MAX_HITS_SHOWN = 8
 
@@ -76,6 +80,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--remanence-keep-snapshots", action="store_true", default=False,
                     help="keep snapshot files (mode 0600, they hold the secret) under DIR/snapshots "
                          "(DIR/<worker>/snapshots under xdist); needs --remanence-out")
+    group.addoption("--remanence-allow-skip", action="store_true", default=None,
+                    help="items whose verdicts are SKIP (checks this machine cannot do) are skipped instead of failed")
+    parser.addini("remanence_allow_skip", type="bool", default=False,
+                  help="as --remanence-allow-skip: SKIP verdicts skip their items instead of failing them")
 
 
 class _State:
@@ -86,6 +94,8 @@ class _State:
         # Relative to where pytest was started, whatever the current directory is when a run ends.
         self.out: Path | None = None if out is None else (config.invocation_params.dir / out).resolve()
         self.keep_snapshots: bool = config.getoption("remanence_keep_snapshots")
+        option = config.getoption("remanence_allow_skip")
+        self.allow_skip: bool = bool(config.getini("remanence_allow_skip") if option is None else option)
         workerinput = getattr(config, "workerinput", None)
         self.worker: str | None = workerinput.get("workerid") if workerinput else None
         self.docs: list[dict] = []          # runs done by this process
@@ -209,7 +219,7 @@ class ScenarioFile(pytest.File):
         del results
         state.docs.append(doc)
         if state.out is not None and state.worker is None:
-            _write(merge_documents(state.docs), state.out)
+            _write(merge_documents(state.docs, state.allow_skip), state.out)
         if doc["interrupted"]:
             raise KeyboardInterrupt(f"remanence: {scenario.name} interrupted")
         return doc
@@ -239,7 +249,8 @@ class ScenarioItem(pytest.Item):
             raise VerdictFailure(f"remanence ERROR: no verdict was recorded for {self.scenario.name} at "
                                  f"{self.checkpoint} with {self.method}")
         outcomes = [Outcome(v["outcome"]) for v in verdicts]
-        worst = next((o for o in _SEVERITY if o in outcomes), None)
+        allow_skip = self.config.stash[_STATE].allow_skip
+        worst = next((o for o in _SEVERITY if o in outcomes and not (o == Outcome.SKIP and allow_skip)), None)
         if worst is not None:
             raise VerdictFailure(self._failure_text(worst, verdicts, doc))
         if all(o == Outcome.SKIP for o in outcomes):
@@ -380,14 +391,14 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 # --- results.json ------------------------------------------------------------------------------------
 
-def merge_documents(docs: list[dict]) -> dict:
+def merge_documents(docs: list[dict], allow_skip: bool = False) -> dict:
     """Results documents of several runs (scenarios, workers) as one, summary and aggregates recomputed."""
     first = docs[0]
     verdicts = [v for d in docs for v in d["verdicts"]]
     interrupted = any(d["interrupted"] for d in docs)
     return {**first, "started_at": min(d["started_at"] for d in docs),
             "finished_at": max(d["finished_at"] for d in docs), "interrupted": interrupted,
-            "exit_code": outcomes_exit_code((v["outcome"] for v in verdicts), interrupted),
+            "exit_code": outcomes_exit_code((v["outcome"] for v in verdicts), interrupted, allow_skip),
             "summary": document_counts(verdicts), "aggregates": document_aggregates(verdicts),
             "runs": [r for d in docs for r in d["runs"]], "verdicts": verdicts}
 
@@ -408,7 +419,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         return
     docs = state.docs + state.received
     if state.out is not None and docs:
-        path = _write(merge_documents(docs), state.out)
+        path = _write(merge_documents(docs, state.allow_skip), state.out)
         log.info("wrote %s", path)
 
 

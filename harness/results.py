@@ -5,6 +5,7 @@ import hashlib
 import time
 from dataclasses import dataclass, field
 
+from .entry import EXIT_INTERRUPTED
 from .model import Outcome
 from .scenario import Scenario, SecretSpec
 from .verdict import Verdict
@@ -13,7 +14,6 @@ EXIT_OK = 0
 EXIT_FAIL = 1
 EXIT_USAGE = 2
 EXIT_INCONCLUSIVE = 3
-EXIT_INTERRUPTED = 130
 
 
 def fingerprint(scenario: str, method: str, checkpoint: str, region_kind: str, encoding: str,
@@ -66,20 +66,26 @@ class Results:
     def verdicts(self) -> list[Verdict]:
         return [v for run in self.runs for v in run.verdicts]
 
-    def exit_code(self) -> int:
-        return outcomes_exit_code((v.outcome.value for v in self.verdicts), self.interrupted)
+    def exit_code(self, allow_skip: bool = False) -> int:
+        return outcomes_exit_code((v.outcome.value for v in self.verdicts), self.interrupted, allow_skip)
 
 
-def outcomes_exit_code(outcomes, interrupted: bool) -> int:
-    """1 if anything FAILed (the gate's first concern), else 130 if interrupted, else 3 for ERROR/INCONCLUSIVE, else 0."""
+def outcomes_exit_code(outcomes, interrupted: bool, allow_skip: bool = False) -> int:
+    """1 if anything FAILed (the gate's first concern), else 130 if interrupted, else 3 for missing evidence
+    (ERROR, INCONCLUSIVE, or SKIP unless the user allowed skips), else 0."""
     outcomes = set(outcomes)
     if Outcome.FAIL.value in outcomes:
         return EXIT_FAIL
     if interrupted:
         return EXIT_INTERRUPTED
-    if outcomes & {Outcome.ERROR.value, Outcome.INCONCLUSIVE.value}:
+    if outcomes & missing_evidence(allow_skip):
         return EXIT_INCONCLUSIVE
     return EXIT_OK
+
+
+def missing_evidence(allow_skip: bool = False) -> set[str]:
+    """The outcomes that leave the question open: they never end in exit 0 (SKIP only when not allowed)."""
+    return {Outcome.ERROR.value, Outcome.INCONCLUSIVE.value} | (set() if allow_skip else {Outcome.SKIP.value})
 
 
 def document_counts(verdicts: list[dict]) -> dict[str, int]:

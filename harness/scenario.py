@@ -17,14 +17,26 @@ DELIVERIES = ("stdin", "prompt", "file")
 TRIGGER_KINDS = ("output", "delay", "idle")
 SECRET_FILE_PLACEHOLDER = "{secret_file}"
 DERIVED_LABEL = re.compile(r"[a-z0-9_]{1,64}")
+# Scenario and checkpoint names become file and folder names (kept snapshots, probe files): no separators, no "..".
+NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
 SNAPSHOT_METHODS = ("procmem", "gcore", "gcore-all", "kernel-core", "exit")
 # The methods that leave the target running; kernel-core kills it, exit happens only at its end.
 LIVE_METHODS = ("procmem", "gcore", "gcore-all")
 EXIT_CHECKPOINT = "exit"
 SECRET_FORMS = ("binary", "password")
+MAX_SECONDS = 3600          # the longest timeout or trigger wait
+MAX_REPEAT = 1000
+SECRET_LENGTHS = (8, 4096)
 # Where hits must lie for a `present` expectation to hold.
 WHERE_CHOICES = ("any", "intended", "elsewhere", "heap", "stack", "anonymous", "registers")
 REGION_FLAG_KEYS = ("locked", "dont_dump")
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot name a scenario or a checkpoint, or None."""
+    if not NAME.fullmatch(name) or name in (".", ".."):
+        return f"{name!r} is not a name: use 1-128 of A-Z a-z 0-9 . _ - (not . or ..)"
+    return None
 
 
 class ScenarioError(Exception):
@@ -152,8 +164,8 @@ def _trigger(r: TomlTable, name: str) -> Trigger | None:
             raise t.fail("output", "must not be empty")
         return Trigger("output", pattern=pattern)
     seconds = t.get(kind, (int, float))
-    if not 0 <= seconds <= 3600:
-        raise t.fail(kind, f"{seconds} is out of range 0..3600 seconds")
+    if not 0 <= seconds <= MAX_SECONDS:
+        raise t.fail(kind, f"{seconds} is out of range 0..{MAX_SECONDS} seconds")
     return Trigger(kind, seconds=float(seconds))
 
 
@@ -161,8 +173,8 @@ def _checkpoint(r: TomlTable, methods: tuple[str, ...], last: bool, command: boo
     r.reject_unknown(("name", "expect", "why", "where", "methods", "per_method", "intended_region", "require_notes",
                       "derived") + (("trigger",) if command else ()))
     name = r.get("name", str, required=True)
-    if not name or any(c.isspace() for c in name):
-        raise r.fail("name", f"{name!r} must be a non-empty word without spaces")
+    if problem := name_problem(name):
+        raise r.fail("name", problem)
     at = tuple(r.get("methods", list, list(_default_methods(name, methods, last))))
     for i, method in enumerate(at):
         if method not in methods:
@@ -223,8 +235,8 @@ def _command(r: TomlTable, path: Path, secret: SecretSpec) -> CommandSpec:
             raise c.fail("prompt", f"not a valid regular expression: {e}") from None
     env = c.get("env", dict, {})
     for k, v in env.items():
-        if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k):
-            raise c.fail(f"env.{k}", "expected NAME = \"string value\"")
+        if not isinstance(v, str) or "\0" in v or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k):
+            raise c.fail(f"env.{k}", "expected NAME = \"string value\" (no NUL byte)")
     uses_file = any(SECRET_FILE_PLACEHOLDER in a for a in [*argv, *env.values()])
     if delivery == "file" and not uses_file:
         raise c.fail("argv", f"delivery = \"file\" needs {SECRET_FILE_PLACEHOLDER} in argv or env: that is where the program finds the file")
@@ -233,6 +245,8 @@ def _command(r: TomlTable, path: Path, secret: SecretSpec) -> CommandSpec:
     if delivery == "prompt" and secret.form != "password":
         raise r.fail("secret.form", "a secret typed at a prompt must be a password (a terminal would interpret binary bytes)")
     cwd = (path.parent / c.get("cwd", str, ".")).resolve()
+    if not cwd.is_dir():
+        raise c.fail("cwd", f"{str(cwd)!r} is not a folder")
     return CommandSpec(tuple(argv), cwd, delivery, prompt, c.get("newline", bool, True), dict(env))
 
 
@@ -242,6 +256,8 @@ def load_scenario(path: Path) -> Scenario:
     r.reject_unknown(("name", "description", "target", "entry", "methods", "repeat", "timeout", "secret", "checkpoints",
                       "command"))
     name = r.get("name", str, required=True)
+    if problem := name_problem(name):
+        raise r.fail("name", problem)
     target = r.choice("target", TARGET_KINDS, required=True)
     is_command = target == COMMAND_TARGET
     if not is_command and "command" in r.table:
@@ -255,22 +271,26 @@ def load_scenario(path: Path) -> Scenario:
     if not methods or len(set(methods)) != len(methods):
         raise r.fail("methods", "must list one or more distinct methods")
     repeat = r.get("repeat", int, 1)
-    if not 1 <= repeat <= 1000:
-        raise r.fail("repeat", f"{repeat} is out of range 1..1000")
+    if not 1 <= repeat <= MAX_REPEAT:
+        raise r.fail("repeat", f"{repeat} is out of range 1..{MAX_REPEAT}")
     timeout = r.get("timeout", (int, float), 60)
-    if not 0 < timeout <= 3600:
-        raise r.fail("timeout", f"{timeout} is out of range (0, 3600] seconds")
+    if not 0 < timeout <= MAX_SECONDS:
+        raise r.fail("timeout", f"{timeout} is out of range (0, {MAX_SECONDS}] seconds")
     # A user's program is mostly given passwords; the built-in targets take raw key bytes.
     secret = SecretSpec("password" if is_command else "binary")
     if s := r.sub("secret"):
         s.reject_unknown(("form", "length"))
         secret = SecretSpec(s.choice("form", SECRET_FORMS, secret.form), s.get("length", int, 32))
-        if not 8 <= secret.length <= 4096:
-            raise s.fail("length", f"{secret.length} is out of range 8..4096 bytes")
+        if not SECRET_LENGTHS[0] <= secret.length <= SECRET_LENGTHS[1]:
+            raise s.fail("length", f"{secret.length} is out of range {SECRET_LENGTHS[0]}..{SECRET_LENGTHS[1]} bytes")
     raw_checkpoints = r.get("checkpoints", list, required=True)
     if not raw_checkpoints:
         raise r.fail("checkpoints", "at least one checkpoint is required")
-    names = [t.get("name") if isinstance(t, dict) else None for t in raw_checkpoints]
+    for i, table in enumerate(raw_checkpoints):
+        if not isinstance(table, dict):
+            raise r.fail(f"checkpoints[{i}]", "expected a table ([[checkpoints]])")
+    names = [r.child(table, f"checkpoints[{i}].").get("name", str, required=True)
+             for i, table in enumerate(raw_checkpoints)]
     if len(set(names)) != len(names):
         raise r.fail("checkpoints", f"checkpoint names repeat: {names}")
     if EXIT_CHECKPOINT in names[:-1]:
@@ -282,8 +302,6 @@ def load_scenario(path: Path) -> Scenario:
     announced = [n for n in names if n != EXIT_CHECKPOINT]
     checkpoints = []
     for i, table in enumerate(raw_checkpoints):
-        if not isinstance(table, dict):
-            raise r.fail(f"checkpoints[{i}]", "expected a table ([[checkpoints]])")
         last = bool(announced) and table.get("name") == announced[-1]
         checkpoints.append(_checkpoint(r.child(table, f"checkpoints[{i}]."), tuple(methods), last, is_command))
     return Scenario(

@@ -18,7 +18,7 @@ import json
 import re
 from pathlib import Path
 
-from .gate import check_document, doc_exit_code
+from .gate import check_fields, check_document, doc_exit_code
 from .results import document_aggregates, document_counts
 
 _SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
@@ -85,6 +85,16 @@ def load_shard(path: Path) -> dict:
     if not isinstance(doc.get("shard"), str) or not isinstance(doc.get("planned_runs"), list):
         raise ShardError(f"{path}: not a shard's document (no \"shard\" and \"planned_runs\": "
                          f"was it written by `remanence run --shard i/N`?)")
+    parse_shard(doc["shard"])
+    try:
+        check_fields(doc, str(path), {"runs": list, "started_at": str, "finished_at": str, "tool": dict})
+        for i, run in enumerate(doc["runs"]):
+            check_fields(run, f"{path}: runs[{i}]", {"scenario": str, "repetition": int})
+        for i, rid in enumerate(doc["planned_runs"]):
+            if not isinstance(rid, str):
+                raise ValueError(f"{path}: planned_runs[{i}]: expected a run id string, got {type(rid).__name__}")
+    except ValueError as e:
+        raise ShardError(str(e)) from None
     return doc
 
 

@@ -17,10 +17,20 @@ def load_toml(path: Path, error: ErrorFactory) -> dict:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise error(path, "", f"not valid TOML: {e}") from None
+    except RecursionError:
+        raise error(path, "", "not usable TOML: nested too deeply") from None
+    except ValueError as e:   # tomllib itself: e.g. an integer of more digits than Python converts
+        raise error(path, "", f"not usable TOML: {e}") from None
     except OSError as e:
         raise error(path, "", f"cannot read: {e.strerror or e}") from None
     except UnicodeDecodeError as e:
         raise error(path, "", f"cannot read: {e}") from None
+
+
+def _shown(value, limit: int = 60) -> str:
+    """A value in an error message: its repr, cut short (a wrong value may be a huge table)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class TomlTable:
@@ -44,7 +54,9 @@ class TomlTable:
         if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds) \
                 or (isinstance(value, dt.datetime) and dt.datetime not in kinds):
             expected = " or ".join(k.__name__ for k in kinds)
-            raise self.fail(name, f"expected {expected}, got {type(value).__name__} {value!r}")
+            raise self.fail(name, f"expected {expected}, got {type(value).__name__} {_shown(value)}")
+        if isinstance(value, str) and "\0" in value:
+            raise self.fail(name, "must not contain a NUL byte")
         return value
 
     def choice(self, name: str, choices: tuple[str, ...], default: str | None = None, required: bool = False) -> str:
@@ -57,7 +69,9 @@ class TomlTable:
         value = self.get(name, list, default)
         for i, item in enumerate(value or []):
             if not isinstance(item, str):
-                raise self.fail(f"{name}[{i}]", f"expected a string, got {item!r}")
+                raise self.fail(f"{name}[{i}]", f"expected a string, got {_shown(item)}")
+            if "\0" in item:
+                raise self.fail(f"{name}[{i}]", "must not contain a NUL byte")
         return value
 
     def child(self, table: dict, prefix: str) -> "TomlTable":

@@ -143,10 +143,12 @@ def test_a_program_that_ends_before_its_trigger_is_an_error(tmp_path, askpass):
     assert "the program ended (exit status 0) before checkpoint 'at1'" in doc["runs"][0]["error"]
 
 
-def test_a_missing_program_is_a_skip_with_the_reason(tmp_path):
-    code, doc = probe(tmp_path, command=["./no-such-program"])
-    assert set(outcomes(doc).values()) == {"SKIP"}
-    assert "'./no-such-program' is not an executable file" in doc["runs"][0]["skip_reason"]
+def test_a_missing_program_is_a_usage_error_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["probe", "--out", str(out), "-q", "--", "./no-such-program"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'./no-such-program' is not an executable file" in err
+    assert not out.exists()
 
 
 def test_usage_errors(tmp_path, capsys):

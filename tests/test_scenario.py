@@ -187,6 +187,7 @@ why = "wiped after login"
 
 
 def test_command_target_loads_with_triggers_and_a_password_secret(tmp_path):
+    (tmp_path / "bin").mkdir()          # cwd must be a folder
     s = load_scenario(write(tmp_path, COMMAND))
     assert s.command.argv == ("./login", "--user", "me")
     assert s.command.cwd == (tmp_path / "bin").resolve()

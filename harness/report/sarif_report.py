@@ -214,6 +214,31 @@ def _group_gate(verdicts: list[dict]) -> tuple[str | None, dict | None]:
     return "baseline", None
 
 
+def _notifications(doc: dict) -> list[dict]:
+    """One notification per scenario x checkpoint x method x subject that SKIPped or ERRORed (the evidence
+    missing from the results): level error, or warning for a SKIP the user allowed (--allow-skip)."""
+    allow_skip = bool((doc.get("gate") or {}).get("allow_skip"))
+    found: dict[tuple, dict] = {}
+    for v in doc.get("verdicts", []):
+        outcome = v.get("outcome")
+        if outcome not in ("SKIP", "ERROR"):
+            continue
+        subject = v.get("subject", "secret")
+        key = (v.get("scenario"), v.get("checkpoint"), v.get("method"), subject, outcome)
+        if key in found:
+            found[key]["properties"]["repetitions"] += 1
+            continue
+        what = f" ({subject})" if subject != "secret" else ""
+        found[key] = {
+            "level": "warning" if outcome == "SKIP" and allow_skip else "error",
+            "message": {"text": f"{_plain(v.get('scenario'))} at checkpoint {_plain(v.get('checkpoint'))} "
+                                f"({_plain(v.get('method'))}){_plain(what)}: {outcome}: {_plain(v.get('reason'))}"},
+            "properties": {"scenario": v.get("scenario"), "checkpoint": v.get("checkpoint"), "method": v.get("method"),
+                           "outcome": outcome, "repetitions": 1},
+        }
+    return list(found.values())
+
+
 @dataclass(frozen=True)
 class SarifReporter:
     format: str = "sarif"
@@ -257,7 +282,11 @@ class SarifReporter:
             if re.match(r"^\d+\.\d+\.\d+", str(tool["version"])):
                 driver["semanticVersion"] = str(tool["version"])
         driver["rules"] = RULES
-        invocation: dict = {"executionSuccessful": not doc.get("interrupted", False)}
+        notifications = _notifications(doc)
+        invocation: dict = {"executionSuccessful": not doc.get("interrupted", False) and not any(
+            n["level"] == "error" for n in notifications)}
+        if notifications:
+            invocation["toolExecutionNotifications"] = notifications
         if isinstance(doc.get("exit_code"), int):
             invocation["exitCode"] = doc["exit_code"]
         for key, name in (("started_at", "startTimeUtc"), ("finished_at", "endTimeUtc")):

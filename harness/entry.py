@@ -1,0 +1,55 @@
+"""The `remanence` console script: Ctrl-C and SIGTERM are handled from its first instruction.
+
+Importing the CLI (rich, jinja2, hyperscan) takes about half a second; an interrupt in that time must end
+in one line and exit 130 like any other, so this module imports nothing heavy before the handlers are set.
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+
+EXIT_INTERRUPTED = 130
+INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def handle_interrupts() -> None:
+    """Ctrl-C and SIGTERM (a CI cancel) both raise KeyboardInterrupt: the runner kills targets, reports get written."""
+    for signum in INTERRUPT_SIGNALS:
+        signal.signal(signum, _interrupt)
+
+
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Hold Ctrl-C/SIGTERM while the body runs (report files are being written); yields a list that holds the
+    signals received, so the caller can end with exit 130 once the files are complete."""
+    received: list[int] = []
+    previous = {signum: signal.signal(signum, lambda signum, frame: received.append(signum))
+                for signum in INTERRUPT_SIGNALS}
+    try:
+        yield received
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def interrupted_message() -> int:
+    print("remanence: interrupted", file=sys.stderr, flush=True)
+    return EXIT_INTERRUPTED
+
+
+def main(argv: list[str] | None = None) -> int:
+    handle_interrupts()
+    try:
+        from .cli import main as cli_main
+        return cli_main(argv)
+    except KeyboardInterrupt:
+        return interrupted_message()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
