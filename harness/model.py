@@ -26,6 +26,14 @@ class Outcome(str, enum.Enum):
     SKIP = "SKIP"
 
 
+class NoImageCause(str, enum.Enum):
+    """Why a method that ran made no image. Only the program's own policy is a finding."""
+
+    POLICY = "policy"          # the program forbade it (a hard core limit of 0, not dumpable, ...): nothing leaks
+    BLOCKED = "blocked"        # the environment stopped it (folder not writable, disk full, a size limit)
+    UNKNOWN = "unknown"        # no cause could be established
+
+
 class RegionKind(str, enum.Enum):
     HEAP = "heap"
     STACK = "stack"
@@ -110,8 +118,9 @@ class Snapshot:
     gaps: list[Gap] = field(default_factory=list)
     duration_s: float = 0.0
     notes: list[str] = field(default_factory=list)
-    # Set when the method ran but produced no image (e.g. no kernel core was dumped): a finding, with its reason.
+    # Set when the method ran but produced no image (e.g. no kernel core was dumped): the reason, and its cause.
     not_produced: str | None = None
+    not_produced_cause: NoImageCause | None = None
 
     @property
     def captured_bytes(self) -> int:

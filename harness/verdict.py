@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .model import Expect, Gap, GapKind, Hit, Outcome, Region, RegionKind, Snapshot
+from .model import Expect, Gap, GapKind, Hit, NoImageCause, Outcome, Region, RegionKind, Snapshot
 from .scan.context import HitContext
 from .scenario import MethodExpectation
 
@@ -110,13 +110,24 @@ def _exclusion_note(gaps: list[Gap], intended_address: int | None) -> str:
     return ""
 
 
-def _judge_not_produced(expectation: MethodExpectation, why_not: str, control_established: bool) -> tuple[Outcome, str]:
-    """No image at all (e.g. no kernel core was dumped) is a finding: nothing can leak through it."""
+_NOT_A_FINDING = {NoImageCause.BLOCKED: "the environment stopped it, not the program",
+                  NoImageCause.UNKNOWN: "no cause was established"}
+
+
+def _judge_not_produced(expectation: MethodExpectation, snapshot: Snapshot, control_established: bool) -> tuple[Outcome, str]:
+    """No image at all (e.g. no kernel core was dumped). Only the program's own policy is a finding: nothing can
+    leak through it. An image the environment stopped, or whose cause is unknown, proves nothing either way."""
+    why_not = snapshot.not_produced
+    if snapshot.not_produced_cause != NoImageCause.POLICY:
+        cause = _NOT_A_FINDING.get(snapshot.not_produced_cause, _NOT_A_FINDING[NoImageCause.UNKNOWN])
+        return Outcome.INCONCLUSIVE, f"{why_not} ({cause}): this proves nothing about the program"
     if expectation.expect == Expect.PRESENT:
-        return Outcome.FAIL, f"expected present, but {why_not}"
+        return Outcome.FAIL, f"expected present, but {why_not} (the program's own policy)"
     if expectation.expect == Expect.ABSENT and not control_established:
         return Outcome.INCONCLUSIVE, f"{why_not}; and the secret was never seen planted in this run"
-    return Outcome.PASS, f"{why_not}: nothing to leak through" if expectation.expect == Expect.ABSENT else why_not
+    if expectation.expect == Expect.ABSENT:
+        return Outcome.PASS, f"{why_not}: the program's own policy, nothing to leak through"
+    return Outcome.PASS, f"{why_not} (the program's own policy)"
 
 
 def judge(
@@ -131,7 +142,7 @@ def judge(
     intended_flags: dict[str, bool],
 ) -> tuple[Outcome, str, list[Finding]]:
     if snapshot.not_produced is not None:
-        return (*_judge_not_produced(expectation, snapshot.not_produced, control_established), [])
+        return (*_judge_not_produced(expectation, snapshot, control_established), [])
     findings = attribute(secret_hits, intended_address, snapshot)
     covered = coverage(snapshot)
     unreadable = [g for g in snapshot.gaps if g.kind == GapKind.UNREADABLE]

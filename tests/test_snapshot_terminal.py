@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from target_driver import read_stdout_line
 
-from harness.model import GapKind, RegionKind, iter_region_chunks
+from harness.model import GapKind, NoImageCause, RegionKind, iter_region_chunks
 from harness.snapshot import CAP_SYS_RESOURCE, SnapshotError, has_capability
 from harness.snapshot import kernelcore
 from harness.snapshot.elfcore import read_core_layout
@@ -535,12 +535,14 @@ def test_kernel_core_hard_limit_zero(kcore_binary, tmp_path, children):
 
 @needs_kernel_cores
 def test_kernel_core_not_dumpable(kcore_binary, tmp_path, children):
+    """A root target's dumpability cannot be read from outside: no core, everything writable, cause unknown."""
     core_dir = private_dir(tmp_path)
     child, *_ = start_kcore(children, kcore_binary, core_dir, "nodump")
     snap = take_kernel_core(child.pid, core_dir, child.wait_for_exit)
     assert os.WIFSIGNALED(child.status) and not os.WCOREDUMP(child.status)
-    assert snap.not_produced.startswith("no core produced: killed by SIGABRT, no core dumped")
-    assert "not dumpable" in snap.not_produced
+    assert snap.not_produced.startswith("no core produced: killed by SIGABRT, no core dumped, and no cause was "
+                                        "established: dumpable: not observable")
+    assert snap.not_produced_cause == NoImageCause.UNKNOWN
     assert snap.regions == [] and list(core_dir.iterdir()) == []
 
 

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.model import Expect, Gap, GapKind, Hit, Outcome, Region, RegionKind, Snapshot
+from harness.model import Expect, Gap, GapKind, Hit, NoImageCause, Outcome, Region, RegionKind, Snapshot
 from harness.results import Results, RunRecord
 from harness.scenario import MethodExpectation, SecretSpec
 from harness.verdict import Verdict, judge
@@ -98,9 +98,20 @@ def test_interrupted_run_exits_130_unless_something_failed():
     assert _results(Outcome.FAIL, interrupted=True).exit_code() == 1
 
 
-def test_no_image_is_a_finding_not_an_error():
-    none = Snapshot("kernel-core", Path("/x"), [], not_produced="no core produced: RLIMIT_CORE hard limit is 0")
+def test_no_image_by_the_programs_policy_is_a_finding_not_an_error():
+    none = Snapshot("kernel-core", Path("/x"), [], not_produced="no core produced: RLIMIT_CORE hard limit is 0",
+                    not_produced_cause=NoImageCause.POLICY)
     outcome, reason, findings = decide(Expect.ABSENT, snapshot=none, canary=False)
     assert outcome == Outcome.PASS and reason.startswith("no core produced") and findings == []
+    assert "the program's own policy" in reason
     assert decide(Expect.ABSENT, snapshot=none, canary=False, control=False)[0] == Outcome.INCONCLUSIVE
     assert decide(Expect.PRESENT, snapshot=none, canary=False)[0] == Outcome.FAIL
+
+
+@pytest.mark.parametrize("cause", [NoImageCause.BLOCKED, NoImageCause.UNKNOWN, None])
+def test_no_image_the_program_did_not_choose_proves_nothing(cause):
+    none = Snapshot("kernel-core", Path("/x"), [], not_produced="no core produced: /w is on a read-only mount",
+                    not_produced_cause=cause)
+    for expect in Expect:
+        outcome, reason, _ = decide(expect, snapshot=none, canary=False)
+        assert outcome == Outcome.INCONCLUSIVE and "read-only mount" in reason and "proves nothing" in reason

@@ -4,12 +4,15 @@ This is what a crash leaves on disk: the kernel honours MADV_DONTDUMP and the ta
 writes every thread's register sets (NT_PRSTATUS, NT_FPREGSET, NT_X86_XSTATE) as notes. It ends the target.
 
 The harness owns the target's waitpid; this module never reaps it: the caller passes `wait_for_exit`.
-"No core produced" (a hard RLIMIT_CORE of 0, a non-dumpable process, a Go target without
-GOTRACEBACK=crash, ...) is a finding, not an error: the returned Snapshot has no regions and its first note
-says `no core produced: <reason>`.
+"No core produced" is not an error: the returned Snapshot has no regions, `not_produced` says
+`no core produced: <reason>` and `not_produced_cause` says whose doing it was. The program's own policy (it
+lowered its hard RLIMIT_CORE to 0, it is not dumpable, a Go program without GOTRACEBACK=crash exits) is a
+finding. The kernel unable to write the core (a read-only or unwritable folder, a full disk, a size limit, a
+pipe core_pattern) is BLOCKED, and no cause established is UNKNOWN: neither proves anything about the program.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import glob
 import os
@@ -18,6 +21,7 @@ import resource
 import shutil
 import signal
 import stat
+import struct
 import subprocess
 import tempfile
 import time
@@ -25,11 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from harness.model import Snapshot
+from harness.model import NoImageCause, RegionKind, Snapshot
 from harness.snapshot import CAP_SYS_RESOURCE, SnapshotError, has_capability
 from harness.process import signal_name
 from harness.snapshot.elfcore import CoreFormatError, snapshot_from_core
 from harness.snapshot.procmaps import read_mappings
+from harness.verdict import mib
 
 METHOD = "kernel-core"
 NO_CORE_PREFIX = "no core produced: "
@@ -415,13 +420,223 @@ def describe_status(status: int) -> str:
     return f"wait status {status:#x}"
 
 
+# --- can the kernel write the core, and if it did not, why not? ------------------------------------------
+
+_CAP_DAC_OVERRIDE = 1
+_PAGE = resource.getpagesize()       # the kernel writes no core below one page of RLIMIT_CORE (min_coredump)
+_DUMPING_SIGNALS = frozenset({signal.SIGABRT, signal.SIGSEGV, signal.SIGQUIT, signal.SIGBUS, signal.SIGILL,
+                              signal.SIGFPE, signal.SIGTRAP, signal.SIGSYS, signal.SIGXCPU, signal.SIGXFSZ})
+
+
+@dataclass(frozen=True)
+class CoreWriter:
+    """The dumping process's credentials: the kernel creates the core file with them."""
+
+    fsuid: int
+    fsgid: int
+    groups: frozenset[int]
+    capabilities: int                # CapEff
+
+    @classmethod
+    def of(cls, pid: int) -> CoreWriter:
+        status = _status_fields(pid)
+        return cls(int(status["Uid"][3]), int(status["Gid"][3]), frozenset(int(g) for g in status.get("Groups", [])),
+                   int(status["CapEff"][0], 16))
+
+    def has(self, capability: int) -> bool:
+        return bool(self.capabilities >> capability & 1)
+
+    def may_create_in(self, folder: os.stat_result) -> bool:
+        """Write and search permission on the folder, by its mode bits."""
+        if self.has(_CAP_DAC_OVERRIDE):
+            return True
+        shift = 6 if folder.st_uid == self.fsuid else \
+            3 if folder.st_gid == self.fsgid or folder.st_gid in self.groups else 0
+        return folder.st_mode >> shift & 0o3 == 0o3
+
+
+def core_folder(pattern: str, facts: CoreFacts, cwd: Path) -> Path | None:
+    """The folder the kernel creates the core in (a relative pattern is relative to the target's cwd); None when
+    its name uses values not known before the crash."""
+    directory = pattern.rpartition("/")[0] or ("/" if pattern.startswith("/") else "")
+    if "%" in directory:
+        try:
+            directory = expand_core_pattern(directory, facts)
+        except ValueError:
+            return None
+    return Path(directory) if directory.startswith("/") else cwd / directory
+
+
+def dump_size_floor(live) -> int:
+    """Bytes the core needs at the least: the resident or swapped anonymous memory it must hold."""
+    return sum((m.resident_kb + m.swap_kb) * 1024 for m in live
+               if not m.dont_dump and m.kind in (RegionKind.HEAP, RegionKind.STACK, RegionKind.ANONYMOUS))
+
+
+def _free_bytes(vfs: os.statvfs_result, writer: CoreWriter | None) -> int:
+    reserved_too = writer is not None and writer.has(CAP_SYS_RESOURCE)    # root's reserved blocks
+    return (vfs.f_bfree if reserved_too else vfs.f_bavail) * vfs.f_frsize
+
+
+def write_obstacles(pid: int, folder: Path | None, core_soft_limit: int | None, live) -> tuple[list[str], list[str]]:
+    """Read before the signal: (what stops the kernel writing `pid`'s core into `folder`, what was checked and
+    found fine). OSError when the process is gone. A soft limit of 0 is not judged here (see no_core_cause)."""
+    obstacles, checked = [], []
+    floor = dump_size_floor(live)
+    checked.append(f"the core needs at least {mib(floor)}")
+    if core_soft_limit is not None and core_soft_limit not in (0, resource.RLIM_INFINITY):
+        if core_soft_limit < _PAGE:
+            obstacles.append(f"RLIMIT_CORE soft limit of {core_soft_limit} bytes is below one page: the kernel "
+                             f"writes no core")
+        elif core_soft_limit < floor:
+            obstacles.append(f"RLIMIT_CORE soft limit of {core_soft_limit} bytes cuts the core short")
+    file_limit = _limits_from_proc(pid, "Max file size")
+    if file_limit is not None and file_limit[0] != resource.RLIM_INFINITY and file_limit[0] < max(floor, _PAGE):
+        obstacles.append(f"RLIMIT_FSIZE of {file_limit[0]} bytes cuts the core short")
+    writer = CoreWriter.of(pid)
+    if folder is None:
+        checked.append("the core's folder: not known before the crash (core_pattern uses values known only then)")
+        return obstacles, checked
+    try:
+        st, vfs = os.stat(folder), os.statvfs(folder)
+    except OSError as exc:
+        obstacles.append(f"the core's folder {folder} cannot be reached: {exc.strerror or exc}")
+        return obstacles, checked
+    if not stat.S_ISDIR(st.st_mode):
+        obstacles.append(f"{folder}, where the core would go, is not a folder")
+        return obstacles, checked
+    if vfs.f_flag & os.ST_RDONLY:
+        obstacles.append(f"{folder} is on a read-only mount")
+    else:
+        checked.append(f"{folder} on a writable mount")
+    if _has_acl(folder):
+        checked.append(f"{folder} has an ACL: write permission not judged from its mode")
+    elif writer.may_create_in(st):
+        checked.append(f"writable by the target's fsuid {writer.fsuid}"
+                       + (" (CAP_DAC_OVERRIDE)" if writer.has(_CAP_DAC_OVERRIDE) else ""))
+    else:
+        obstacles.append(f"{folder} (mode {stat.S_IMODE(st.st_mode):o}, owner {st.st_uid}:{st.st_gid}) is not "
+                         f"writable by the target (fsuid {writer.fsuid}, fsgid {writer.fsgid}, no CAP_DAC_OVERRIDE)")
+    free = _free_bytes(vfs, writer)
+    if free < floor:
+        obstacles.append(f"only {mib(free)} free on the file system of {folder}")
+    else:
+        checked.append(f"{mib(free)} free")
+    if vfs.f_files and not vfs.f_favail:
+        obstacles.append(f"no free inode on the file system of {folder}")
+    return obstacles, checked
+
+
+def _has_acl(folder: Path) -> bool:
+    try:
+        os.getxattr(folder, "system.posix_acl_access")
+        return True
+    except OSError:
+        return False
+
+
+def full_after_the_crash(folder: Path | None) -> list[str]:
+    """The disk the core went to filled up while it was written: read after the crash."""
+    try:
+        full = folder is not None and os.statvfs(folder).f_bavail == 0
+    except OSError:
+        return []
+    return [f"the file system of {folder} is full after the crash"] if full else []
+
+
+@dataclass(frozen=True)
+class NoCoreFacts:
+    """What was read before the signal that decides why no core appeared."""
+
+    limit_before: tuple[int, int] | None
+    limit_after: tuple[int, int] | None
+    limit_problem: str | None
+    dumpable: bool | None
+    dumpable_note: str
+    is_go: bool
+    gotraceback: str | None
+    obstacles: list[str]
+    checked: list[str]
+
+
+def no_core_cause(status: int, facts: NoCoreFacts) -> tuple[NoImageCause, str]:
+    """Why the kernel dumped no core for a process that ended with wait `status` after SIGABRT. POLICY only on
+    evidence that the program forbade it; BLOCKED on evidence that the environment stopped it; else UNKNOWN."""
+    outcome = describe_status(status)
+    if os.WIFEXITED(status):
+        reason = outcome + " instead of dumping core"
+        if facts.is_go and facts.gotraceback != "crash":
+            return NoImageCause.POLICY, reason + " (is GOTRACEBACK=crash set?)"
+        if facts.is_go:
+            return NoImageCause.POLICY, reason + " (the Go program handled SIGABRT itself?)"
+        return NoImageCause.POLICY, reason + " (the program handled SIGABRT itself)"
+    if not os.WIFSIGNALED(status):
+        return NoImageCause.UNKNOWN, outcome
+    if os.WTERMSIG(status) not in _DUMPING_SIGNALS:
+        if os.WTERMSIG(status) == signal.SIGKILL:
+            return NoImageCause.UNKNOWN, f"{outcome}: that signal does not dump core (the OOM killer? another process?)"
+        return NoImageCause.POLICY, f"{outcome}: that signal does not dump core (the program's own signal handling)"
+    # The kernel's order: dumpability, then the core limit, then creating the file.
+    if facts.dumpable is False:
+        return NoImageCause.POLICY, f"{outcome} (process not dumpable)"
+    after = facts.limit_after
+    if after is None:
+        return NoImageCause.UNKNOWN, f"{outcome}; {facts.limit_problem}"
+    if after[0] == 0:
+        harness_hard = resource.getrlimit(resource.RLIMIT_CORE)[1]
+        if after[1] == 0 and harness_hard == 0:
+            return NoImageCause.BLOCKED, ("RLIMIT_CORE hard limit is 0 for the harness as well: the environment "
+                                         "forbids core dumps (ulimit -Hc 0)")
+        # hard 0 below the harness's own: the program lowered it. Otherwise the soft limit of a target of another
+        # uid could not be raised: the environment's default, not the program's choice.
+        return (NoImageCause.POLICY if after[1] == 0 else NoImageCause.BLOCKED), facts.limit_problem
+    if facts.obstacles:
+        return NoImageCause.BLOCKED, f"{outcome}: the kernel could not write the core: {'; '.join(facts.obstacles)}"
+    return NoImageCause.UNKNOWN, (f"{outcome}, and no cause was established: {facts.dumpable_note}; checked: "
+                                  f"RLIMIT_CORE {_limit_text(after[0])}, " + ", ".join(facts.checked))
+
+
+def cut_short(path: Path) -> tuple[int, int] | None:
+    """(bytes written, bytes its own headers need) when the core file ends before its program headers say it
+    does (a size limit or a full disk cut it); None when complete, or when not an ELF file we can measure."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(64)
+        if len(head) < 52 or head[:4] != b"\x7fELF" or head[4] not in (1, 2) or head[5] != 1:
+            return None
+        wide = head[4] == 2
+        if wide and len(head) < 64:
+            return None
+        phoff, shoff = struct.unpack_from("<QQ", head, 0x20) if wide else struct.unpack_from("<II", head, 0x1C)
+        phentsize, phnum = struct.unpack_from("<HH", head, 0x36 if wide else 0x2A)
+        if phnum == 0xFFFF:          # PN_XNUM: the real count is section header 0's sh_info
+            f.seek(shoff + (0x2C if wide else 0x1C))
+            raw = f.read(4)
+            if len(raw) < 4:
+                return size, shoff + (0x30 if wide else 0x20)
+            phnum = struct.unpack("<I", raw)[0]
+        layout = "<IIQQQQQQ" if wide else "<IIIIIIII"
+        if phentsize < struct.calcsize(layout):
+            return None
+        needed = phoff + phnum * phentsize
+        if needed > size:
+            return size, needed
+        f.seek(phoff)
+        table = f.read(phnum * phentsize)
+    for i in range(phnum):
+        fields = struct.unpack_from(layout, table, i * phentsize)
+        offset, filesz = (fields[2], fields[5]) if wide else (fields[1], fields[4])
+        needed = max(needed, offset + filesz)
+    return (size, needed) if needed > size else None
+
+
 # --- the method -----------------------------------------------------------------------------------------
 
-def _limits_from_proc(pid: int) -> tuple[int, int] | None:
-    """RLIMIT_CORE from /proc/PID/limits (readable even when prlimit() is refused)."""
+def _limits_from_proc(pid: int, name: str = "Max core file size") -> tuple[int, int] | None:
+    """A limit from /proc/PID/limits (readable even when prlimit() is refused): RLIMIT_CORE by default."""
     for line in (_read(f"/proc/{pid}/limits") or "").splitlines():
-        if line.startswith("Max core file size"):
-            fields = line[len("Max core file size"):].split()
+        if line.startswith(name):
+            fields = line[len(name):].split()
             try:
                 return tuple(resource.RLIM_INFINITY if f == "unlimited" else int(f) for f in fields[:2])
             except ValueError:
@@ -498,25 +713,25 @@ def _private_copy(src: Path, core_dir: Path, pid: int) -> Path:
     return dest
 
 
-def _no_core(core_dir: Path, pid: int, reason: str, notes: list[str]) -> Snapshot:
+def _no_core(core_dir: Path, pid: int, cause: NoImageCause, reason: str, notes: list[str]) -> Snapshot:
     missing = Path(core_dir) / f"{METHOD}-{pid}.no-core"
     missing.unlink(missing_ok=True)
-    return Snapshot(method=METHOD, path=missing, regions=[], notes=notes, not_produced=NO_CORE_PREFIX + reason)
+    return Snapshot(method=METHOD, path=missing, regions=[], notes=notes, not_produced=NO_CORE_PREFIX + reason,
+                    not_produced_cause=cause)
 
 
 def take_kernel_core(pid: int, core_dir: Path, wait_for_exit: Callable[[float], int], timeout: float = 120) -> Snapshot:
     """SIGABRT the (blocked, live) child `pid` with its core limit raised, wait for it with `wait_for_exit`,
     find the core per core_pattern and move it into `core_dir` (0600). Returns the core's Snapshot, or a
-    region-less Snapshot whose first note is `no core produced: <reason>`."""
+    region-less Snapshot with `not_produced` (`no core produced: <reason>`) and `not_produced_cause`."""
     core_dir = Path(core_dir)
     started = time.monotonic()
     try:
         pattern, uses_pid = read_core_pattern()
     except OSError as exc:
         raise SnapshotError(f"kernel-core unavailable: cannot read {CORE_PATTERN}: {exc}") from exc
-    unusable = pattern_unusable(pattern)
-    if unusable:
-        raise SnapshotError(f"kernel-core unavailable: {unusable}")
+    if unusable := pattern_unusable(pattern):    # the target is left running: nothing to gain from aborting it
+        return _finish(_no_core(core_dir, pid, NoImageCause.BLOCKED, unusable, []), started)
 
     live = read_mappings(pid)        # names and smaps flags; the target is blocked, so they stay valid
     if not live:
@@ -534,6 +749,11 @@ def take_kernel_core(pid: int, core_dir: Path, wait_for_exit: Callable[[float], 
     is_go = _is_go_binary(facts.exe)
     gotraceback = _environ_value(pid, "GOTRACEBACK") if is_go else None
     suid_dumpable = (_read(str(SUID_DUMPABLE)) or "?").strip()
+    folder = core_folder(pattern, facts, cwd)
+    try:
+        obstacles, checked = write_obstacles(pid, folder, after[0] if after else None, live)
+    except OSError as exc:
+        raise SnapshotError(f"process {pid} does not exist (exited?)") from exc
     notes = [
         f"core_pattern {pattern!r}, core_uses_pid {int(uses_pid)}, fs.suid_dumpable {suid_dumpable}; target cwd {cwd}",
         "RLIMIT_CORE (soft, hard): " + (f"{tuple(map(_limit_text, before))} -> {tuple(map(_limit_text, after))}"
@@ -541,6 +761,7 @@ def take_kernel_core(pid: int, core_dir: Path, wait_for_exit: Callable[[float], 
         + (f"; {limit_problem}" if limit_problem else ""),
         dumpable_note,
         f"coredump_filter: {coredump_filter}",
+        "where the core goes: " + "; ".join(obstacles + checked),
     ]
     if is_go:
         notes.append(f"Go program; GOTRACEBACK in its environment: {gotraceback if gotraceback is not None else 'unset'}")
@@ -560,42 +781,31 @@ def take_kernel_core(pid: int, core_dir: Path, wait_for_exit: Callable[[float], 
     exited = time.monotonic()
     outcome = describe_status(status)
     notes.append(f"{outcome}, {exited - signalled:.3f}s after SIGABRT")
+    obstacles += full_after_the_crash(folder)
 
     if not (os.WIFSIGNALED(status) and os.WCOREDUMP(status)):
-        if os.WIFEXITED(status):
-            reason = outcome + " instead of dumping core"
-            if is_go and gotraceback != "crash":
-                reason += " (is GOTRACEBACK=crash set?)"
-            elif is_go:
-                reason += " (the Go program handled SIGABRT itself?)"
-        elif limit_problem and after is not None and after[0] == 0:
-            reason = limit_problem
-        elif limit_problem and after is None:
-            reason = f"{outcome}; {limit_problem}"
-        elif os.WIFSIGNALED(status) and os.WTERMSIG(status) in (signal.SIGABRT, signal.SIGSEGV, signal.SIGQUIT,
-                                                                  signal.SIGBUS, signal.SIGILL, signal.SIGFPE,
-                                                                  signal.SIGTRAP, signal.SIGSYS, signal.SIGXCPU,
-                                                                  signal.SIGXFSZ):
-            if dumpable is False:
-                reason = f"{outcome} (process not dumpable)"
-            else:
-                reason = (f"{outcome} (most likely not dumpable: RLIMIT_CORE was raised and core_pattern names a file; "
-                          + ("dumpability cannot be read from outside for a root target" if dumpable is None else
-                             "yet its /proc files say it is dumpable")
-                          + f"; else the kernel could not create the core file in {cwd})")
-        else:
-            reason = f"{outcome}: that signal does not dump core"
-        return _finish(_no_core(core_dir, pid, reason, notes), started)
+        cause, reason = no_core_cause(status, NoCoreFacts(before, after, limit_problem, dumpable, dumpable_note,
+                                                          is_go, gotraceback, obstacles, checked))
+        return _finish(_no_core(core_dir, pid, cause, reason, notes), started)
 
     facts = CoreFacts(**{**facts.__dict__, "signal": os.WTERMSIG(status)})
     core, how = find_core(pattern, facts, cwd, uses_pid, signal_wall, preexisting)
     if core is None:
-        return _finish(_no_core(core_dir, pid, f"{outcome}, but no core file was found: {how}", notes), started)
+        return _finish(_no_core(core_dir, pid, NoImageCause.UNKNOWN,
+                                f"{outcome}, but no core file was found: {how}", notes), started)
     notes.append(f"core found by {how}")
     try:
         path = _private_copy(core, core_dir, pid)
     except OSError as exc:
+        with contextlib.suppress(OSError):
+            core.unlink()            # never leave the target's memory where the harness could not take it
         raise SnapshotError(f"cannot move the core {core} into {core_dir}: {exc}") from exc
+    if cut := cut_short(path):
+        path.unlink()                # a part of the target's memory that proves nothing either way
+        why = "; ".join(obstacles) or "a size limit or a full disk"
+        return _finish(_no_core(core_dir, pid, NoImageCause.BLOCKED,
+                                f"{outcome}, but the core was cut short at {cut[0]} of {cut[1]} bytes: {why}", notes),
+                       started)
     try:
         snapshot = snapshot_from_core(path, METHOD, live)
     except CoreFormatError as exc:
