@@ -326,6 +326,7 @@ class AdhocScan:
             record.notes += [f"{method}: automatic control {c.description}: " + (f"seen in {where}" if where else "NOT seen")
                              for c, where in places[len(self.controls):]]
         control_ok = [(c, where) for c, where in places if where]
+        in_notes_only = [c for c, where in places if not where and _where_seen(c, scan.hits, in_memory=False)]
         by_label: dict[str, list[Hit]] = {}
         for h in scan.hits:
             by_label.setdefault(h.secret, []).append(h)
@@ -333,7 +334,7 @@ class AdhocScan:
         for v in self.secrets:
             hits = by_label.get(v.secret.label, [])
             total += len(hits)
-            outcome, reason, findings = judge_adhoc(self.options.expect, snapshot, hits, controls, control_ok)
+            outcome, reason, findings = judge_adhoc(self.options.expect, snapshot, hits, controls, control_ok, in_notes_only)
             verdict = self._verdict(record, checkpoint, method, v, outcome, reason)
             verdict.canary_seen = bool(control_ok) if controls else None
             verdict.findings = [replace(f, context=hit_context(snapshot, f.hit, self.material)) for f in findings]
@@ -344,11 +345,15 @@ class AdhocScan:
                       f"({rate:.2f} GB/s, {scan.patterns} patterns), {total} hit(s)")
 
 
-def _where_seen(control: _Control, hits: list[Hit]) -> str | None:
-    """Region names where the control's whole value was found (the automatic control: on a stack only)."""
+def _where_seen(control: _Control, hits: list[Hit], in_memory: bool = True) -> str | None:
+    """Region names where the control's whole value was found: in memory (the automatic control: on a stack only),
+    or, with in_memory=False, in the core's notes. Only a copy in memory proves the image holds memory: a note
+    (NT_FILE's program path, registers) is there even when every memory segment is lost."""
     places = []
     for h in hits:
-        if h.secret == control.secret.label and h.full and (not control.stack_only or h.region.kind == RegionKind.STACK):
+        in_a_note = h.address is None                    # notes have no address (scan.engine.make_hit)
+        if (h.secret == control.secret.label and h.full and in_a_note != in_memory
+                and (not in_memory or not control.stack_only or h.region.kind == RegionKind.STACK)):
             where = h.region.name or h.region.kind.value
             if where not in places:
                 places.append(where)
@@ -365,15 +370,16 @@ def _excluded(gaps: list[Gap]) -> str:
     return f"; left out by the method, so not searched: {', '.join(parts)}" if parts else ""
 
 
+NOTES_ONLY = "the control was seen only in the core's notes, not in memory: the memory capture is not proven"
 NO_CONTROL = ("no control value was given, so absence proves nothing about this image: give --control-hex HEX, "
               "--control TEXT or --control-file PATH with a value known to be in it (for a live --pid, its own "
               "command line serves, unless --no-auto-control)")
 
 
 def judge_adhoc(expect: Expect, snapshot: Snapshot, hits: list[Hit], controls: list[_Control],
-                seen: list[tuple[_Control, str]]) -> tuple[Outcome, str, list[Finding]]:
-    """verdict.judge, with the positive control of an ad-hoc scan: a value known to be in the image, seen in it.
-    `seen`: the controls found, each with where."""
+                seen: list[tuple[_Control, str]], in_notes_only: list[_Control] = ()) -> tuple[Outcome, str, list[Finding]]:
+    """verdict.judge, with the positive control of an ad-hoc scan: a value known to be in the image, seen in its
+    memory. `seen`: the controls found in memory, each with where; `in_notes_only`: those found only in notes."""
     covered = coverage(snapshot)
     control_note = f"control seen: {seen[0][0].description} in {seen[0][1]}" if seen else ""
     expectation = MethodExpectation(expect, WHY[expect])
@@ -386,6 +392,9 @@ def judge_adhoc(expect: Expect, snapshot: Snapshot, hits: list[Hit], controls: l
         return by_judge()
     blind = bool(controls) and not seen
     unseen = ", ".join(c.description for c in controls)
+    if blind and in_notes_only:
+        return (Outcome.INCONCLUSIVE, f"not found in {covered}, but {NOTES_ONLY} "
+                f"({', '.join(c.description for c in in_notes_only)}): absence proves nothing", [])
     if blind:
         return (Outcome.INCONCLUSIVE, f"not found in {covered}, but the control value was not seen either ({unseen}): "
                 "the control is not in this image after all, or the image lacks the memory that held it: "

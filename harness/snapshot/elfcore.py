@@ -44,6 +44,12 @@ REGISTER_NOTES = frozenset({
 # gdb after the last thread, so they must not be attributed to a thread by position.
 _PROCESS_NOTES = frozenset({"NT_PRPSINFO", "NT_AUXV", "NT_FILE", "NT_GDB_TDESC", "NT_TASKSTRUCT"})
 _MAX_NOTES_SIZE = 256 << 20          # far above any real core (about 3 KiB per thread)
+# Real cores leave less than a page between their parts (alignment of the first load segment); a longer stretch of
+# the file that no segment claims is memory whose header was damaged: it is scanned, so no copy escapes the scan.
+_STRAY_MIN = 4096
+# What pyelftools raises on corrupt input besides its own ELFError: the file's bytes, not a bug of ours.
+_PARSE_ERRORS = (ELFError, ConstructError, struct.error, ValueError, EOFError, KeyError, IndexError, TypeError,
+                 AttributeError, OverflowError, UnicodeDecodeError)
 
 
 class CoreFormatError(Exception):
@@ -86,16 +92,17 @@ class CoreLayout:
     segments: tuple[CoreSegment, ...]        # PT_LOAD only
     file_mappings: tuple[CoreFileMapping, ...]
     notes: tuple[CoreNote, ...]
+    stray_ranges: tuple[tuple[int, int], ...] = ()   # [start, end) file offsets no header, segment or table claims
 
 
 def _flags(p_flags: int) -> str:
     return ("r" if p_flags & 4 else "-") + ("w" if p_flags & 2 else "-") + ("x" if p_flags & 1 else "-")
 
 
-def _check_note_bounds(stream, offset: int, size: int, little: bool) -> None:
+def _check_note_bounds(stream, path: Path, offset: int, size: int, little: bool) -> None:
     """Walk the note headers first: pyelftools would read a corrupt descriptor size's worth of bytes."""
     if size > _MAX_NOTES_SIZE:
-        raise CoreFormatError(f"unreadable notes: note segment at file offset {offset:#x} is {size} bytes, implausibly large")
+        raise CoreFormatError(f"{path}: unreadable notes: note segment at file offset {offset:#x} is {size} bytes, implausibly large")
     stream.seek(offset)
     data = stream.read(size)
     pos, fmt = 0, "<III" if little else ">III"
@@ -104,7 +111,7 @@ def _check_note_bounds(stream, offset: int, size: int, little: bool) -> None:
         desc_end = pos + 12 + (namesz + 3) // 4 * 4 + descsz
         if desc_end > size:
             raise CoreFormatError(
-                f"unreadable notes: note at file offset {offset + pos:#x} claims {namesz}+{descsz} bytes of name+descriptor, "
+                f"{path}: unreadable notes: note at file offset {offset + pos:#x} claims {namesz}+{descsz} bytes of name+descriptor, "
                 f"past the end of its note segment (file offset {offset + size:#x})")
         pos = desc_end + (-descsz % 4)
 
@@ -166,11 +173,23 @@ def read_core_layout(path: Path | str) -> CoreLayout:
                     raise CoreFormatError(f"{path}: truncated: {ph['p_type']} segment at file offset {ph['p_offset']:#x} "
                                           f"needs {needed} bytes but the file has {file_size}")
             notes, file_mappings = _read_notes(elf, stream, path, _PR_PID_OFFSET[(elf_class, machine)])
-        except (ELFError, ConstructError, struct.error, ValueError, EOFError) as exc:
-            raise CoreFormatError(f"{path}: unreadable ELF structure: {exc}") from exc
+            claimed = [(0, phdr_end), (elf.header["e_shoff"], elf.header["e_shoff"] + elf.num_sections() * elf.header["e_shentsize"])]
+        except _PARSE_ERRORS as exc:
+            raise CoreFormatError(f"{path}: unreadable ELF structure: {type(exc).__name__}: {exc}") from exc
     segments = tuple(CoreSegment(ph["p_vaddr"], ph["p_memsz"], ph["p_filesz"], ph["p_offset"], _flags(ph["p_flags"]))
                      for ph in raw_segments if ph["p_type"] == "PT_LOAD")
-    return CoreLayout(path, elf_class, machine, segments, file_mappings, notes)
+    claimed += [(ph["p_offset"], ph["p_offset"] + ph["p_filesz"]) for ph in raw_segments]
+    return CoreLayout(path, elf_class, machine, segments, file_mappings, notes, _stray_ranges(claimed, file_size))
+
+
+def _stray_ranges(claimed: list[tuple[int, int]], file_size: int) -> tuple[tuple[int, int], ...]:
+    """The stretches of the file, at least _STRAY_MIN bytes long, that none of the `claimed` ranges covers."""
+    stray, pos = [], 0
+    for start, end in sorted(claimed) + [(file_size, file_size)]:
+        if start - pos >= _STRAY_MIN:
+            stray.append((pos, min(start, file_size)))
+        pos = max(pos, end)
+    return tuple((a, b) for a, b in stray if b - a >= _STRAY_MIN)
 
 
 def _read_notes(elf: ELFFile, stream, path: Path, pr_pid_offset: int):
@@ -182,7 +201,7 @@ def _read_notes(elf: ELFFile, stream, path: Path, pr_pid_offset: int):
     for segment in elf.iter_segments():
         if segment["p_type"] != "PT_NOTE":
             continue
-        _check_note_bounds(stream, segment["p_offset"], segment["p_filesz"], elf.little_endian)
+        _check_note_bounds(stream, path, segment["p_offset"], segment["p_filesz"], elf.little_endian)
         try:
             for note in segment.iter_notes():
                 type_name = _note_type_name(note["n_type"])
@@ -200,8 +219,9 @@ def _read_notes(elf: ELFFile, stream, path: Path, pr_pid_offset: int):
                 desc_offset = note["n_offset"] + header_size + (note["n_namesz"] + 3) // 4 * 4
                 notes.append(CoreNote(type_name, note["n_name"] or "", note["n_offset"], note["n_size"], desc_offset,
                                       note["n_descsz"], None if type_name in _PROCESS_NOTES else thread))
-        except (ELFError, ValueError, UnicodeDecodeError, AttributeError) as exc:
-            raise CoreFormatError(f"{path}: unreadable notes in segment at file offset {segment['p_offset']:#x}: {exc}") from exc
+        except _PARSE_ERRORS as exc:
+            raise CoreFormatError(f"{path}: unreadable notes in segment at file offset {segment['p_offset']:#x}: "
+                                  f"{type(exc).__name__}: {exc}") from exc
     if not notes:
         raise CoreFormatError(f"{path}: unreadable notes: the core has no notes (no PT_NOTE segment or an empty one)")
     return tuple(notes), tuple(file_mappings)
@@ -225,13 +245,18 @@ def _pieces(start: int, end: int, ranges: list[tuple[int, int, object]]):
         pos = b
 
 
+def _by_range(ranges) -> list[tuple[int, int, object]]:
+    """(start, end, item) sorted by start and end only: a corrupt core repeats ranges, and items do not compare."""
+    return sorted(ranges, key=lambda r: (r[0], r[1]))
+
+
 def snapshot_from_core(path: Path | str, method: str, live: list[LiveMapping] | None = None) -> Snapshot:
     """Describe a core file as a Snapshot. `live`: the process's mappings read just before the core was
     taken; they give names, kinds and smaps flags, and let us list what the core left out as gaps."""
     path = Path(path)
     layout = read_core_layout(path)
-    live_ranges = sorted((m.start, m.end, m) for m in live or ())
-    file_ranges = sorted((f.start, f.end, f) for f in layout.file_mappings)
+    live_ranges = _by_range((m.start, m.end, m) for m in live or ())
+    file_ranges = _by_range((f.start, f.end, f) for f in layout.file_mappings)
     regions: list[Region] = []
     gaps: list[Gap] = []
 
@@ -259,7 +284,7 @@ def snapshot_from_core(path: Path | str, method: str, live: list[LiveMapping] | 
                             "not in the core (p_filesz < p_memsz)"))
 
     if live is not None:
-        dumped = sorted((s.vaddr, s.vaddr + s.filesz, s) for s in layout.segments if s.filesz)
+        dumped = _by_range((s.vaddr, s.vaddr + s.filesz, s) for s in layout.segments if s.filesz)
         for m in live:
             for a, b, seg in _pieces(m.start, m.end, dumped):
                 if seg is not None:
@@ -280,8 +305,14 @@ def snapshot_from_core(path: Path | str, method: str, live: list[LiveMapping] | 
         regions.append(Region(start=0, size=note.desc_size, perms="", name=name, file_offset=note.desc_offset,
                               kind=RegionKind.REGISTERS if is_registers else RegionKind.NOTE, thread=note.thread,
                               register_set=note.type_name if is_registers else None))
+    for a, b in layout.stray_ranges:
+        regions.append(Region(start=0, size=b - a, perms="", kind=RegionKind.NOTE, file_offset=a,
+                              name=f"file bytes {a:#x}-{b:#x} that no segment claims"))
     notes = [f"core: {layout.elf_class}-bit {layout.machine}, {len(layout.segments)} load segments, "
              f"{len({n.thread for n in layout.notes if n.thread is not None})} threads"]
+    if layout.stray_ranges:
+        notes.append(f"{sum(b - a for a, b in layout.stray_ranges)} bytes of the file in {len(layout.stray_ranges)} "
+                     "stretch(es) belong to no segment (a damaged program header?): scanned, without addresses")
     if live is None:
         notes += _name_stacks(layout, regions)
     return Snapshot(method=method, path=path, regions=regions, gaps=gaps, notes=notes)
