@@ -5,7 +5,7 @@ of the documented set and one line on stderr without a traceback.
 No case runs a target: scenario files and configs are read by `run ... zz-no-such-scenario` (every file is
 loaded and validated, then the pattern matches nothing: exit 2 either way, and the line says which); probe
 options end at a program that does not exist (exit 2 before anything runs); merges of valid shard documents
-only write reports. About 330 generated inputs per run, derandomized so CI is reproducible.
+only write reports. 440 generated inputs per run, derandomized so CI is reproducible.
 """
 from __future__ import annotations
 
