@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import stat
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -274,7 +272,6 @@ class AdhocScan:
 
     def _scan_pid(self, pid: int, record: RunRecord) -> None:
         started = time.monotonic()
-        workdir = Path(tempfile.mkdtemp(prefix="remanence-scan-"))   # 0700: the snapshots hold the process's secrets
         try:
             if not Path(f"/proc/{pid}").is_dir():
                 self._fail_input(record, self.options.methods, f"pid {pid}: no such process")
@@ -283,7 +280,7 @@ class AdhocScan:
                 control = self._auto_control(pid) if self.options.auto_control else None
                 self.progress(f"{record.scenario.name}: {method} snapshot")
                 try:
-                    snapshot = take_snapshot(method, pid, workdir)
+                    snapshot = take_snapshot(method, pid)   # in memory: it holds the process's secrets
                 except SnapshotError as exc:
                     self._fail_input(record, (method,), f"pid {pid}: {method} failed: {exc}")
                     continue
@@ -292,7 +289,6 @@ class AdhocScan:
                 finally:
                     self._dispose(snapshot, record)
         finally:
-            shutil.rmtree(workdir, ignore_errors=True)
             record.duration_s = time.monotonic() - started
 
     def _auto_control(self, pid: int) -> _Control | None:

@@ -28,6 +28,7 @@ from .scenario import MAX_REPEAT, MAX_SECONDS, SECRET_LENGTHS, SNAPSHOT_METHODS,
 from .shard import ShardError, load_shard, merge_documents, parse_shard, shard_inputs, shard_slice
 from .snapshot import machine_facts, method_unavailable
 from .targets import PROJECT_ROOT
+from .workspace import session
 
 DEFAULT_SCENARIOS = PROJECT_ROOT / "scenarios"
 DEFAULT_OUT = Path("reports")
@@ -513,7 +514,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:       # --help, --version, or a usage error already printed on one line
         return e.code if isinstance(e.code, int) else EXIT_USAGE
     try:
-        return COMMANDS[args.command](args)
+        with session():
+            return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         return interrupted_message()
     except ScenarioError as e:

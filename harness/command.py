@@ -82,8 +82,8 @@ class _FileWatch:
 class CommandProcess(SpawnedGroup):
     """One run of the user's program. Use as a context manager: leaving it kills and reaps its process group."""
 
-    def __init__(self, spec: CommandSpec, secret: Secret, canary: Secret, workdir: Path):
-        self.spec, self.secret = spec, secret
+    def __init__(self, spec: CommandSpec, secret: Secret, canary: Secret, workdir: Path, cgroup=None):
+        self.spec, self.secret, self.cgroup = spec, secret, cgroup
         self.status: int | None = None
         self._output = bytearray()
         self._output_base = 0              # absolute offset of _output[0]
@@ -132,7 +132,7 @@ class CommandProcess(SpawnedGroup):
             actions += [(os.POSIX_SPAWN_DUP2, output_w, 1), (os.POSIX_SPAWN_DUP2, output_w, 2)]
         self._own_fds = {fd for fd in (output_fd, self._stdin_probe, self._stdin_w) if fd is not None}
         try:
-            self.pid = spawn_in(spec.cwd, argv, env, actions)
+            self.pid = spawn_in(spec.cwd, argv, env, actions, cgroup and cgroup.procs_file)
         except OSError as e:
             self._close_all()
             raise CommandUnavailable(f"cannot start {argv[0]}: {e.strerror or e}") from None

@@ -57,23 +57,64 @@ def describe_status(status: int) -> str:
     return f"status {status:#x}"
 
 
-def spawn_in(cwd: Path, argv: list[str], env: dict, actions: list) -> int:
-    """posix_spawn in a new session, in `cwd`: posix_spawn has no chdir action before Python 3.13's, so hop
-    into cwd around the call."""
-    previous = os.getcwd()
-    os.chdir(cwd)
+def spawn_in(cwd: Path, argv: list[str], env: dict, actions: list, cgroup_procs: str | None = None) -> int:
+    """Start argv in a new session, in `cwd`, with posix_spawn-style file `actions` (OPEN, DUP2); it dies with
+    the harness (PR_SET_PDEATHSIG, even when stopped) and joins the cgroup whose `cgroup.procs` is given, so
+    whatever it starts can be found and killed. fork and exec by hand: posix_spawn can set neither."""
+    errors_r, errors_w = os.pipe()          # close-on-exec: end of file means the exec succeeded
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(errors_r)
+            os.setsid()
+            die_with_parent()
+            if os.getppid() != parent:      # the harness died before the signal was armed
+                os._exit(127)
+            if cgroup_procs:
+                with open(cgroup_procs, "w") as procs:
+                    procs.write("0")
+            os.chdir(cwd)
+            for action in actions:
+                if action[0] == os.POSIX_SPAWN_OPEN:
+                    _, fd, path, flags, mode = action
+                    opened = os.open(path, flags, mode)
+                    if opened != fd:
+                        os.dup2(opened, fd)
+                        os.close(opened)
+                    else:
+                        os.set_inheritable(fd, True)
+                else:
+                    _, source, fd = action
+                    os.dup2(source, fd)
+            os.execvpe(argv[0], argv, env)
+        except OSError as e:
+            os.write(errors_w, str(e.errno or 0).encode())
+        finally:
+            os._exit(127)
+    os.close(errors_w)
     try:
-        return os.posix_spawnp(argv[0], argv, env, file_actions=actions, setsid=True)
+        failure = b""
+        while chunk := os.read(errors_r, 16):
+            failure += chunk
     finally:
-        os.chdir(previous)
+        os.close(errors_r)
+    if failure:
+        os.waitpid(pid, 0)
+        code = int(failure)
+        raise OSError(code, os.strerror(code), argv[0])
+    return pid
 
 
 class SpawnedGroup:
     """A child we spawned as the leader of its own session: polled and reaped here only, killed with its whole
-    process group. Subclasses set `pid` and `status` and close their own ends in `_release`."""
+    process group and whatever else it started (its run's cgroup: daemons in sessions of their own). Subclasses
+    set `pid`, `status` and `cgroup` and close their own ends in `_release`."""
 
     pid: int
     status: int | None
+    cgroup = None        # workspace.RunCgroup, where the machine has cgroup2
+    escaped: list[int] = []   # processes it started outside its process group (daemons), killed with it
 
     def __enter__(self):
         return self
@@ -103,7 +144,10 @@ class SpawnedGroup:
             self.status = status
 
     def kill(self) -> None:
-        """Kill the whole process group and reap the leader. Safe to call more than once."""
+        """Kill the whole process group and reap the leader, then anything else the run started. Safe to call
+        more than once."""
+        if self.cgroup is not None:
+            self.escaped = self.escaped or self.cgroup.outside_group(self.pid)
         try:
             os.killpg(self.pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -112,6 +156,8 @@ class SpawnedGroup:
             _, status = os.waitpid(self.pid, 0)
             if not os.WIFSTOPPED(status):  # a ptrace stop is not the end
                 self.status = status
+        if self.cgroup is not None:
+            self.cgroup.end()
         self._release()
 
     def _release(self) -> None:
@@ -123,8 +169,8 @@ class TargetProcess(SpawnedGroup):
     """One target run. Use as a context manager: leaving it always kills and reaps the whole process group."""
 
     def __init__(self, command: tuple[str, ...], entry: str, secret_len: int, canary_len: int, log_path: Path,
-                 cwd: Path, extra_env: dict[str, str] | None = None):
-        self.log_path = log_path
+                 cwd: Path, extra_env: dict[str, str] | None = None, cgroup=None):
+        self.log_path, self.cgroup = log_path, cgroup
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock = parent
         self._buffer = b""
@@ -142,7 +188,7 @@ class TargetProcess(SpawnedGroup):
             (os.POSIX_SPAWN_DUP2, source_fd, CONTROL_FD),
         ]
         try:
-            self.pid = spawn_in(cwd, [*command, entry], env, actions)
+            self.pid = spawn_in(cwd, [*command, entry], env, actions, cgroup and cgroup.procs_file)
         finally:
             if source_fd != child.fileno():
                 os.close(source_fd)
@@ -157,7 +203,7 @@ class TargetProcess(SpawnedGroup):
             raise TargetError(f"expected 'ready {PROTOCOL_VERSION}', got {line[:80]!r}")
 
     def send_secrets(self, canary: bytes, secret: bytes) -> None:
-        self._sock.sendall(canary + secret)
+        self._send(canary + secret, "sending the secret")
 
     def next_event(self, timeout: float) -> TargetEvent:
         line = self._read_line(timeout, "the next checkpoint")
@@ -182,7 +228,18 @@ class TargetProcess(SpawnedGroup):
         raise TargetError(f"unexpected message {line[:80]!r}")
 
     def resume(self) -> None:
-        self._sock.sendall(b"continue\n")
+        self._send(b"continue\n", "resuming it")
+
+    def _send(self, data: bytes, doing: str) -> None:
+        try:
+            self._sock.sendall(data)
+        except OSError:       # it died (a crash, the OOM killer): its status says how
+            self.kill()
+            raise TargetError(self._ended(doing)) from None
+
+    def _ended(self, doing: str) -> str:
+        tail = self.log_tail()
+        return f"target ended ({describe_status(self.status)}) while {doing}" + (f"; its output: {tail}" if tail else "")
 
     def _release(self) -> None:
         self._sock.close()
@@ -213,12 +270,13 @@ class TargetProcess(SpawnedGroup):
             ready, _, _ = select.select([self._sock], [], [], min(remaining, 0.2))
             if not ready:
                 continue
-            data = self._sock.recv(MAX_LINE)
+            try:
+                data = self._sock.recv(MAX_LINE)
+            except OSError:
+                data = b""
             if not data:
                 self.kill()
-                tail = self.log_tail()
-                raise TargetError(f"target ended ({describe_status(self.status)}) while waiting for {waiting_for}"
-                                  + (f"; its output: {tail}" if tail else ""))
+                raise TargetError(self._ended(f"waiting for {waiting_for}"))
             self._buffer += data
             if len(self._buffer) > MAX_LINE + MAX_DERIVED and not enough():
                 self.kill()

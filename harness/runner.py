@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Callable
 
 from .command import CommandProcess, CommandUnavailable
 from .model import Hit, Outcome, ScanResult, Secret, Snapshot
+from .paths import inside
 from .plan import Plan, PlannedRun
 from .process import TargetError, TargetProcess, describe_status
 from .results import Results, RunRecord, utc_now
@@ -17,10 +17,11 @@ from .scan.context import hit_context, secret_material
 from .scan.engine import ScanError, scan_snapshot
 from .scenario import CheckpointSpec
 from .secretgen import make_canary, make_secret
-from .snapshot import SnapshotError, dispose_snapshot, held_still, resume, take_snapshot
+from .snapshot import SnapshotError, dispose_snapshot, held_still, resume, scratch, take_snapshot
 from .snapshot.exitstop import ExitStop
 from .snapshot.kernelcore import take_kernel_core
 from .verdict import Verdict, judge
+from .workspace import workspace
 
 Progress = Callable[[str], None]
 DERIVED_PREFIX = "derived:"
@@ -83,12 +84,15 @@ class Runner:
             return
         secret, canary = make_secret(scenario.secret), make_canary(textual=scenario.command is not None)
         record.secret_fingerprint, record.canary_fingerprint = secret.fingerprint, canary.fingerprint
-        workdir = Path(tempfile.mkdtemp(prefix="remanence-"))  # private (0700): snapshots and cores land here
+        # Private (0700), deleted even if we are killed: target logs and kernel cores land here; it is the
+        # protocol targets' working folder, so a relative core_pattern puts their cores here too.
+        workdir = workspace().run_folder(planned.run_id)
+        cgroup = workspace().run_cgroup(workdir)
         started = time.monotonic()
         pending = [c for c in scenario.checkpoints if _methods_at(planned, c)]
         self.progress(f"{planned.run_id}: starting {scenario.target} target")
         try:
-            with self._start(planned, secret, canary, workdir) as target:
+            with self._start(planned, secret, canary, workdir, cgroup) as target:
                 record.pid = target.pid
                 run = (_CommandRun if scenario.command else _Run)(self, planned, record, target, secret, canary,
                                                                    workdir, pending)
@@ -96,27 +100,43 @@ class Runner:
                     run.carry_out()
                 except (TargetError, SnapshotError) as e:
                     record.error = str(e)
+                except (OSError, ValueError, RuntimeError) as e:   # a fault of this run must not end the plan
+                    record.error = f"internal error: {type(e).__name__}: {e}"
                 finally:
                     run.disarm()
                     target.kill()
                     record.exit = None if target.status is None else describe_status(target.status)
                     record.target_output = target.log_tail()
+                    if target.escaped:
+                        record.notes.append(f"{len(target.escaped)} process(es) the target started outside its process "
+                                            "group (daemons) were still running at the end of the run: killed")
+        except TargetError as e:    # it could not even start
+            record.error = str(e)
         finally:
             record.duration_s = time.monotonic() - started
+            if record.exit and record.error:   # a snapshot that failed because the target died says how it died
+                for verdict in record.verdicts:
+                    if verdict.outcome is Outcome.ERROR and record.exit not in verdict.reason:
+                        verdict.reason += f" (the target: {record.exit})"
             if pending:
                 reason = record.error or "the run was interrupted"
                 self._close_unreached(planned, record, pending, Outcome.ERROR, f"checkpoint never reached: {reason}")
+            if cgroup is not None:
+                cgroup.end()
             shutil.rmtree(workdir, ignore_errors=True)
 
     @staticmethod
-    def _start(planned: PlannedRun, secret: Secret, canary: Secret, workdir: Path) -> TargetProcess | CommandProcess:
+    def _start(planned: PlannedRun, secret: Secret, canary: Secret, workdir: Path, cgroup) -> TargetProcess | CommandProcess:
         if planned.scenario.command:
             try:
-                return CommandProcess(planned.scenario.command, secret, canary, workdir)
+                return CommandProcess(planned.scenario.command, secret, canary, workdir, cgroup)
             except (CommandUnavailable, OSError) as e:
                 raise TargetError(str(e)) from None
-        return TargetProcess(planned.program.command, planned.scenario.entry, len(secret.value), len(canary.value),
-                             workdir / "target.log", workdir, planned.program.env)
+        try:
+            return TargetProcess(planned.program.command, planned.scenario.entry, len(secret.value), len(canary.value),
+                                 workdir / "target.log", workdir, planned.program.env, cgroup)
+        except OSError as e:
+            raise TargetError(f"cannot start the {planned.scenario.target} target: {e}") from None
 
     def _close_unreached(self, planned: PlannedRun, record: RunRecord, checkpoints: list[CheckpointSpec],
                          outcome: Outcome, reason: str) -> None:
@@ -157,7 +177,8 @@ class _Run:
     def carry_out(self) -> None:
         self.target.expect_ready(STARTUP_TIMEOUT_S)
         self.target.send_secrets(self.canary.value, self.secret.value)
-        announced = [c for c in self.pending if not c.is_exit]
+        # Every checkpoint the target announces, in order, even one where no selected method snapshots.
+        announced = [c for c in self.planned.scenario.checkpoints if not c.is_exit]
         exit_spec = next((c for c in self.pending if c.is_exit), None)
         if exit_spec and not announced:
             self._arm_exit_stop()
@@ -165,8 +186,9 @@ class _Run:
             event = self._next(("checkpoint",))
             if event.text != spec.name:
                 raise TargetError(f"target reached checkpoint {event.text!r}, the scenario expects {spec.name!r} next")
-            self.pending.remove(spec)
-            self.record.verdicts += self._checkpoint(spec, event.address)
+            if spec in self.pending:
+                self.pending.remove(spec)
+                self.record.verdicts += self._checkpoint(spec, event.address)
             if self.target.status is not None:   # kernel-core ended it
                 return
             if spec is announced[-1] and exit_spec:
@@ -226,10 +248,13 @@ class _Run:
 
     def _take(self, method: str) -> Snapshot:
         if method == "kernel-core":
-            return take_kernel_core(self.target.pid, self.workdir, self.target.wait_exit)
+            snapshot = take_kernel_core(self.target.pid, self.workdir, self.target.wait_exit)
+            if snapshot.not_produced is None:   # off the disk at once: from here on it lives as long as we do
+                snapshot.path = scratch.adopt(snapshot.path)
+            return snapshot
         if method == "exit":
-            return self.exit_stop.snapshot(self.workdir)
-        return take_snapshot(method, self.target.pid, self.workdir)
+            return self.exit_stop.snapshot()
+        return take_snapshot(method, self.target.pid)
 
     def _checkpoint(self, spec: CheckpointSpec, address: int | None) -> list[Verdict]:
         """Take every snapshot first, so the positive control may come from any method at this checkpoint; then judge."""
@@ -249,7 +274,8 @@ class _Run:
                 taken.append(_Taken(method, problem=f"{method} failed: {e}"))
                 continue
             secret_hits = [h for h in scan.hits if h.secret == self.secret.label]
-            canary_seen = any(h.secret == self.canary.label and h.full for h in scan.hits)
+            # Only a canary in memory proves the memory was captured (a note holds no heap or stack).
+            canary_seen = any(h.secret == self.canary.label and h.full and h.address is not None for h in scan.hits)
             self.control.observe(method, spec.name, snapshot, secret_hits, address)
             for label, control in self.derived_controls.items():
                 control.observe(method, spec.name, snapshot, [h for h in scan.hits if h.secret == DERIVED_PREFIX + label], None)
@@ -309,7 +335,8 @@ class _Run:
 
     def _dispose(self, snapshot: Snapshot, checkpoint: str) -> None:
         options = self.runner.options
-        keep_in = options.out_dir / "snapshots" / self.planned.run_id.replace("#", "-") if options.keep_snapshots else None
+        keep_in = inside(options.out_dir, Path("snapshots") / self.planned.run_id.replace("#", "-")) \
+            if options.keep_snapshots else None
         dispose_snapshot(snapshot, keep_in, checkpoint)
 
 
@@ -319,7 +346,7 @@ class _CommandRun(_Run):
 
     def carry_out(self) -> None:
         target: CommandProcess = self.target
-        triggered = [c for c in self.pending if not c.is_exit]
+        triggered = [c for c in self.planned.scenario.checkpoints if not c.is_exit]   # each counts from the one before
         exit_spec = next((c for c in self.pending if c.is_exit), None)
         if exit_spec and not triggered:
             self._arm_exit_stop()    # before the secret goes in: the program may be done with it at once
@@ -327,6 +354,8 @@ class _CommandRun(_Run):
         self.record.notes.append(f"secret {target.delivered}")
         for spec in triggered:
             since = target.wait_for(spec.trigger, since, self.timeout, f"checkpoint {spec.name!r}")
+            if spec not in self.pending:
+                continue
             self.pending.remove(spec)
             # The program does not wait for us as a protocol target does: hold it still so every method sees
             # the moment the trigger fired.
@@ -346,7 +375,7 @@ class _CommandRun(_Run):
             return super()._take(method)
         if method == "exit":
             return super()._take(method)
-        return take_snapshot(method, self.target.pid, self.workdir, held=True)
+        return take_snapshot(method, self.target.pid, held=True)
 
     def _establish_control(self, spec: CheckpointSpec) -> None:
         """The program's memory is only worth searching once it took the secret in: proof of that is the

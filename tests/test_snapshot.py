@@ -165,7 +165,7 @@ def test_read_mappings_kinds_and_flags(target):
 # --- procmem -------------------------------------------------------------------------------------------
 
 def test_procmem_sees_all_three_copies_with_flags(target, tmp_path):
-    snap = take_snapshot("procmem", target.pid, tmp_path / "work")
+    snap = take_snapshot("procmem", target.pid)
     assert snap.method == "procmem" and snap.duration_s > 0
     assert stat.S_IMODE(snap.path.stat().st_mode) == 0o600
     assert marker_addresses(snap, target.marker) == {target.heap, target.dont_dump, target.no_access}
@@ -181,7 +181,7 @@ def test_procmem_sees_all_three_copies_with_flags(target, tmp_path):
 
 
 def test_procmem_keeps_readable_part_of_partly_unreadable_mapping(target, tmp_path):
-    snap = take_snapshot("procmem", target.pid, tmp_path / "work")
+    snap = take_snapshot("procmem", target.pid)
     region = snap.region_at(target.partial)
     assert region.start == target.partial and region.size == PAGE and region.name == str(target.file)
     assert b"".join(data for _, data in iter_region_chunks(snap.path, region, 1 << 20)) == b"P" * PAGE
@@ -193,8 +193,8 @@ def test_procmem_keeps_readable_part_of_partly_unreadable_mapping(target, tmp_pa
 
 
 def test_procmem_small_chunks_give_same_layout(target, tmp_path):
-    big = procmem_module.take_procmem(target.pid, tmp_path)
-    small = procmem_module.take_procmem(target.pid, tmp_path, chunk_size=2 * PAGE)
+    big = procmem_module.take_procmem(target.pid)
+    small = procmem_module.take_procmem(target.pid, chunk_size=2 * PAGE)
     def layout(snap):
         return [(r.start, r.size) for r in snap.regions], [(g.start, g.size, g.kind) for g in snap.gaps]
 
@@ -212,9 +212,21 @@ def test_procmem_freezes_every_thread_and_resumes(target, tmp_path, monkeypatch)
         return real_read_mappings(pid)
 
     monkeypatch.setattr(procmem_module, "read_mappings", spying_read_mappings)
-    take_snapshot("procmem", target.pid, tmp_path)
+    take_snapshot("procmem", target.pid)
     assert len(seen_states[0]) == 2 and set(seen_states[0].values()) == {b"T"}
     assert target.state() != "T" and target.responds()
+
+
+def open_memory_files() -> set[str]:
+    """The scratch (memfd) files this process holds: a snapshot's memory copy lives in one."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:"):
+                found.add(fd)
+        except OSError:     # the descriptor listdir itself used
+            pass
+    return found
 
 
 def test_procmem_resumes_target_and_removes_file_when_reading_fails(target, tmp_path, monkeypatch):
@@ -222,16 +234,17 @@ def test_procmem_resumes_target_and_removes_file_when_reading_fails(target, tmp_
         raise RuntimeError("simulated failure mid-snapshot")
 
     monkeypatch.setattr(procmem_module, "_copy_mapping", failing_copy)
+    before = open_memory_files()
     with pytest.raises(RuntimeError, match="simulated"):
-        take_snapshot("procmem", target.pid, tmp_path / "work")
-    assert list((tmp_path / "work").iterdir()) == []
+        take_snapshot("procmem", target.pid)
+    assert open_memory_files() == before
     assert target.responds()
 
 
 # --- gcore ---------------------------------------------------------------------------------------------
 
 def test_gcore_honours_dont_dump(target, tmp_path):
-    snap = take_snapshot("gcore", target.pid, tmp_path / "work")
+    snap = take_snapshot("gcore", target.pid)
     assert snap.method == "gcore" and stat.S_IMODE(snap.path.stat().st_mode) == 0o600
     assert snap.notes[0].startswith("GNU gdb")
     assert marker_addresses(snap, target.marker) == {target.heap, target.no_access}
@@ -247,7 +260,7 @@ def test_gcore_honours_dont_dump(target, tmp_path):
 
 
 def test_gcore_all_dumps_excluded_mappings(target, tmp_path):
-    snap = take_snapshot("gcore-all", target.pid, tmp_path / "work")
+    snap = take_snapshot("gcore-all", target.pid)
     assert snap.method == "gcore-all"
     assert marker_addresses(snap, target.marker) == {target.heap, target.dont_dump, target.no_access}
     assert snap.region_at(target.dont_dump).dont_dump is True
@@ -258,16 +271,16 @@ def test_gcore_all_dumps_excluded_mappings(target, tmp_path):
 def test_gcore_all_overrides_a_lowered_coredump_filter(target, tmp_path):
     # A target may set its coredump_filter to 0: gdb's defaults then dump no memory at all.
     Path(f"/proc/{target.pid}/coredump_filter").write_text("0")
-    honouring = take_snapshot("gcore", target.pid, tmp_path / "work")
+    honouring = take_snapshot("gcore", target.pid)
     assert marker_addresses(honouring, target.marker) == set()
     assert gap_at(honouring, target.heap)[0].reason == "not dumped (coredump_filter / gdb policy)"
-    everything = take_snapshot("gcore-all", target.pid, tmp_path / "work")
+    everything = take_snapshot("gcore-all", target.pid)
     assert "set use-coredump-filter off" in everything.notes[1]
     assert marker_addresses(everything, target.marker) == {target.heap, target.dont_dump, target.no_access}
 
 
 def test_gcore_register_notes_carry_thread_ids(target, tmp_path):
-    snap = take_snapshot("gcore", target.pid, tmp_path / "work")
+    snap = take_snapshot("gcore", target.pid)
     tids = {int(t) for t in os.listdir(f"/proc/{target.pid}/task")}
     registers = [r for r in snap.regions if r.kind == RegionKind.REGISTERS]
     assert {r.thread for r in registers} == tids and len(tids) == 2
@@ -295,8 +308,9 @@ def test_gcore_failure_reports_gdb_stderr_and_resumes(target, tmp_path):
     try:
         assert tracer.stdout.readline().strip() == "0"
         with pytest.raises(SnapshotError, match="ptrace: Operation not permitted"):
-            take_snapshot("gcore", target.pid, tmp_path / "work")
-        assert list((tmp_path / "work").iterdir()) == []
+            before = open_memory_files()
+            take_snapshot("gcore", target.pid)
+        assert open_memory_files() == before
     finally:
         tracer.kill()
         tracer.wait()
@@ -305,7 +319,7 @@ def test_gcore_failure_reports_gdb_stderr_and_resumes(target, tmp_path):
 
 def test_gcore_timeout_kills_gdb_and_resumes(target, tmp_path):
     with pytest.raises(SnapshotError, match="timed out"):
-        gcore_module.take_gcore(target.pid, tmp_path, dump_all=False, timeout=0.05)
+        gcore_module.take_gcore(target.pid, dump_all=False, timeout=0.05)
     assert list(tmp_path.glob("*.core")) == []
     assert target.responds()
 
@@ -318,7 +332,7 @@ def gdb_core(helper_binary, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("core")
     t = Target(helper_binary, workdir)
     try:
-        snap = take_snapshot("gcore", t.pid, workdir)
+        snap = take_snapshot("gcore", t.pid)
         tids = {int(x) for x in os.listdir(f"/proc/{t.pid}/task")}
     finally:
         t.close()
@@ -435,7 +449,7 @@ def _dead_pid() -> int:
 @pytest.mark.parametrize("method", LIVE_METHODS)
 def test_dead_pid_gives_snapshot_error(method, tmp_path):
     with pytest.raises(SnapshotError, match="does not exist"):
-        take_snapshot(method, _dead_pid(), tmp_path)
+        take_snapshot(method, _dead_pid())
     assert list(tmp_path.iterdir()) == []
 
 
@@ -448,7 +462,7 @@ def test_zombie_gives_snapshot_error(method, tmp_path):
         time.sleep(0.01)
     try:
         with pytest.raises(SnapshotError, match="exited"):
-            take_snapshot(method, proc.pid, tmp_path)
+            take_snapshot(method, proc.pid)
     finally:
         proc.wait()
 
@@ -458,7 +472,7 @@ def test_method_unavailable(monkeypatch):
     with pytest.raises(ValueError, match="unknown snapshot method"):
         method_unavailable("telepathy")
     with pytest.raises(ValueError):
-        take_snapshot("telepathy", os.getpid(), Path("/nonexistent"))
+        take_snapshot("telepathy", os.getpid())
     monkeypatch.setenv("PATH", "/nonexistent")
     assert method_unavailable("gcore") == "gdb not found on PATH"
     assert method_unavailable("procmem") is None
@@ -505,7 +519,7 @@ def test_procmem_waits_until_every_thread_reports_stopped(target, tmp_path, monk
         return {**states, laggard: "S"} if len(polls) <= 3 else states
 
     monkeypatch.setattr(procmem_module, "thread_states", slow_thread_states)
-    snap = procmem_module.take_procmem(target.pid, tmp_path)
+    snap = procmem_module.take_procmem(target.pid)
     assert len(polls) == 4 and snap.regions
     assert target.responds()
 
@@ -515,6 +529,6 @@ def test_procmem_gives_up_when_a_thread_never_stops(target, tmp_path, monkeypatc
     laggard = max(int(t) for t in os.listdir(f"/proc/{target.pid}/task"))
     monkeypatch.setattr(procmem_module, "thread_states", lambda pid: {**real_states(pid), laggard: "D"})
     with pytest.raises(SnapshotError, match=rf"threads did not stop within 0.2s: {laggard} \(D\)"):
-        procmem_module.take_procmem(target.pid, tmp_path, stop_timeout=0.2)
+        procmem_module.take_procmem(target.pid, stop_timeout=0.2)
     assert list(tmp_path.glob("*.raw")) == []
     assert target.responds()

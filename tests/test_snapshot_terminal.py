@@ -682,7 +682,7 @@ def exit_snapshot(child, command: bytes, workdir: Path, timeout: float = 30):
         assert stop.wait_for_exit_stop(timeout) is True
         state = Path(f"/proc/{child.pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
         assert state == b"t"                   # held in a ptrace stop
-        snap = stop.snapshot(workdir)
+        snap = stop.snapshot()
     finally:
         stop.release()
     return stop, snap
@@ -737,7 +737,7 @@ def test_exit_stop_survives_a_group_stop(exit_binary, tmp_path, children):
         os.kill(child.pid, signal.SIGCONT)
         child.send(b"x")
         assert stop.wait_for_exit_stop(10)
-        snap = stop.snapshot(tmp_path / "work")
+        snap = stop.snapshot()
         assert hits(snap, kept) and not hits(snap, wiped)
     finally:
         stop.release()
@@ -750,7 +750,7 @@ def test_exit_release_before_exit_detaches_a_running_target(exit_binary, tmp_pat
     stop = ExitStop(child.pid)
     stop.arm()
     with pytest.raises(SnapshotError, match="is not in its exit stop"):
-        stop.snapshot(tmp_path)
+        stop.snapshot()
     with pytest.raises(SnapshotError, match="did not reach its exit"):
         stop.wait_for_exit_stop(0.2)
     stop.release()

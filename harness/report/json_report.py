@@ -60,7 +60,7 @@ def _project_path(path: Path) -> str:
     """Paths inside the project are given relative to it, so reports match across checkouts."""
     try:
         return str(path.resolve().relative_to(PROJECT_ROOT))
-    except ValueError:
+    except (ValueError, RuntimeError, OSError):    # outside the project, or a symbolic link loop
         return str(path)
 
 

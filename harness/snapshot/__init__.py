@@ -1,4 +1,5 @@
-"""Snapshot methods: copy a live target's memory into a file described by a `Snapshot`.
+"""Snapshot methods: copy a live target's memory into a scratch file (memory, never disk: scratch.py)
+described by a `Snapshot`.
 
 procmem    /proc/PID/mem under SIGSTOP: everything readable, including PROT_NONE and MADV_DONTDUMP pages.
 gcore      gdb's gcore with gdb's defaults: honours MADV_DONTDUMP and the target's coredump_filter.
@@ -98,37 +99,41 @@ def held_still(pid: int):
         resume(pid)
 
 
+SNAPSHOT_SUFFIXES = {"procmem": ".raw", "exit": ".raw"}    # the others are ELF cores
+
+
 def dispose_snapshot(snapshot: Snapshot, keep_in: Path | None, stem: str) -> None:
-    """Delete the snapshot file (it holds the secret), or, if `keep_in` is given, move it there as
-    STEM.METHOD.ext: the file 0600, its folder and the folder above 0700."""
+    """Free the snapshot (it holds the secret), or, if `keep_in` is given, write it there as STEM.METHOD.ext:
+    the file 0600 from its first byte, its folder and the folder above 0700."""
+    from harness.snapshot import scratch
     if keep_in is None or not snapshot.path.exists():
-        snapshot.path.unlink(missing_ok=True)
+        scratch.discard(snapshot.path)
         return
     keep_in.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(keep_in.parent, 0o700)
-    kept = keep_in / f"{stem}.{snapshot.method}{snapshot.path.suffix or '.img'}"
-    shutil.move(snapshot.path, kept)
+    kept = keep_in / f"{stem}.{snapshot.method}{SNAPSHOT_SUFFIXES.get(snapshot.method, '.core')}"
+    with open(snapshot.path, "rb") as source, open(os.open(kept, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as copy:
+        shutil.copyfileobj(source, copy, 8 << 20)
     os.chmod(kept, 0o600)
+    scratch.discard(snapshot.path)
     snapshot.path = kept
 
 
-def take_snapshot(method: str, pid: int, workdir: Path, held: bool = False) -> Snapshot:
-    """Snapshot process `pid` with a live method (procmem, gcore, gcore-all), writing the snapshot file into `workdir`.
+def take_snapshot(method: str, pid: int, *, held: bool = False) -> Snapshot:
+    """Snapshot process `pid` with a live method (procmem, gcore, gcore-all) into a scratch file.
     `held`: the caller keeps the process stopped (held_still) and resumes it itself."""
     reason = method_unavailable(method)
     if reason:
         raise SnapshotError(f"{method} unavailable: {reason}")
-    workdir = Path(workdir)
-    workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
     started = time.monotonic()
     if method in ("kernel-core", "exit"):
         raise ValueError(f"{method} is driven by the runner, not take_snapshot")
     if method == "procmem":
         from harness.snapshot.procmem import take_procmem
-        snapshot = take_procmem(pid, workdir, held=held)
+        snapshot = take_procmem(pid, held=held)
     else:
         from harness.snapshot.gcore import take_gcore
-        snapshot = take_gcore(pid, workdir, dump_all=method == "gcore-all")
+        snapshot = take_gcore(pid, dump_all=method == "gcore-all")
     snapshot.duration_s = time.monotonic() - started
     return snapshot
 

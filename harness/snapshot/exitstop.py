@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from harness.model import Region, RegionKind, Snapshot
-from harness.snapshot import CAP_SYS_PTRACE, SnapshotError, has_capability, ptrace_scope
+from harness.snapshot import CAP_SYS_PTRACE, SnapshotError, has_capability, ptrace_scope, scratch
 from harness.process import describe_status, signal_name
 from harness.snapshot.procmem import copy_stopped_memory, open_mem, thread_states
 
@@ -193,24 +193,22 @@ class ExitStop:
             self.exit_status = status     # exited or killed without an exit stop
             return False
 
-    def snapshot(self, workdir: Path) -> Snapshot:
+    def snapshot(self) -> Snapshot:
         """Copy the target's memory (every mapping, as procmem) and the leader's register sets while it sits
         in its exit stop."""
         self._check_thread()
         if not self.at_exit_stop:
             raise SnapshotError(f"process {self.pid} is not in its exit stop (call wait_for_exit_stop first)")
-        workdir = Path(workdir)
-        workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
         started = time.monotonic()
         mem_fd = open_mem(self.pid)
         try:
-            snapshot, mappings = copy_stopped_memory(self.pid, workdir, METHOD, mem_fd)
+            snapshot, mappings = copy_stopped_memory(self.pid, METHOD, mem_fd)
         finally:
             os.close(mem_fd)
         try:
             register_notes = self._append_registers(snapshot)
         except BaseException:
-            snapshot.path.unlink(missing_ok=True)
+            scratch.discard(snapshot.path)
             raise
         others = {tid: s for tid, s in self._threads_at_stop.items() if tid != self.pid}
         notes = [

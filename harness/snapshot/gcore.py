@@ -6,11 +6,11 @@ import os
 import shutil
 import signal
 import subprocess
-import tempfile
 from pathlib import Path
 
 from harness.model import Snapshot
-from harness.snapshot import SnapshotError
+from harness.process import die_with_parent
+from harness.snapshot import SnapshotError, scratch
 from harness.snapshot.elfcore import CoreFormatError, snapshot_from_core
 from harness.snapshot.procmaps import read_mappings
 
@@ -48,7 +48,7 @@ def gdb_settings(dump_all: bool, target_filter: int | None) -> list[str]:
     return settings
 
 
-def take_gcore(pid: int, workdir: Path, dump_all: bool, timeout: float = GDB_TIMEOUT_S) -> Snapshot:
+def take_gcore(pid: int, dump_all: bool, timeout: float = GDB_TIMEOUT_S) -> Snapshot:
     method = "gcore-all" if dump_all else "gcore"
     gdb = shutil.which("gdb")
     if gdb is None:
@@ -59,17 +59,15 @@ def take_gcore(pid: int, workdir: Path, dump_all: bool, timeout: float = GDB_TIM
         raise SnapshotError(f"process {pid} has no memory mappings (exited?)")
     target_filter = _coredump_filter(pid)
     settings = gdb_settings(dump_all, target_filter)
-    # gdb truncates and rewrites the existing file, keeping the 0600 mode mkstemp gave it.
-    fd, core_name = tempfile.mkstemp(prefix=f"{method}-{pid}-", suffix=".core", dir=Path(workdir))
-    os.close(fd)
-    core = Path(core_name)
+    core = scratch.create(f"{method}-{pid}")    # gdb opens it through /proc/<harness>/fd and writes the core there
     command = [gdb, "-nx", "-batch", *_GDB_QUIET, "-p", str(pid)]
     for setting in settings + [f"gcore {core}"]:
         command += ["-ex", setting]
     try:
         try:
             result = subprocess.run(command, capture_output=True, text=True, errors="replace", timeout=timeout,
-                                    stdin=subprocess.DEVNULL, env=dict(os.environ, DEBUGINFOD_URLS=""), umask=0o077)
+                                    stdin=subprocess.DEVNULL, env=dict(os.environ, DEBUGINFOD_URLS=""), umask=0o077,
+                                    preexec_fn=die_with_parent)
         except subprocess.TimeoutExpired as exc:
             # run() has killed gdb; the kernel detaches the target, which may stay in a stopped state.
             _resume(pid)
@@ -83,7 +81,7 @@ def take_gcore(pid: int, workdir: Path, dump_all: bool, timeout: float = GDB_TIM
         except CoreFormatError as exc:
             raise SnapshotError(f"gdb wrote an unreadable core: {exc}") from exc
     except BaseException:
-        core.unlink(missing_ok=True)  # never leave a partial copy of the target's memory behind
+        scratch.discard(core)  # never keep a partial copy of the target's memory
         raise
     snapshot.notes[:0] = [version, "gdb settings: " + ("; ".join(settings) or "defaults"),
                           f"target coredump_filter: {target_filter:#x}" if target_filter is not None else

@@ -7,12 +7,10 @@ from __future__ import annotations
 import errno
 import os
 import signal
-import tempfile
 import time
-from pathlib import Path
 
 from harness.model import Gap, GapKind, Region, RegionKind, Snapshot
-from harness.snapshot import SnapshotError
+from harness.snapshot import SnapshotError, scratch
 from harness.snapshot.procmaps import LiveMapping, read_mappings
 
 CHUNK_SIZE = 8 << 20
@@ -162,23 +160,20 @@ def open_mem(pid: int) -> int:
                             "(different uid, not dumpable, or Yama; needs CAP_SYS_PTRACE)") from exc
 
 
-def copy_stopped_memory(pid: int, workdir: Path, method: str, mem_fd: int | None = None,
+def copy_stopped_memory(pid: int, method: str, mem_fd: int | None = None,
                         chunk_size: int = CHUNK_SIZE) -> tuple[Snapshot, list[LiveMapping]]:
     """Copy every mapping of `pid` (PROT_NONE and MADV_DONTDUMP included; unreadable pages become gaps)
-    into a new private file in `workdir`. The caller keeps the process from running meanwhile (SIGSTOP,
+    into a new scratch file (memory, never disk). The caller keeps the process from running meanwhile (SIGSTOP,
     a ptrace stop, ...): this function does not stop it. Returns the Snapshot (notes empty) and the
     mappings it read. On any failure the partial file is removed."""
-    workdir = Path(workdir)
     own_fd = mem_fd is None
     if own_fd:
         mem_fd = open_mem(pid)
-    # mkstemp: O_CREAT|O_EXCL with mode 0600, so the memory copy is private from the first byte.
-    fd, raw_name = tempfile.mkstemp(prefix=f"{method}-{pid}-", suffix=".raw", dir=workdir)
-    raw_path = Path(raw_name)
+    raw_path = scratch.create(f"{method}-{pid}")
     regions: list[Region] = []
     gaps: list[Gap] = []
     try:
-        with os.fdopen(fd, "wb", buffering=0) as out:
+        with open(raw_path, "wb", buffering=0) as out:
             buffer = bytearray(max(PAGE_SIZE, chunk_size // PAGE_SIZE * PAGE_SIZE))   # whole pages, for the bisection
             mappings = read_mappings(pid)
             if not mappings:
@@ -187,7 +182,7 @@ def copy_stopped_memory(pid: int, workdir: Path, method: str, mem_fd: int | None
                 _copy_mapping(mem_fd, out, pid, m, buffer, regions, gaps)
             out.truncate(out.tell())     # a trailing hole still counts in the file size
     except BaseException:
-        raw_path.unlink(missing_ok=True)   # never leave a partial copy of the target's memory behind
+        scratch.discard(raw_path)   # never keep a partial copy of the target's memory
         raise
     finally:
         if own_fd:
@@ -195,7 +190,7 @@ def copy_stopped_memory(pid: int, workdir: Path, method: str, mem_fd: int | None
     return Snapshot(method=method, path=raw_path, regions=regions, gaps=gaps), mappings
 
 
-def take_procmem(pid: int, workdir: Path, chunk_size: int = CHUNK_SIZE, stop_timeout: float = 5.0,
+def take_procmem(pid: int, chunk_size: int = CHUNK_SIZE, stop_timeout: float = 5.0,
                  held: bool = False) -> Snapshot:
     """`held`: the caller already keeps the process stopped (and will resume it): do not SIGCONT it here."""
     mem_fd = open_mem(pid)
@@ -203,7 +198,7 @@ def take_procmem(pid: int, workdir: Path, chunk_size: int = CHUNK_SIZE, stop_tim
         try:
             waited = freeze(pid, stop_timeout)
             frozen_at = time.monotonic()
-            snapshot, mappings = copy_stopped_memory(pid, workdir, "procmem", mem_fd, chunk_size)
+            snapshot, mappings = copy_stopped_memory(pid, "procmem", mem_fd, chunk_size)
             frozen_for = time.monotonic() - frozen_at
         finally:
             if not held:

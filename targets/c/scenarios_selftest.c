@@ -51,6 +51,48 @@ static void selftest_crash(void)
     raise(SIGSEGV);
 }
 
+static void die_now(int sig)
+{
+    (void)sig;
+    signal(SIGSEGV, SIG_DFL);
+    raise(SIGSEGV);
+}
+
+/* Dies (SIGSEGV from a timer) 50 ms into its first checkpoint, while the harness is taking snapshots: as an
+ * OOM kill or a crash in another thread would. */
+static void selftest_die_in_checkpoint(void)
+{
+    read_key();
+    signal(SIGALRM, die_now);
+    ualarm(50000, 0);
+    rem_checkpoint("in_use", key);
+    rem_checkpoint("after", NULL);
+}
+
+/* Starts a daemon as gpg starts gpg-agent (fork, setsid, fork again) that keeps a copy of the key and
+ * outlives the target's process group. */
+static void selftest_daemon(void)
+{
+    read_key();
+    pid_t child = fork();
+
+    if (child < 0)
+        rem_fail("fork failed");
+    if (child == 0) {
+        close(REM_CONTROL_FD);    /* the harness must see the target end, not wait for the daemon */
+        setsid();
+        if (fork() != 0)
+            _exit(0);
+        static unsigned char daemon_copy[REM_SECRET_MAX];
+        for (size_t i = 0; i < rem_secret_len(); i++)
+            daemon_copy[i] = key[i];
+        rem_use(daemon_copy, rem_secret_len());
+        for (;;)
+            pause();
+    }
+    rem_checkpoint("in_use", key);
+}
+
 /* Announces a checkpoint no scenario file declares. */
 static void selftest_surprise(void)
 {
@@ -82,3 +124,5 @@ REMANENCE_SCENARIO("selftest.fork_hang", selftest_fork_hang);
 REMANENCE_SCENARIO("selftest.crash", selftest_crash);
 REMANENCE_SCENARIO("selftest.surprise", selftest_surprise);
 REMANENCE_SCENARIO("selftest.fail", selftest_fail);
+REMANENCE_SCENARIO("selftest.die_in_checkpoint", selftest_die_in_checkpoint);
+REMANENCE_SCENARIO("selftest.daemon", selftest_daemon);

@@ -1,0 +1,236 @@
+"""The harness's private workspace: one work folder and one cgroup per harness process, cleaned up even when
+the harness is killed.
+
+- The work folder (`$TMPDIR/remanence-<pid>-<start time>-<random>`, 0700) holds each run's folder: target
+  logs, kernel cores, a command target's secret file. Snapshots themselves live in memory (scratch.py).
+- Every process a run starts joins that run's cgroup (cgroup2: `cgroup.kill` ends a whole tree, daemons that
+  setsid or double-fork included), and the harness is a child subreaper, so such daemons become its
+  children and are reaped at the end of their run.
+- A sentinel process, started with the workspace in a session of its own, waits for the harness to go away
+  (end of file on a pipe only the harness holds) and then kills what is left in the cgroups and deletes the
+  work folder: a SIGKILLed harness leaves neither a process nor a secret on disk.
+- At start, work folders and cgroups of remanence processes that no longer exist (a sentinel killed too)
+  are removed.
+"""
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import os
+import re
+import secrets
+import shutil
+import signal
+import tempfile
+import time
+from pathlib import Path
+
+CGROUP2_ROOTS = (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup"))
+PREFIX = "remanence-"
+PR_SET_CHILD_SUBREAPER = 36
+_OWNED = re.compile(re.escape(PREFIX) + r"(\d+)-(\d+)-[0-9a-f]{8}")
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (stat field 22): a pid and its start time name one
+    process, even after the pid is reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rpartition(")")[2].split()[19])
+
+
+def _owner_gone(name: str) -> bool:
+    match = _OWNED.fullmatch(name)
+    return bool(match) and _start_time(int(match[1])) != int(match[2])
+
+
+def _cgroup2_root() -> Path | None:
+    for root in CGROUP2_ROOTS:
+        if (root / "cgroup.procs").exists() and (root / "cgroup.subtree_control").exists() \
+                and os.access(root, os.W_OK):
+            return root
+    return None
+
+
+def _cgroup_procs(group: Path) -> list[int]:
+    try:
+        return [int(p) for p in (group / "cgroup.procs").read_text().split()]
+    except OSError:
+        return []
+
+
+def kill_cgroup(group: Path, reap: bool, timeout: float = 5.0) -> list[int]:
+    """SIGKILL every process in `group` and its sub-groups, wait until they are gone (reaping those that are our
+    children if `reap`), remove the groups. Returns the pids that were killed."""
+    killed: list[int] = []
+    for sub in sorted((p for p in group.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True) + [group]:
+        members = _cgroup_procs(sub)
+        killed += members
+        if members:
+            try:
+                (sub / "cgroup.kill").write_text("1")
+            except OSError:
+                for pid in members:   # a kernel before 5.14: no cgroup.kill
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+        deadline = time.monotonic() + timeout
+        while True:
+            if reap:
+                for pid in members:
+                    try:
+                        os.waitpid(pid, os.WNOHANG)
+                    except ChildProcessError:
+                        pass
+            try:
+                sub.rmdir()
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.01)
+    return killed
+
+
+class RunCgroup:
+    """The cgroup of one run: everything the run starts, and everything those start."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.procs_file = str(path / "cgroup.procs")
+
+    def outside_group(self, pgid: int) -> list[int]:
+        """Members that left process group `pgid` (daemons: setsid, double fork)."""
+        outside = []
+        for pid in _cgroup_procs(self.path):
+            try:
+                if os.getpgid(pid) != pgid:
+                    outside.append(pid)
+            except ProcessLookupError:
+                pass
+        return outside
+
+    def end(self) -> list[int]:
+        """Kill whatever is left of the run (daemons its programs started) and reap it."""
+        return kill_cgroup(self.path, reap=True)
+
+
+class Workspace:
+    def __init__(self) -> None:
+        remove_stale()
+        me = os.getpid()
+        self.name = f"{PREFIX}{me}-{_start_time(me)}-{secrets.token_hex(4)}"
+        self.root = Path(tempfile.gettempdir()) / self.name
+        self.root.mkdir(mode=0o700)
+        root = _cgroup2_root()
+        self.cgroup: Path | None = None
+        if root is not None:
+            try:
+                (root / self.name).mkdir()
+                self.cgroup = root / self.name
+            except OSError:
+                pass
+        self.cgroup_problem = None if self.cgroup else "no writable cgroup2 hierarchy: daemons a run starts are not tracked"
+        # Orphans of our targets (daemons that double-fork) become our children, to be reaped at their run's end.
+        _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        self._runs = 0
+        self._sentinel, self._lifeline = _start_sentinel(self.root, self.cgroup)
+
+    def run_folder(self, label: str) -> Path:
+        """A new private (0700) folder for one run."""
+        self._runs += 1
+        folder = self.root / f"{self._runs}-{re.sub(r'[^A-Za-z0-9._-]', '_', label)[:60]}"
+        folder.mkdir(mode=0o700)
+        return folder
+
+    def run_cgroup(self, folder: Path) -> RunCgroup | None:
+        if self.cgroup is None:
+            return None
+        path = self.cgroup / folder.name
+        try:
+            path.mkdir()
+        except OSError:
+            return None
+        return RunCgroup(path)
+
+    def close(self) -> None:
+        if self.cgroup is not None:
+            kill_cgroup(self.cgroup, reap=True)
+        shutil.rmtree(self.root, ignore_errors=True)
+        os.close(self._lifeline)        # the sentinel sees end of file, finds nothing left, and exits
+        try:
+            os.waitpid(self._sentinel, 0)
+        except ChildProcessError:
+            pass
+
+
+def _start_sentinel(root: Path, cgroup: Path | None) -> tuple[int, int]:
+    """Fork the sentinel; returns (its pid, the write end of its lifeline)."""
+    lifeline_r, lifeline_w = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(lifeline_r)
+        return pid, lifeline_w
+    try:   # the sentinel: nothing here may raise out into the harness's code
+        os.setsid()   # out of the harness's process group: a Ctrl-C or a group kill aimed at it passes us by
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+            signal.signal(sig, signal.SIG_IGN)
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.closerange(3, lifeline_r)
+        os.closerange(lifeline_r + 1, os.sysconf("SC_OPEN_MAX"))
+        while os.read(lifeline_r, 1):
+            pass
+        if cgroup is not None:
+            kill_cgroup(cgroup, reap=False)
+        shutil.rmtree(root, ignore_errors=True)
+    finally:
+        os._exit(0)
+
+
+def remove_stale() -> list[str]:
+    """Remove work folders and cgroups left by remanence processes that no longer exist; returns their names."""
+    removed = []
+    for entry in Path(tempfile.gettempdir()).glob(PREFIX + "*"):
+        if entry.is_dir() and not entry.is_symlink() and _owner_gone(entry.name):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(str(entry))
+    root = _cgroup2_root()
+    for group in root.glob(PREFIX + "*") if root else ():
+        if _owner_gone(group.name):
+            kill_cgroup(group, reap=False)
+            removed.append(str(group))
+    return removed
+
+
+_current: Workspace | None = None
+
+
+def workspace() -> Workspace:
+    """The current workspace, started on first use; it ends with the command (session) or at exit."""
+    global _current
+    if _current is None:
+        _current = Workspace()
+        atexit.register(_current.close)
+    return _current
+
+
+@contextlib.contextmanager
+def session():
+    """One command: whatever workspace it starts is gone, with every process and file of its runs, when it ends."""
+    global _current
+    try:
+        yield
+    finally:
+        if _current is not None:
+            ending, _current = _current, None
+            atexit.unregister(ending.close)
+            ending.close()
