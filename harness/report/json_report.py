@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..model import Gap, Region
+from ..snapshot import scratch
 from ..results import Results, RunRecord, document_aggregates, document_counts, fingerprint, verdict_fingerprints
 from ..targets import PROJECT_ROOT, registration_site
 from ..verdict import Finding, Verdict
@@ -47,7 +48,9 @@ def _verdict(v: Verdict, show_secrets: bool) -> dict:
         s = v.snapshot
         snapshot = {"method": s.method, "captured_bytes": s.captured_bytes, "duration_s": round(s.duration_s, 4),
                     "regions": [_region(r) for r in s.regions], "gaps": [_gap(g) for g in s.gaps], "notes": s.notes,
-                    "kept_path": str(s.path) if s.path.exists() else None, "not_produced": s.not_produced}
+                    "kept_path": None if scratch.is_scratch(s.path) or not s.path.exists() else str(s.path),
+                    "not_produced": s.not_produced,
+                    "not_produced_cause": s.not_produced_cause.value if s.not_produced_cause else None}
     return {"scenario": v.scenario, "repetition": v.repetition, "checkpoint": v.checkpoint, "method": v.method,
             "subject": v.subject, "expect": v.expect.value, "why": v.why, "outcome": v.outcome.value, "reason": v.reason,
             "canary_seen": v.canary_seen, "intended_address": _address(v.intended_address),
