@@ -1,15 +1,23 @@
 """Target programs: building them (cached by source hash) and asking which scenarios they register."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
+import glob
 import hashlib
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
+
+from .process import die_with_parent
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TARGETS_DIR = PROJECT_ROOT / "targets"
@@ -123,7 +131,8 @@ def _cache_folder(language: str, source: Path, toolchain: str) -> Path:
 def _run_step(language: str, argv: list[str], cwd: Path, env: dict | None = None) -> None:
     """One build or install command; its failure, with the end of its output, is the target's SKIP reason."""
     try:
-        done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
+        done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, env=env, timeout=600,
+                              preexec_fn=die_with_parent)
     except (OSError, subprocess.TimeoutExpired) as e:
         raise TargetUnavailable(f"building the {language} target failed: {' '.join(argv[:3])}: {e}") from None
     if done.returncode != 0:
@@ -131,35 +140,129 @@ def _run_step(language: str, argv: list[str], cwd: Path, env: dict | None = None
                                 f"{(done.stderr or done.stdout).strip()[-2000:]}")
 
 
-def _build(language: str, source: Path, toolchain: str, command: list[str], env: dict | None = None) -> Path:
-    out = _cache_folder(language, source, toolchain)
-    binary = out / BINARY_NAMES[language]
-    if not binary.exists():
-        out.mkdir(parents=True, exist_ok=True)
-        partial = out / (binary.name + ".partial")
-        _run_step(language, [c.replace("{OUT}", str(out)).replace("{BIN}", str(partial)) for c in command], source, env)
-        if not partial.exists():
-            raise TargetUnavailable(f"building the {language} target failed: {partial.name} was not written")
-        partial.rename(binary)  # only a complete build is ever cached
-    return binary
+# A cache entry is a folder <language>-<hash> holding the built target and MANIFEST_NAME. It is built in a
+# staging folder <entry>.tmp-XXXXXX, checked, then renamed into place, under the lock <entry>.lock; an entry
+# is used only once its manifest matches and its --list answers, otherwise it is discarded and rebuilt.
+MANIFEST_NAME = ".manifest.json"
+SCENARIO_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+Build = Callable[[Path], None]             # fills a staging folder with a target
+CommandIn = Callable[[Path], tuple[str, ...]]  # the target's argv prefix when it lives in a given folder
 
 
-def _install(language: str, source: Path, toolchain: str, steps: list[list[str]], product: str) -> Path:
-    """For interpreted targets: copy the sources into a cache folder and run the install steps there
-    (npm ci, pip install); the folder is only published once every step succeeded."""
-    out = _cache_folder(language, source, toolchain)
-    if not (out / product).exists():
-        partial = out.with_name(out.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
+class _Unusable(Exception):
+    """A cache entry that must not be used (missing, damaged, or its target does not answer --list)."""
+
+
+def _tree(folder: Path) -> dict[str, list[int]]:
+    """Every file and symlink under `folder` but the manifest and Python's own __pycache__ (which Python may
+    rewrite): relative path -> [size, mode]."""
+    tree = {}
+    for parent, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(parent, d))]:
+            path = os.path.join(parent, name)
+            stat = os.lstat(path)
+            tree[os.path.relpath(path, folder)] = [stat.st_size, stat.st_mode]
+    tree.pop(MANIFEST_NAME, None)
+    return tree
+
+
+def _listing(folder: Path, command: tuple[str, ...]) -> tuple[str, ...]:
+    """The scenario names the target in `folder` lists, once its files are all as they were built."""
+    try:
+        recorded = json.loads((folder / MANIFEST_NAME).read_text())
+    except (OSError, ValueError) as e:
+        raise _Unusable(f"no readable manifest ({e})") from None
+    if not isinstance(recorded, dict):
+        raise _Unusable(f"{MANIFEST_NAME} is not a manifest")
+    present = _tree(folder)
+    if changed := sorted(p for p, attrs in recorded.items() if present.get(p) != attrs):
+        raise _Unusable(f"{len(changed)} file(s) missing or changed since the build, e.g. {changed[0]}")
+    try:
+        done = subprocess.run([*command, "--list"], capture_output=True, text=True, timeout=60,
+                              preexec_fn=die_with_parent)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise _Unusable(f"{' '.join(command)} --list failed: {e}") from None
+    names = tuple(done.stdout.split())
+    if done.returncode != 0:
+        raise _Unusable(f"{' '.join(command)} --list exited {done.returncode}: {done.stderr.strip()[-500:]}")
+    if not names or not all(SCENARIO_NAME.fullmatch(n) for n in names):
+        raise _Unusable(f"{' '.join(command)} --list did not answer with scenario names: {done.stdout[:200]!r}")
+    return names
+
+
+@contextlib.contextmanager
+def _entry_lock(entry: Path):
+    """Held while an entry is checked again, discarded or built: concurrent harnesses build it once."""
+    with open(entry.with_name(entry.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)   # released when the handle closes, or when its holder dies
+        yield
+
+
+def _staging_folder(entry: Path) -> Path:
+    return Path(tempfile.mkdtemp(prefix=entry.name + ".tmp-", dir=entry.parent))
+
+
+def _discard(entry: Path) -> None:
+    """Under the entry's lock: remove the entry (moved aside first, so it disappears at once rather than
+    file by file under a reader) and the staging folders a killed build left behind."""
+    if entry.exists() or entry.is_symlink():
+        entry.rename(_staging_folder(entry) / "discarded")
+    for leftover in entry.parent.glob(glob.escape(entry.name) + ".tmp-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _cached_target(language: str, entry: Path, build: Build, command_in: CommandIn) -> TargetProgram:
+    """The target from cache entry `entry`, (re)built first unless it is whole and answers --list."""
+    try:
+        return TargetProgram(language, command_in(entry), _listing(entry, command_in(entry)))
+    except _Unusable:
+        pass
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        with _entry_lock(entry):
+            try:  # another harness may have built it while this one waited for the lock
+                return TargetProgram(language, command_in(entry), _listing(entry, command_in(entry)))
+            except _Unusable:
+                _discard(entry)
+            staging = _staging_folder(entry)
+            try:
+                build(staging)
+                (staging / MANIFEST_NAME).write_text(json.dumps(_tree(staging)))
+                try:
+                    names = _listing(staging, command_in(staging))
+                except _Unusable as e:
+                    raise TargetUnavailable(f"the {language} target just built does not work: {e}") from None
+                staging.chmod(0o755)   # mkdtemp's 0700 is for the build only
+                staging.rename(entry)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+    except OSError as e:
+        raise TargetUnavailable(f"cannot build the {language} target in {entry.parent}: {e}") from None
+    return TargetProgram(language, command_in(entry), names)
+
+
+def _compile(language: str, source: Path, argv: list[str], env: dict | None = None) -> Build:
+    """Build step of a compiled target: `argv` run in `source`, {OUT} and {BIN} naming the staging folder
+    and the binary in it."""
+    def build(staging: Path) -> None:
+        binary = staging / BINARY_NAMES[language]
+        _run_step(language, [a.replace("{OUT}", str(staging)).replace("{BIN}", str(binary)) for a in argv], source, env)
+        if not binary.is_file():
+            raise TargetUnavailable(f"building the {language} target failed: {' '.join(argv[:3])} wrote no {binary.name}")
+    return build
+
+
+def _install(language: str, source: Path, steps: list[list[str]]) -> Build:
+    """Build steps of an interpreted target: the sources copied into the staging folder, then the install
+    steps (npm ci, pip install) run there, {OUT} naming it."""
+    def build(staging: Path) -> None:
         for path in _source_files(source):
-            (partial / path.relative_to(source)).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, partial / path.relative_to(source))
+            (staging / path.relative_to(source)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, staging / path.relative_to(source))
         for step in steps:
-            _run_step(language, [a.replace("{OUT}", str(partial)) for a in step], partial)
-        shutil.rmtree(out, ignore_errors=True)
-        partial.rename(out)
-    return out
+            _run_step(language, [a.replace("{OUT}", str(staging)) for a in step], staging)
+    return build
 
 
 def _node_problem() -> tuple[str | None, str]:
@@ -179,36 +282,36 @@ def build_target(language: str) -> TargetProgram:
     if language == "c":
         if reason := _c_missing():
             raise TargetUnavailable(reason)
-        binary = _build("c", TARGETS_DIR / "c", _toolchain_version("gcc"),
-                        ["make", "-s", "OUT={OUT}", "BIN={BIN}"])
-    elif language == "go":
+        source = TARGETS_DIR / "c"
+        return _cached_target("c", _cache_folder("c", source, _toolchain_version("gcc")),
+                              _compile("c", source, ["make", "-s", "OUT={OUT}", "BIN={BIN}"]),
+                              lambda folder: (str(folder / BINARY_NAMES["c"]),))
+    if language == "go":
         go = go_tool()
         reason, version = _go_problem(go)
         if reason:
             raise TargetUnavailable(reason)
+        source = TARGETS_DIR / "go"
         env = dict(os.environ, GOEXPERIMENT="runtimesecret", CGO_ENABLED="0")
-        binary = _build("go", TARGETS_DIR / "go", version, [go, "build", "-trimpath", "-o", "{BIN}", "."], env)
-    elif language == "node":
+        return _cached_target("go", _cache_folder("go", source, version),
+                              _compile("go", source, [go, "build", "-trimpath", "-o", "{BIN}", "."], env),
+                              lambda folder: (str(folder / BINARY_NAMES["go"]),))
+    if language == "node":
         reason, version = _node_problem()
         if reason:
             raise TargetUnavailable(reason)
-        out = _install("node", TARGETS_DIR / "node", version, [["npm", "ci", "--no-audit", "--no-fund"]], "node_modules")
-        command = (shutil.which("node"), "--expose-gc", str(out / "target.js"))
-    elif language == "python":
+        source = TARGETS_DIR / "node"
+        return _cached_target("node", _cache_folder("node", source, version),
+                              _install("node", source, [["npm", "ci", "--no-audit", "--no-fund"]]),
+                              lambda folder: (shutil.which("node"), "--expose-gc", str(folder / "target.js")))
+    if language == "python":
         # The target gets a venv of its own (PyNaCl pinned in requirements.txt), made with this interpreter.
-        out = _install("python", TARGETS_DIR / "python", sys.version,
-                       [[sys.executable, "-m", "venv", "{OUT}/venv"],
-                        ["{OUT}/venv/bin/pip", "install", "--no-cache-dir", "--disable-pip-version-check", "-q",
-                         "-r", "requirements.txt"]], "venv")
-        command = (str(out / "venv" / "bin" / "python"), "-E", "-s", str(out / "target.py"))
-    else:
-        raise TargetUnavailable(f"no target program for language {language!r}")
-    if language in ("c", "go"):
-        command = (str(binary),)
-    try:
-        listing = subprocess.run([*command, "--list"], capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise TargetUnavailable(f"{' '.join(command)} --list failed: {e}") from None
-    if listing.returncode != 0:
-        raise TargetUnavailable(f"{' '.join(command)} --list exited {listing.returncode}: {listing.stderr.strip()[-500:]}")
-    return TargetProgram(language, command, tuple(listing.stdout.split()))
+        source = TARGETS_DIR / "python"
+        return _cached_target("python", _cache_folder("python", source, sys.version),
+                              _install("python", source, [
+                                  [sys.executable, "-m", "venv", "{OUT}/venv"],
+                                  ["{OUT}/venv/bin/pip", "install", "--no-cache-dir", "--disable-pip-version-check",
+                                   "-q", "-r", "requirements.txt"]]),
+                              lambda folder: (str(folder / "venv" / "bin" / "python"), "-E", "-s",
+                                              str(folder / "target.py")))
+    raise TargetUnavailable(f"no target program for language {language!r}")
