@@ -32,7 +32,6 @@ DIR/<worker>/snapshots.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import re
@@ -208,8 +207,7 @@ class ScenarioFile(pytest.File):
         state: _State = self.config.stash[_STATE]
         scenario = self.scenario
         chosen = [m for m in scenario.methods if m in methods]
-        with _build_lock():
-            plan = make_plan([scenario], chosen)
+        plan = make_plan([scenario], chosen)     # targets.py locks each cache entry: xdist workers build it once
         options = RunOptions(out_dir=state.snapshot_dir if state.out else Path("."), keep_snapshots=state.keep_snapshots)
         log.info("%s: running %d repetition(s) with %s", scenario.name, len(plan.runs), ", ".join(chosen))
         with _sigterm_as_interrupt():
@@ -440,25 +438,6 @@ def pytest_report_header(config: pytest.Config) -> str | None:
 
 
 # --- process-level helpers -----------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def _build_lock():
-    """Serialise target builds across processes (xdist workers starting on a cold cache share its folder)."""
-    from .targets import cache_dir
-    handle = None
-    try:
-        folder = cache_dir()
-        folder.mkdir(parents=True, exist_ok=True)
-        handle = open(folder / ".build.lock", "a")
-        fcntl.flock(handle, fcntl.LOCK_EX)
-    except OSError:
-        pass                      # no lock then: the build still renames a complete binary into place
-    try:
-        yield
-    finally:
-        if handle is not None:
-            handle.close()
-
 
 @contextlib.contextmanager
 def _sigterm_as_interrupt():

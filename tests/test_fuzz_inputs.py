@@ -15,7 +15,6 @@ import math
 import tomllib
 from pathlib import Path
 
-import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from harness.cli import main

@@ -140,7 +140,7 @@ def test_names_that_would_be_paths_are_refused(tmp_path, capsys, name):
         .replace('name = "malloc.nowipe"', f"name = {json.dumps(name)}"))
     capsys.readouterr()
     assert main(["run", "--scenarios", str(tmp_path / "s"), "--keep-snapshots", "--out", str(tmp_path / "out")]) == 2
-    assert f"bad.toml: name: " in one_line(capsys.readouterr().err)
+    assert "bad.toml: name: " in one_line(capsys.readouterr().err)
 
     assert main(["probe", "--name", name, "--out", str(tmp_path / "out"), "--", "true"]) == 2
     assert "probe --name" in one_line(capsys.readouterr().err)

@@ -35,7 +35,8 @@ def test_go_scenarios_skip_with_the_reason(tmp_path, monkeypatch, capsys, versio
     (tmp_path / "s").mkdir()
     (tmp_path / "s" / "fake.toml").write_text(SCENARIO)
     code = main(["run", "--scenarios", str(tmp_path / "s"), "--out", str(tmp_path / "out")])
-    assert code == 0
+    assert code == 3       # SKIP is missing evidence: not a green gate
+    assert main(["run", "--scenarios", str(tmp_path / "s"), "--out", str(tmp_path / "out"), "--allow-skip"]) == 0
     doc = json.loads((tmp_path / "out" / "results.json").read_text())
     [verdict] = doc["verdicts"]
     assert verdict["outcome"] == "SKIP" and words in verdict["reason"]
