@@ -121,7 +121,7 @@ class Runner:
             if pending:
                 reason = record.error or "the run was interrupted"
                 self._close_unreached(planned, record, pending, Outcome.ERROR, f"checkpoint never reached: {reason}")
-            if cgroup is not None:
+            if cgroup is not None:    # the target's kill ended it already, unless the target never started
                 cgroup.end()
             shutil.rmtree(workdir, ignore_errors=True)
 

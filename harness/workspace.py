@@ -63,13 +63,11 @@ def _cgroup_procs(group: Path) -> list[int]:
         return []
 
 
-def kill_cgroup(group: Path, reap: bool, timeout: float = 5.0) -> list[int]:
+def kill_cgroup(group: Path, reap: bool, timeout: float = 5.0) -> None:
     """SIGKILL every process in `group` and its sub-groups, wait until they are gone (reaping those that are our
-    children if `reap`), remove the groups. Returns the pids that were killed."""
-    killed: list[int] = []
+    children if `reap`), remove the groups."""
     for sub in sorted((p for p in group.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True) + [group]:
         members = _cgroup_procs(sub)
-        killed += members
         if members:
             try:
                 (sub / "cgroup.kill").write_text("1")
@@ -80,13 +78,20 @@ def kill_cgroup(group: Path, reap: bool, timeout: float = 5.0) -> list[int]:
                     except ProcessLookupError:
                         pass
         deadline = time.monotonic() + timeout
+        unreaped = set(members) if reap else set()
         while True:
-            if reap:
-                for pid in members:
-                    try:
-                        os.waitpid(pid, os.WNOHANG)
-                    except ChildProcessError:
-                        pass
+            # An orphan becomes our child (we are its subreaper) only once its parent has died: reap until each
+            # is reaped or gone, so none is left a zombie of ours.
+            for pid in list(unreaped):
+                try:
+                    if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                        unreaped.discard(pid)
+                except ChildProcessError:
+                    if not os.path.exists(f"/proc/{pid}"):
+                        unreaped.discard(pid)
+            if unreaped and time.monotonic() < deadline:
+                time.sleep(0.01)
+                continue
             try:
                 sub.rmdir()
                 break
@@ -96,7 +101,6 @@ def kill_cgroup(group: Path, reap: bool, timeout: float = 5.0) -> list[int]:
                 if time.monotonic() > deadline:
                     break
                 time.sleep(0.01)
-    return killed
 
 
 class RunCgroup:
@@ -117,9 +121,9 @@ class RunCgroup:
                 pass
         return outside
 
-    def end(self) -> list[int]:
+    def end(self) -> None:
         """Kill whatever is left of the run (daemons its programs started) and reap it."""
-        return kill_cgroup(self.path, reap=True)
+        kill_cgroup(self.path, reap=True)
 
 
 class Workspace:
