@@ -29,6 +29,7 @@ from pathlib import Path
 CGROUP2_ROOTS = (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup"))
 PREFIX = "remanence-"
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NAME = 15
 _OWNED = re.compile(re.escape(PREFIX) + r"(\d+)-(\d+)-[0-9a-f]{8}")
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -184,6 +185,7 @@ def _start_sentinel(root: Path, cgroup: Path | None) -> tuple[int, int]:
         return pid, lifeline_w
     try:   # the sentinel: nothing here may raise out into the harness's code
         os.setsid()   # out of the harness's process group: a Ctrl-C or a group kill aimed at it passes us by
+        _libc.prctl(PR_SET_NAME, b"remanence-watch", 0, 0, 0)    # what ps and top show
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
             signal.signal(sig, signal.SIG_IGN)
         null = os.open(os.devnull, os.O_RDWR)
