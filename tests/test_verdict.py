@@ -84,13 +84,19 @@ def _results(*outcomes, interrupted=False) -> Results:
 
 
 @pytest.mark.parametrize("outcomes, code", [
-    ((Outcome.PASS, Outcome.SKIP), 0),
+    ((Outcome.PASS,), 0),
+    ((Outcome.PASS, Outcome.SKIP), 3),        # a SKIP is missing evidence, not a green gate
     ((Outcome.PASS, Outcome.FAIL, Outcome.ERROR), 1),
     ((Outcome.PASS, Outcome.INCONCLUSIVE), 3),
     ((Outcome.ERROR,), 3),
 ])
 def test_exit_codes(outcomes, code):
     assert _results(*outcomes).exit_code() == code
+
+
+def test_skips_pass_the_gate_only_when_allowed():
+    assert _results(Outcome.PASS, Outcome.SKIP).exit_code(allow_skip=True) == 0
+    assert _results(Outcome.ERROR, Outcome.SKIP).exit_code(allow_skip=True) == 3
 
 
 def test_interrupted_run_exits_130_unless_something_failed():
