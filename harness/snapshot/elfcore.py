@@ -56,6 +56,14 @@ class CoreFormatError(Exception):
     """The file is not a core we can read; the message says what is wrong."""
 
 
+class CoreTruncated(CoreFormatError):
+    """The core ends before its own headers say it does (a size limit or a full disk cut it short)."""
+
+    def __init__(self, message: str, size: int, needed: int):
+        super().__init__(message)
+        self.size, self.needed = size, needed      # bytes written, bytes its headers need
+
+
 @dataclass(frozen=True)
 class CoreSegment:
     vaddr: int
@@ -154,6 +162,7 @@ def read_core_layout(path: Path | str) -> CoreLayout:
         if file_size < _ELF_HEADER_SIZE[ident[4]]:
             raise CoreFormatError(f"{path}: truncated: the ELF header needs {_ELF_HEADER_SIZE[ident[4]]} bytes "
                                   f"but the file has {file_size}")
+        _check_extended_count(stream, path, ident, file_size)
         stream.seek(0)
         try:
             elf = ELFFile(stream)
@@ -165,13 +174,15 @@ def read_core_layout(path: Path | str) -> CoreLayout:
                 raise CoreFormatError(f"{path}: unsupported core: {elf_class}-bit {machine}")
             phdr_end = elf.header["e_phoff"] + elf.num_segments() * elf.header["e_phentsize"]
             if phdr_end > file_size:
-                raise CoreFormatError(f"{path}: truncated: program headers need {phdr_end} bytes but the file has {file_size}")
+                raise CoreTruncated(f"{path}: truncated: program headers need {phdr_end} bytes but the file has "
+                                    f"{file_size}", file_size, phdr_end)
             raw_segments = [seg.header for seg in elf.iter_segments()]
-            for ph in raw_segments:
-                needed = ph["p_offset"] + ph["p_filesz"]
-                if ph["p_filesz"] and needed > file_size:
-                    raise CoreFormatError(f"{path}: truncated: {ph['p_type']} segment at file offset {ph['p_offset']:#x} "
-                                          f"needs {needed} bytes but the file has {file_size}")
+            past_end = [ph for ph in raw_segments if ph["p_filesz"] and ph["p_offset"] + ph["p_filesz"] > file_size]
+            if past_end:
+                ph = past_end[0]
+                raise CoreTruncated(f"{path}: truncated: {ph['p_type']} segment at file offset {ph['p_offset']:#x} "
+                                    f"needs {ph['p_offset'] + ph['p_filesz']} bytes but the file has {file_size}",
+                                    file_size, max(p["p_offset"] + p["p_filesz"] for p in past_end))
             notes, file_mappings = _read_notes(elf, stream, path, _PR_PID_OFFSET[(elf_class, machine)])
             claimed = [(0, phdr_end), (elf.header["e_shoff"], elf.header["e_shoff"] + elf.num_sections() * elf.header["e_shentsize"])]
         except _PARSE_ERRORS as exc:
@@ -180,6 +191,21 @@ def read_core_layout(path: Path | str) -> CoreLayout:
                      for ph in raw_segments if ph["p_type"] == "PT_LOAD")
     claimed += [(ph["p_offset"], ph["p_offset"] + ph["p_filesz"]) for ph in raw_segments]
     return CoreLayout(path, elf_class, machine, segments, file_mappings, notes, _stray_ranges(claimed, file_size))
+
+
+def _check_extended_count(stream, path: Path, ident: bytes, file_size: int) -> None:
+    """With more than 65534 segments (PN_XNUM) the count lives in section header 0, which the kernel writes last:
+    a core cut short loses it first."""
+    wide, little = ident[4] == 2, ident[5] == 1
+    stream.seek(0x20 if wide else 0x1C)
+    header = stream.read(_ELF_HEADER_SIZE[ident[4]] - (0x20 if wide else 0x1C))
+    order = "<" if little else ">"
+    _, shoff = struct.unpack_from(order + ("QQ" if wide else "II"), header)
+    phnum = struct.unpack_from(order + "H", header, (0x38 if wide else 0x2C) - (0x20 if wide else 0x1C))[0]
+    needed = shoff + (0x40 if wide else 0x28)
+    if phnum == 0xFFFF and needed > file_size:
+        raise CoreTruncated(f"{path}: truncated: the section header holding the segment count (PN_XNUM) needs "
+                            f"{needed} bytes but the file has {file_size}", file_size, needed)
 
 
 def _stray_ranges(claimed: list[tuple[int, int]], file_size: int) -> tuple[tuple[int, int], ...]:

@@ -21,7 +21,6 @@ import resource
 import shutil
 import signal
 import stat
-import struct
 import subprocess
 import tempfile
 import time
@@ -32,7 +31,7 @@ from typing import Callable
 from harness.model import NoImageCause, RegionKind, Snapshot
 from harness.snapshot import CAP_SYS_RESOURCE, SnapshotError, has_capability
 from harness.process import signal_name
-from harness.snapshot.elfcore import CoreFormatError, snapshot_from_core
+from harness.snapshot.elfcore import CoreFormatError, CoreTruncated, snapshot_from_core
 from harness.snapshot.procmaps import read_mappings
 from harness.verdict import mib
 
@@ -596,40 +595,6 @@ def no_core_cause(status: int, facts: NoCoreFacts) -> tuple[NoImageCause, str]:
                                   f"RLIMIT_CORE {_limit_text(after[0])}, " + ", ".join(facts.checked))
 
 
-def cut_short(path: Path) -> tuple[int, int] | None:
-    """(bytes written, bytes its own headers need) when the core file ends before its program headers say it
-    does (a size limit or a full disk cut it); None when complete, or when not an ELF file we can measure."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(64)
-        if len(head) < 52 or head[:4] != b"\x7fELF" or head[4] not in (1, 2) or head[5] != 1:
-            return None
-        wide = head[4] == 2
-        if wide and len(head) < 64:
-            return None
-        phoff, shoff = struct.unpack_from("<QQ", head, 0x20) if wide else struct.unpack_from("<II", head, 0x1C)
-        phentsize, phnum = struct.unpack_from("<HH", head, 0x36 if wide else 0x2A)
-        if phnum == 0xFFFF:          # PN_XNUM: the real count is section header 0's sh_info
-            f.seek(shoff + (0x2C if wide else 0x1C))
-            raw = f.read(4)
-            if len(raw) < 4:
-                return size, shoff + (0x30 if wide else 0x20)
-            phnum = struct.unpack("<I", raw)[0]
-        layout = "<IIQQQQQQ" if wide else "<IIIIIIII"
-        if phentsize < struct.calcsize(layout):
-            return None
-        needed = phoff + phnum * phentsize
-        if needed > size:
-            return size, needed
-        f.seek(phoff)
-        table = f.read(phnum * phentsize)
-    for i in range(phnum):
-        fields = struct.unpack_from(layout, table, i * phentsize)
-        offset, filesz = (fields[2], fields[5]) if wide else (fields[1], fields[4])
-        needed = max(needed, offset + filesz)
-    return (size, needed) if needed > size else None
-
-
 # --- the method -----------------------------------------------------------------------------------------
 
 def _limits_from_proc(pid: int, name: str = "Max core file size") -> tuple[int, int] | None:
@@ -800,14 +765,14 @@ def take_kernel_core(pid: int, core_dir: Path, wait_for_exit: Callable[[float], 
         with contextlib.suppress(OSError):
             core.unlink()            # never leave the target's memory where the harness could not take it
         raise SnapshotError(f"cannot move the core {core} into {core_dir}: {exc}") from exc
-    if cut := cut_short(path):
+    try:
+        snapshot = snapshot_from_core(path, METHOD, live)
+    except CoreTruncated as exc:
         path.unlink()                # a part of the target's memory that proves nothing either way
         why = "; ".join(obstacles) or "a size limit or a full disk"
         return _finish(_no_core(core_dir, pid, NoImageCause.BLOCKED,
-                                f"{outcome}, but the core was cut short at {cut[0]} of {cut[1]} bytes: {why}", notes),
-                       started)
-    try:
-        snapshot = snapshot_from_core(path, METHOD, live)
+                                f"{outcome}, but the core was cut short at {exc.size} of {exc.needed} bytes: {why}",
+                                notes), started)
     except CoreFormatError as exc:
         path.unlink(missing_ok=True)     # never leave a copy of the target's memory we cannot describe
         raise SnapshotError(f"the kernel wrote an unreadable core: {exc}") from exc
