@@ -345,7 +345,7 @@ class _Reporting:
         self.out = out or getattr(args, "out", None) or self.config.run.out or DEFAULT_OUT
         self.baseline_path = args.baseline or self.config.run.baseline
         self.baseline = load_baseline(self.baseline_path) if self.baseline_path else None
-        self.allow_skip = args.allow_skip or self.config.run.allow_skip
+        self.allow_skip = args.allow_skip         # the gate adds the config's [run] allow_skip
         self.quiet = args.quiet
         console = _console(stderr=True)
         self.progress = (lambda message: None) if args.quiet else \

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from .model import Secret
-from .process import TARGET_PATH, SpawnedGroup, TargetError, describe_status, spawn_in
+from .process import TARGET_PATH, SpawnedGroup, TargetError, describe_status, spawn_in, stat_fields
 from .scan.context import secret_material
 from .scenario import SECRET_FILE_PLACEHOLDER, CommandSpec, Trigger
 
@@ -224,7 +224,7 @@ class CommandProcess(SpawnedGroup):
 
     def _cpu_ticks(self) -> int | None:
         try:
-            fields = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()
+            fields = stat_fields(f"/proc/{self.pid}/stat")
         except OSError:
             return None
         return int(fields[11]) + int(fields[12])   # utime + stime of the whole process

@@ -13,14 +13,15 @@ EXIT_INTERRUPTED = 130
 INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-def _interrupt(signum, frame):
+def raise_interrupt(signum, frame):
+    """A signal handler: the signal ends the work like Ctrl-C does."""
     raise KeyboardInterrupt
 
 
 def handle_interrupts() -> None:
     """Ctrl-C and SIGTERM (a CI cancel) both raise KeyboardInterrupt: the runner kills targets, reports get written."""
     for signum in INTERRUPT_SIGNALS:
-        signal.signal(signum, _interrupt)
+        signal.signal(signum, raise_interrupt)
 
 
 @contextlib.contextmanager

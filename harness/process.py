@@ -41,6 +41,13 @@ def die_with_parent() -> None:
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
+def stat_fields(path: str) -> list[str]:
+    """The fields of a /proc/PID[/task/TID]/stat file after the command name, the state first (OSError when the
+    process is gone). The name may itself hold parentheses and spaces: it ends at the last ')'."""
+    with open(path, "rb") as f:
+        return f.read().rpartition(b")")[2].decode().split()
+
+
 def signal_name(sig: int) -> str:
     try:
         return signal.Signals(sig).name

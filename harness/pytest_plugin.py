@@ -42,6 +42,7 @@ from pathlib import Path
 
 import pytest
 
+from .entry import raise_interrupt
 from .model import Outcome
 from .results import document_aggregates, document_counts, outcomes_exit_code
 from .snapshot import machine_facts
@@ -445,11 +446,7 @@ def _sigterm_as_interrupt():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
     try:
         yield
     finally:

@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from .process import stat_fields
+
 CGROUP2_ROOTS = (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup"))
 PREFIX = "remanence-"
 PR_SET_CHILD_SUBREAPER = 36
@@ -38,10 +40,9 @@ def _start_time(pid: int) -> int | None:
     """The process's start time in clock ticks since boot (stat field 22): a pid and its start time name one
     process, even after the pid is reused."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat_fields(f"/proc/{pid}/stat")[19])
     except OSError:
         return None
-    return int(stat.rpartition(")")[2].split()[19])
 
 
 def _owner_gone(name: str) -> bool:

@@ -10,6 +10,7 @@ import signal
 import time
 
 from harness.model import Gap, GapKind, Region, RegionKind, Snapshot
+from harness.process import stat_fields
 from harness.snapshot import SnapshotError, scratch
 from harness.snapshot.procmaps import LiveMapping, read_mappings
 
@@ -36,9 +37,7 @@ def thread_states(pid: int) -> dict[int, str]:
         return {}
     for tid in tids:
         try:
-            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
-                # The state follows the last ')' (the comm may itself contain parentheses).
-                states[int(tid)] = f.read().rsplit(b")", 1)[1].split()[0].decode()
+            states[int(tid)] = stat_fields(f"/proc/{pid}/task/{tid}/stat")[0]
         except (OSError, IndexError):
             continue                 # thread exited meanwhile
     return states
