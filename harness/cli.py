@@ -24,7 +24,8 @@ from .report.json_report import results_document
 from .report.terminal import print_verdicts
 from .results import EXIT_FAIL, EXIT_USAGE
 from .runner import RunOptions, Runner
-from .scenario import MAX_REPEAT, MAX_SECONDS, SECRET_LENGTHS, SNAPSHOT_METHODS, Scenario, ScenarioError, load_scenarios
+from .scenario import (MAX_REPEAT, SECRET_LENGTHS, SNAPSHOT_METHODS, Scenario, ScenarioError, load_scenarios,
+                       seconds_problem)
 from .shard import ShardError, load_shard, merge_documents, parse_shard, shard_inputs, shard_slice
 from .snapshot import machine_facts, method_unavailable
 from .targets import PROJECT_ROOT
@@ -46,8 +47,8 @@ def _seconds(value: str) -> float:
         seconds = float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
-    if not 0 < seconds <= MAX_SECONDS:   # also refuses nan and inf
-        raise argparse.ArgumentTypeError(f"{value!r}: seconds must be more than 0 and at most {MAX_SECONDS}")
+    if problem := seconds_problem(seconds):
+        raise argparse.ArgumentTypeError(f"{value!r}: {problem}")
     return seconds
 
 

@@ -32,7 +32,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .scenario import MAX_REPEAT, MAX_SECONDS, SNAPSHOT_METHODS
+from .scenario import MAX_REPEAT, SNAPSHOT_METHODS, seconds_problem
 from .tomltable import TomlTable, load_toml
 
 CONFIG_ENV = "REMANENCE_CONFIG"
@@ -177,8 +177,8 @@ def _run_defaults(t: TomlTable, base: Path, known_formats: list[str]) -> RunDefa
     if repeat is not None and not 1 <= repeat <= MAX_REPEAT:
         raise t.fail("repeat", f"{repeat} is out of range 1..{MAX_REPEAT}")
     timeout = t.get("timeout", (int, float))
-    if timeout is not None and not 0 < timeout <= MAX_SECONDS:
-        raise t.fail("timeout", f"{timeout} is out of range (0, {MAX_SECONDS}] seconds")
+    if timeout is not None and (problem := seconds_problem(timeout)):
+        raise t.fail("timeout", problem)
     paths = {}
     for key in ("scenarios", "out", "baseline"):
         value = t.get(key, str)

@@ -15,8 +15,9 @@ from .model import Expect
 from .plan import UsageError
 from .command import CommandUnavailable, resolve_program
 from .paths import inside
-from .scenario import (COMMAND_TARGET, CommandSpec, EXIT_CHECKPOINT, LIVE_METHODS, MAX_SECONDS, SECRET_FILE_PLACEHOLDER,
-                       TRIGGER_KINDS, Scenario, ScenarioError, load_scenario, name_problem)
+from .scenario import (COMMAND_TARGET, CommandSpec, EXIT_CHECKPOINT, LIVE_METHODS, SECRET_FILE_PLACEHOLDER,
+                       TRIGGER_KINDS, Scenario, ScenarioError, load_scenario, name_problem,
+                       seconds_problem)
 
 DEFAULT_TRIGGER = "idle=1"
 WHY = {Expect.ABSENT: "the program claims to wipe the secret once it is done with it",
@@ -70,8 +71,8 @@ def _trigger_table(text: str) -> str:
         seconds = float(value)
     except ValueError:
         raise UsageError(f"--at {text!r}: {value!r} is not a number of seconds") from None
-    if not 0 < seconds <= MAX_SECONDS:   # also refuses nan and inf
-        raise UsageError(f"--at {text!r}: seconds must be more than 0 and at most {MAX_SECONDS}")
+    if problem := seconds_problem(seconds):
+        raise UsageError(f"--at {text!r}: {problem}")
     return f"{{ {kind} = {seconds!r} }}"
 
 

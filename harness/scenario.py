@@ -39,6 +39,14 @@ def name_problem(name: str) -> str | None:
     return None
 
 
+def seconds_problem(seconds: float, zero_ok: bool = False) -> str | None:
+    """Why `seconds` is not a timeout or trigger wait (not above 0, or 0 when `zero_ok`; above MAX_SECONDS; nan
+    or inf: every comparison with nan fails), or None."""
+    if (0 <= seconds if zero_ok else 0 < seconds) and seconds <= MAX_SECONDS:
+        return None
+    return f"{seconds} is out of range {'[0' if zero_ok else '(0'}, {MAX_SECONDS}] seconds"
+
+
 class ScenarioError(Exception):
     """A scenario file is broken. The message names the file and the key."""
 
@@ -164,8 +172,8 @@ def _trigger(r: TomlTable, name: str) -> Trigger | None:
             raise t.fail("output", "must not be empty")
         return Trigger("output", pattern=pattern)
     seconds = t.get(kind, (int, float))
-    if not 0 <= seconds <= MAX_SECONDS:
-        raise t.fail(kind, f"{seconds} is out of range 0..{MAX_SECONDS} seconds")
+    if problem := seconds_problem(seconds, zero_ok=True):
+        raise t.fail(kind, problem)
     return Trigger(kind, seconds=float(seconds))
 
 
@@ -274,8 +282,8 @@ def load_scenario(path: Path) -> Scenario:
     if not 1 <= repeat <= MAX_REPEAT:
         raise r.fail("repeat", f"{repeat} is out of range 1..{MAX_REPEAT}")
     timeout = r.get("timeout", (int, float), 60)
-    if not 0 < timeout <= MAX_SECONDS:
-        raise r.fail("timeout", f"{timeout} is out of range (0, {MAX_SECONDS}] seconds")
+    if problem := seconds_problem(timeout):
+        raise r.fail("timeout", problem)
     # A user's program is mostly given passwords; the built-in targets take raw key bytes.
     secret = SecretSpec("password" if is_command else "binary")
     if s := r.sub("secret"):
