@@ -28,10 +28,10 @@ from .scenario import (MAX_REPEAT, SECRET_LENGTHS, SNAPSHOT_METHODS, Scenario, S
                        seconds_problem)
 from .shard import ShardError, load_shard, merge_documents, parse_shard, shard_inputs, shard_slice
 from .snapshot import machine_facts, method_unavailable
-from .targets import PROJECT_ROOT
+from .layout import SCENARIOS_DIR
 from .workspace import session
 
-DEFAULT_SCENARIOS = PROJECT_ROOT / "scenarios"
+DEFAULT_SCENARIOS = SCENARIOS_DIR
 DEFAULT_OUT = Path("reports")
 
 

@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from .layout import ROOT as PROJECT_ROOT, TARGETS_DIR
 from .process import die_with_parent
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-TARGETS_DIR = PROJECT_ROOT / "targets"
 BINARY_NAMES = {"c": "remanence-target-c", "go": "remanence-target-go"}
 NODE_VERSION_MIN = 18
 MIN_GO = (1, 26)

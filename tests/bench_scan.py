@@ -14,8 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.model import Region, RegionKind, Secret, Snapshot  # noqa: E402
-from harness.scan.engine import scan_snapshot  # noqa: E402
+from remanence.model import Region, RegionKind, Secret, Snapshot  # noqa: E402
+from remanence.scan.engine import scan_snapshot  # noqa: E402
 
 BLOCK = 16 << 20
 

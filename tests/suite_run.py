@@ -10,9 +10,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from harness.cli import main
-from harness.snapshot import method_unavailable
-from harness.targets import PROJECT_ROOT, TargetUnavailable, build_target
+from remanence.cli import main
+from remanence.snapshot import method_unavailable
+from remanence.targets import PROJECT_ROOT, TargetUnavailable, build_target
 
 SCHEMA = json.loads((PROJECT_ROOT / "harness" / "schema" / "results-v1.schema.json").read_text())
 

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from harness.adhoc import AdhocUsageError, ValueArg, load_values
-from harness.cli import main
-from harness.snapshot import dispose_snapshot, take_snapshot
-from harness.snapshot.elfcore import CoreFormatError, read_core_layout
-from harness.targets import PROJECT_ROOT
+from remanence.adhoc import AdhocUsageError, ValueArg, load_values
+from remanence.cli import main
+from remanence.snapshot import dispose_snapshot, take_snapshot
+from remanence.snapshot.elfcore import CoreFormatError, read_core_layout
+from remanence.targets import PROJECT_ROOT
 
 SCHEMA = json.loads((PROJECT_ROOT / "harness" / "schema" / "results-v1.schema.json").read_text())
 needs_gdb = pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb not found on PATH: cannot make a core (gcore)")
@@ -309,7 +309,7 @@ def test_missing_pid_is_an_error_verdict(capsys, tmp_path):
 @needs_gdb
 def test_secret_from_stdin_in_a_subprocess(core, holder, tmp_path):
     """--secret-file - keeps the value out of argv; a trailing newline is kept and warned about."""
-    command = [sys.executable, "-m", "harness", "scan", "--secret-file", "-", str(core), "--out", str(tmp_path), "-q"]
+    command = [sys.executable, "-m", "remanence", "scan", "--secret-file", "-", str(core), "--out", str(tmp_path), "-q"]
     done = subprocess.run(command, input=holder.password, capture_output=True, cwd=PROJECT_ROOT, timeout=120)
     assert done.returncode == 1, done.stderr
     assert done.stderr == b""

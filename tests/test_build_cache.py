@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.targets import PROJECT_ROOT, TargetUnavailable, build_target, cache_dir
+from remanence.targets import PROJECT_ROOT, TargetUnavailable, build_target, cache_dir
 from suite_run import require
 
 CONCURRENT_RUNS = 4
@@ -25,7 +25,7 @@ CONCURRENT_RUNS = 4
 def start_run(cache: Path, out: Path) -> subprocess.Popen:
     """`remanence run malloc.nowipe` with procmem, in a process of its own, on the cache folder `cache`."""
     return subprocess.Popen(
-        [sys.executable, "-m", "harness", "run", "malloc.nowipe", "--method", "procmem",
+        [sys.executable, "-m", "remanence", "run", "malloc.nowipe", "--method", "procmem",
          "--out", str(out), "-q", "--format", "json"],
         cwd=PROJECT_ROOT, env=dict(os.environ, XDG_CACHE_HOME=str(cache)),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -153,7 +153,7 @@ def builders_of(staging: Path) -> set[str]:
 def test_a_killed_harness_stops_its_build_and_the_next_build_cleans_up(tmp_path, monkeypatch):
     require_c_and_procmem(tmp_path, monkeypatch)
     cache = tmp_path / "cache"
-    harness = subprocess.Popen([sys.executable, "-c", "from harness.targets import build_target; build_target('c')"],
+    harness = subprocess.Popen([sys.executable, "-c", "from remanence.targets import build_target; build_target('c')"],
                                cwd=PROJECT_ROOT, env=dict(os.environ, XDG_CACHE_HOME=str(cache)))
     try:
         staging = wait_for(lambda: next((cache / "remanence" / "targets").glob("c-*.tmp-*"), None), 30)

@@ -1,7 +1,7 @@
 import os
 
-from harness.model import Hit, Region, RegionKind, Secret, Snapshot
-from harness.scan.context import hit_context, secret_material
+from remanence.model import Hit, Region, RegionKind, Secret, Snapshot
+from remanence.scan.context import hit_context, secret_material
 
 
 def test_window_masks_the_hit_and_nearby_secret_material(tmp_path):

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import main
-from harness.targets import PROJECT_ROOT
+from remanence.cli import main
+from remanence.targets import PROJECT_ROOT
 
 SCENARIOS = PROJECT_ROOT / "scenarios"
 CHECKS = ["ptrace", "core_pattern", "core limit", "gdb", "C toolchain", "libsodium", "C target build", "go",

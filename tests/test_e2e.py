@@ -16,12 +16,12 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-import harness.runner
-from harness.cli import main
-from harness.process import TargetProcess
-from harness.snapshot import method_unavailable
-from harness.snapshot import CAP_SYS_RESOURCE, has_capability
-from harness.targets import PROJECT_ROOT, TargetUnavailable, build_target
+import remanence.runner
+from remanence.cli import main
+from remanence.process import TargetProcess
+from remanence.snapshot import method_unavailable
+from remanence.snapshot import CAP_SYS_RESOURCE, has_capability
+from remanence.targets import PROJECT_ROOT, TargetUnavailable, build_target
 
 pytestmark = pytest.mark.e2e
 SCENARIOS = PROJECT_ROOT / "scenarios"
@@ -47,13 +47,13 @@ class Capture:
 
     def __init__(self, monkeypatch):
         self.values: list[bytes] = []
-        original = harness.runner.make_secret
+        original = remanence.runner.make_secret
 
         def recording(spec):
             secret = original(spec)
             self.values.append(secret.value)
             return secret
-        monkeypatch.setattr(harness.runner, "make_secret", recording)
+        monkeypatch.setattr(remanence.runner, "make_secret", recording)
 
     def assert_absent_from(self, text: bytes, where: str) -> None:
         for value in self.values:
@@ -269,7 +269,7 @@ def test_interrupted_run_still_writes_results_and_kills_the_target(tmp_path):
     selftest_scenario(tmp_path / "s", "selftest.fork_hang", timeout=120)
     (tmp_path / "s" / "first.toml").write_text((SCENARIOS / "c" / "malloc.nowipe.toml").read_text())
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "harness", "run", "--scenarios", str(tmp_path / "s"), "--out", str(out),
+    proc = subprocess.Popen([sys.executable, "-m", "remanence", "run", "--scenarios", str(tmp_path / "s"), "--out", str(out),
                              "--method", "procmem"], cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     seen = []
     for line in proc.stdout:  # wait until the hanging target has started

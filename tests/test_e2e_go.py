@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness.snapshot import CAP_SYS_RESOURCE, has_capability
-from harness.targets import PROJECT_ROOT
+from remanence.snapshot import CAP_SYS_RESOURCE, has_capability
+from remanence.targets import PROJECT_ROOT
 from suite_run import assert_every_verdict_passes, run_suite, verdicts
 
 pytestmark = pytest.mark.e2e

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.targets import PROJECT_ROOT
+from remanence.targets import PROJECT_ROOT
 from suite_run import assert_every_verdict_passes, require, run_suite, verdicts
 
 pytestmark = pytest.mark.e2e

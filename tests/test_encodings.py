@@ -3,8 +3,8 @@ import os
 
 import pytest
 
-from harness.model import Secret
-from harness.scan.encodings import MIN_NEEDLE_LEN, Pattern, base64_aligned, patterns_for
+from remanence.model import Secret
+from remanence.scan.encodings import MIN_NEEDLE_LEN, Pattern, base64_aligned, patterns_for
 
 VALUE = bytes(range(32))          # contains NUL and bytes that differ between base64 alphabets
 SECRET = Secret("secret", VALUE)

@@ -27,9 +27,9 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from harness.cli import main
-from harness.process import die_with_parent
-from harness.targets import PROJECT_ROOT
+from remanence.cli import main
+from remanence.process import die_with_parent
+from remanence.targets import PROJECT_ROOT
 
 PROGRAM = Path(__file__).parent / "programs" / "core_holder.c"
 EXIT_CODES = {0, 1, 2, 3}
@@ -329,7 +329,7 @@ def scan_strange(seed: Seed, tmp_path: Path, strange: dict[Path, str]) -> None:
     and the good core among them still scanned. In a subprocess, so a hang is a timeout and a traceback is seen."""
     good = tmp_path / "good.core"
     good.write_bytes(seed.core)
-    done = subprocess.run([sys.executable, "-m", "harness", "scan", *map(str, strange), str(good),
+    done = subprocess.run([sys.executable, "-m", "remanence", "scan", *map(str, strange), str(good),
                            "--secret-hex", seed.secret.hex(), "--control", seed.control, "--out", str(tmp_path / "r"),
                            "--format", "json", "-q"], capture_output=True, text=True, timeout=120, cwd=PROJECT_ROOT,
                           stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)

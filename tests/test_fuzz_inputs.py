@@ -17,8 +17,8 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from harness.cli import main
-from harness.targets import PROJECT_ROOT
+from remanence.cli import main
+from remanence.targets import PROJECT_ROOT
 
 EXIT_CODES = {0, 1, 2, 3, 130}
 NO_MATCH = "zz-no-such-scenario"

@@ -8,12 +8,12 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from harness.cli import main
-from harness.config import (Config, ConfigError, FormatSpec, Suppression, discover_config, load_config,
+from remanence.cli import main
+from remanence.config import (Config, ConfigError, FormatSpec, Suppression, discover_config, load_config,
                             parse_formats)
-from harness.gate import apply_gate, doc_exit_code
-from harness.results import fingerprint
-from harness.targets import PROJECT_ROOT
+from remanence.gate import apply_gate, doc_exit_code
+from remanence.results import fingerprint
+from remanence.targets import PROJECT_ROOT
 from suite_run import require
 
 SCENARIOS = PROJECT_ROOT / "scenarios"

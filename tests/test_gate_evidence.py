@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import main
-from harness.config import Config
-from harness.entry import interrupts_deferred
-from harness.gate import apply_gate
-from harness.paths import OutsideError, inside
-from harness.process import die_with_parent
-from harness.report import write_atomically
-from harness.targets import PROJECT_ROOT
+from remanence.cli import main
+from remanence.config import Config
+from remanence.entry import interrupts_deferred
+from remanence.gate import apply_gate
+from remanence.paths import OutsideError, inside
+from remanence.process import die_with_parent
+from remanence.report import write_atomically
+from remanence.targets import PROJECT_ROOT
 from suite_run import require
 
 REMANENCE = Path(sys.executable).parent / "remanence"

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import main
+from remanence.cli import main
 
 SCENARIO = """
 name = "secret.fake"
@@ -51,6 +51,6 @@ def test_go_scenarios_skip_with_the_reason(tmp_path, monkeypatch, capsys, versio
 def test_missing_go_is_a_skip(tmp_path, monkeypatch):
     monkeypatch.setenv("REMANENCE_GO", "")
     monkeypatch.setenv("PATH", str(tmp_path))
-    from harness.targets import TargetUnavailable, build_target
+    from remanence.targets import TargetUnavailable, build_target
     with pytest.raises(TargetUnavailable, match="go not found on PATH"):
         build_target("go")

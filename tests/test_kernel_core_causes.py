@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import main
-from harness.model import NoImageCause
-from harness.process import die_with_parent
-from harness.snapshot import CAP_SYS_RESOURCE, has_capability
-from harness.snapshot.kernelcore import kernel_core_unavailable, take_kernel_core
+from remanence.cli import main
+from remanence.model import NoImageCause
+from remanence.process import die_with_parent
+from remanence.snapshot import CAP_SYS_RESOURCE, has_capability
+from remanence.snapshot.kernelcore import kernel_core_unavailable, take_kernel_core
 
 PROGRAMS = Path(__file__).parent / "programs"
 NOBODY = 65534

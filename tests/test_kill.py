@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 
-from harness import workspace as workspace_module
+from remanence import workspace as workspace_module
 from suite_run import require
 
 CHECKPOINT_S = 10
@@ -62,7 +62,7 @@ def harness_cgroups(pid: int) -> list[Path]:
 
 def start_harness(args: list[str], tmp: Path) -> subprocess.Popen:
     env = dict(os.environ, TMPDIR=str(tmp), NO_COLOR="1", PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-m", "harness", *args], env=env, stdin=subprocess.DEVNULL,
+    return subprocess.Popen([sys.executable, "-m", "remanence", *args], env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -152,7 +152,7 @@ def test_a_daemon_started_by_the_target_is_killed_and_reaped_at_the_end_of_its_r
     scenario_file(folder, "daemon", ["in_use"], ["procmem"], entry="selftest.daemon")
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    proc = subprocess.run([sys.executable, "-m", "harness", "run", "--scenarios", str(folder), "--out",
+    proc = subprocess.run([sys.executable, "-m", "remanence", "run", "--scenarios", str(folder), "--out",
                            str(tmp_path / "out"), "--format", "json", "-q"], env=dict(os.environ, TMPDIR=str(tmp)),
                           capture_output=True, text=True, timeout=120)
     doc = json.loads((tmp_path / "out" / "results.json").read_text())
@@ -173,7 +173,7 @@ def test_a_target_that_dies_mid_checkpoint_costs_only_its_run(tmp_path):
     scenario_file(folder, "dies", ["in_use", "after"], ["procmem", "gcore", "gcore-all"], entry="selftest.die_in_checkpoint")
     scenario_file(folder, "later", ["in_use", "freed"], ["procmem"], entry="malloc.nowipe")
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "harness", "run", "--scenarios", str(folder), "--out", str(out),
+    proc = subprocess.run([sys.executable, "-m", "remanence", "run", "--scenarios", str(folder), "--out", str(out),
                            "--format", "json,junit,sarif"], capture_output=True, text=True, timeout=120)
     assert "Traceback" not in proc.stderr
     assert proc.returncode == 3, proc.stderr[-2000:]

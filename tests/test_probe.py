@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import runner
-from harness.cli import main
-from harness.model import Secret
+from remanence import runner
+from remanence.cli import main
+from remanence.model import Secret
 
 PROGRAMS = Path(__file__).parent / "programs"
 

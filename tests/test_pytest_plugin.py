@@ -16,7 +16,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from harness.targets import PROJECT_ROOT
+from remanence.targets import PROJECT_ROOT
 from suite_run import require
 
 pytestmark = pytest.mark.e2e
@@ -31,10 +31,10 @@ HEXDUMP = re.compile(r"(\*\*|[0-9a-f]{2})( (\*\*|[0-9a-f]{2})){7}")
 # pretend a method is unavailable here, so the SKIP path is exercised on any machine.
 CONFTEST = '''
 import os
-import harness.plan
-import harness.runner
+import remanence.plan
+import remanence.runner
 
-_make_secret = harness.runner.make_secret
+_make_secret = remanence.runner.make_secret
 
 
 def _recording(spec):
@@ -44,10 +44,10 @@ def _recording(spec):
     return secret
 
 
-harness.runner.make_secret = _recording
-_unavailable = harness.plan.method_unavailable
+remanence.runner.make_secret = _recording
+_unavailable = remanence.plan.method_unavailable
 _pretend = os.environ.get("REMANENCE_TEST_UNAVAILABLE", "").split(",")
-harness.plan.method_unavailable = lambda m: "pretended unavailable by the test" if m in _pretend else _unavailable(m)
+remanence.plan.method_unavailable = lambda m: "pretended unavailable by the test" if m in _pretend else _unavailable(m)
 '''
 
 WRONG_ORIGINAL = 'name = "freed"\nexpect = "present"\nwhere = "heap"'

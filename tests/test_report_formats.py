@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from harness.report.junit_report import JunitReporter
-from harness.report.markdown_report import MarkdownReporter
-from harness.report.sarif_report import RULES, SarifReporter
-from harness.results import fingerprint
-from harness.targets import PROJECT_ROOT
+from remanence.report.junit_report import JunitReporter
+from remanence.report.markdown_report import MarkdownReporter
+from remanence.report.sarif_report import RULES, SarifReporter
+from remanence.results import fingerprint
+from remanence.targets import PROJECT_ROOT
 
 GOLDEN = Path(__file__).parent / "golden"
 SAMPLE = GOLDEN / "sample-results.json"

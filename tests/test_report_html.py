@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.report import write_report
-from harness.report.html_report import HtmlReporter, build_view
+from remanence.report import write_report
+from remanence.report.html_report import HtmlReporter, build_view
 
 GOLDEN = Path(__file__).parent / "golden"
 SAMPLE = GOLDEN / "sample-results.json"

@@ -14,12 +14,12 @@ from collections import Counter
 
 from rich.console import Console
 
-from harness.report.html_report import HtmlReporter, build_view
-from harness.report.junit_report import JunitReporter
-from harness.report.markdown_report import MarkdownReporter
-from harness.report.sarif_report import SarifReporter
-from harness.report.terminal import print_verdicts
-from harness.results import document_aggregates, fingerprint
+from remanence.report.html_report import HtmlReporter, build_view
+from remanence.report.junit_report import JunitReporter
+from remanence.report.markdown_report import MarkdownReporter
+from remanence.report.sarif_report import SarifReporter
+from remanence.report.terminal import print_verdicts
+from remanence.results import document_aggregates, fingerprint
 from test_report_formats import assert_valid_sarif, document, hit, sample, verdict
 
 RX, TX = "derived:session_rx", "derived:session_tx"

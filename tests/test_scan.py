@@ -4,10 +4,10 @@ import random
 
 import pytest
 
-import harness.scan.engine as engine
-from harness.model import Region, RegionKind, Secret, Snapshot
-from harness.scan.encodings import patterns_for
-from harness.scan.engine import ScanError, scan_snapshot
+import remanence.scan.engine as engine
+from remanence.model import Region, RegionKind, Secret, Snapshot
+from remanence.scan.encodings import patterns_for
+from remanence.scan.engine import ScanError, scan_snapshot
 
 rng = random.Random(1234)
 SECRET = Secret("secret", bytes(rng.randrange(256) for _ in range(32)))

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.model import Expect
-from harness.scenario import ScenarioError, load_scenario, load_scenarios
+from remanence.model import Expect
+from remanence.scenario import ScenarioError, load_scenario, load_scenarios
 
 GOOD = """
 name = "demo.case"

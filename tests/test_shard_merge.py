@@ -8,9 +8,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from harness.cli import main
-from harness.shard import ShardError, merge_documents, parse_shard, shard_slice
-from harness.targets import PROJECT_ROOT
+from remanence.cli import main
+from remanence.shard import ShardError, merge_documents, parse_shard, shard_slice
+from remanence.targets import PROJECT_ROOT
 from suite_run import require
 
 SCENARIOS = PROJECT_ROOT / "scenarios"

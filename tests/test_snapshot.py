@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 from target_driver import read_stdout_line
 
-from harness.model import GapKind, RegionKind, iter_region_chunks
-from harness.snapshot import LIVE_METHODS, METHODS, SnapshotError, method_unavailable, take_snapshot
-from harness.snapshot import gcore as gcore_module
-from harness.snapshot import procmem as procmem_module
-from harness.snapshot.elfcore import CoreFormatError, read_core_layout, snapshot_from_core
-from harness.snapshot.procmaps import read_mappings
+from remanence.model import GapKind, RegionKind, iter_region_chunks
+from remanence.snapshot import LIVE_METHODS, METHODS, SnapshotError, method_unavailable, take_snapshot
+from remanence.snapshot import gcore as gcore_module
+from remanence.snapshot import procmem as procmem_module
+from remanence.snapshot.elfcore import CoreFormatError, read_core_layout, snapshot_from_core
+from remanence.snapshot.procmaps import read_mappings
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None or shutil.which("gdb") is None, reason="needs gcc and gdb")
 

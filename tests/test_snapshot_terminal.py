@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 from target_driver import read_stdout_line
 
-from harness.model import GapKind, NoImageCause, RegionKind, iter_region_chunks
-from harness.snapshot import CAP_SYS_RESOURCE, SnapshotError, has_capability
-from harness.snapshot import kernelcore
-from harness.snapshot.elfcore import read_core_layout
-from harness.process import describe_status
-from harness.snapshot.exitstop import ExitStop, exit_unavailable
-from harness.snapshot.kernelcore import (CoreFacts, core_pattern_glob, core_pattern_regex, escape_component,
+from remanence.model import GapKind, NoImageCause, RegionKind, iter_region_chunks
+from remanence.snapshot import CAP_SYS_RESOURCE, SnapshotError, has_capability
+from remanence.snapshot import kernelcore
+from remanence.snapshot.elfcore import read_core_layout
+from remanence.process import describe_status
+from remanence.snapshot.exitstop import ExitStop, exit_unavailable
+from remanence.snapshot.kernelcore import (CoreFacts, core_pattern_glob, core_pattern_regex, escape_component,
                                          expand_core_pattern, find_core, kernel_core_unavailable, pattern_unusable,
                                          take_kernel_core)
 

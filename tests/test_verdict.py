@@ -2,10 +2,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.model import Expect, Gap, GapKind, Hit, NoImageCause, Outcome, Region, RegionKind, Snapshot
-from harness.results import Results, RunRecord
-from harness.scenario import MethodExpectation, SecretSpec
-from harness.verdict import Verdict, judge
+from remanence.model import Expect, Gap, GapKind, Hit, NoImageCause, Outcome, Region, RegionKind, Snapshot
+from remanence.results import Results, RunRecord
+from remanence.scenario import MethodExpectation, SecretSpec
+from remanence.verdict import Verdict, judge
 
 GUARD_BELOW = Region(0x7000_0000 - 4096, 4096, "---p", RegionKind.ANONYMOUS, "", 0)
 GUARDED = Region(0x7000_0000, 4096, "rw-p", RegionKind.ANONYMOUS, "", 0, locked=True, dont_dump=True)
@@ -76,7 +76,7 @@ def test_observe_reports_without_judging():
 
 
 def _results(*outcomes, interrupted=False) -> Results:
-    from harness.scenario import Scenario
+    from remanence.scenario import Scenario
     scenario = Scenario("x", "", "c", "x", ("procmem",), 1, 10, SecretSpec(), (), Path("x.toml"))
     run = RunRecord(scenario, 1, SecretSpec())
     run.verdicts = [Verdict("x", 1, "c", "procmem", Expect.ABSENT, "", o, "") for o in outcomes]

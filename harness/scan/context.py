@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from harness.model import Hit, Secret, Snapshot
+from ..model import Hit, Secret, Snapshot
 
 from .encodings import patterns_for
 

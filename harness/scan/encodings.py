@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass, field
 
-from harness.model import Secret
+from ..model import Secret
 
 # Needles shorter than this are dropped: 8 random bytes occur by chance about once per
 # 2**64 positions, while shorter needles (and short text) show up in ordinary memory and

@@ -10,8 +10,8 @@ from typing import Iterator, TypeVar
 
 import hyperscan
 
-from harness.model import Hit, Region, RegionKind, ScanResult, Secret, Snapshot, iter_region_chunks
-from harness.scan.encodings import Pattern, patterns_for
+from ..model import Hit, Region, RegionKind, ScanResult, Secret, Snapshot, iter_region_chunks
+from .encodings import Pattern, patterns_for
 
 
 T = TypeVar("T")

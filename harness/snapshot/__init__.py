@@ -20,7 +20,7 @@ import shutil
 import time
 from pathlib import Path
 
-from harness.model import Snapshot
+from ..model import Snapshot
 
 
 class SnapshotError(Exception):
@@ -64,10 +64,10 @@ def method_unavailable(method: str) -> str | None:
         return "Yama ptrace_scope=3 forbids all ptrace access, /proc/PID/mem and gdb attach included"
     privileged = has_capability(CAP_SYS_PTRACE)
     if method == "kernel-core":
-        from harness.snapshot.kernelcore import kernel_core_unavailable
+        from .kernelcore import kernel_core_unavailable
         return kernel_core_unavailable()
     if method == "exit":
-        from harness.snapshot.exitstop import exit_unavailable
+        from .exitstop import exit_unavailable
         return exit_unavailable()
     if method == "procmem":
         # ptrace_scope 1 still lets the harness read its own children's memory; 2 needs the capability.
@@ -83,7 +83,7 @@ def method_unavailable(method: str) -> str | None:
 
 def resume(pid: int) -> None:
     """SIGCONT, if the process still exists."""
-    from harness.snapshot.procmem import resume as send_continue
+    from .procmem import resume as send_continue
     send_continue(pid)
 
 
@@ -91,7 +91,7 @@ def resume(pid: int) -> None:
 def held_still(pid: int):
     """Keep process `pid` stopped (SIGSTOP, every thread) for the block, so several methods see one moment;
     live snapshots taken inside must be told `held=True`. gdb leaves a process it found stopped stopped."""
-    from harness.snapshot.procmem import freeze
+    from .procmem import freeze
     freeze(pid)
     try:
         yield
@@ -105,7 +105,7 @@ SNAPSHOT_SUFFIXES = {"procmem": ".raw", "exit": ".raw"}    # the others are ELF 
 def dispose_snapshot(snapshot: Snapshot, keep_in: Path | None, stem: str) -> None:
     """Free the snapshot (it holds the secret), or, if `keep_in` is given, write it there as STEM.METHOD.ext:
     the file 0600 from its first byte, its folder and the folder above 0700."""
-    from harness.snapshot import scratch
+    from . import scratch
     if keep_in is None or not snapshot.path.exists():
         scratch.discard(snapshot.path)
         return
@@ -129,10 +129,10 @@ def take_snapshot(method: str, pid: int, *, held: bool = False) -> Snapshot:
     if method in ("kernel-core", "exit"):
         raise ValueError(f"{method} is driven by the runner, not take_snapshot")
     if method == "procmem":
-        from harness.snapshot.procmem import take_procmem
+        from .procmem import take_procmem
         snapshot = take_procmem(pid, held=held)
     else:
-        from harness.snapshot.gcore import take_gcore
+        from .gcore import take_gcore
         snapshot = take_gcore(pid, dump_all=method == "gcore-all")
     snapshot.duration_s = time.monotonic() - started
     return snapshot
@@ -140,8 +140,8 @@ def take_snapshot(method: str, pid: int, *, held: bool = False) -> Snapshot:
 
 def machine_facts() -> dict:
     """What a results document records about the machine the snapshots were taken on."""
-    from harness.snapshot.gcore import gdb_version
-    from harness.snapshot.kernelcore import read_core_pattern
+    from .gcore import gdb_version
+    from .kernelcore import read_core_pattern
     try:
         gdb = gdb_version()
     except SnapshotError:

@@ -17,8 +17,8 @@ from elftools.construct import ConstructError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.enums import ENUM_CORE_NOTE_N_TYPE
 
-from harness.model import Gap, GapKind, Region, RegionKind, Snapshot
-from harness.snapshot.procmaps import LiveMapping
+from ..model import Gap, GapKind, Region, RegionKind, Snapshot
+from .procmaps import LiveMapping
 
 # (ELF class, e_machine) we can read -> offset of pr_pid inside the NT_PRSTATUS descriptor
 # (after pr_info[3 ints], pr_cursig + padding, pr_sigpend and pr_sighold, which are longs).

@@ -26,10 +26,10 @@ import threading
 import time
 from pathlib import Path
 
-from harness.model import Region, RegionKind, Snapshot
-from harness.snapshot import CAP_SYS_PTRACE, SnapshotError, has_capability, ptrace_scope, scratch
-from harness.process import describe_status, signal_name
-from harness.snapshot.procmem import copy_stopped_memory, open_mem, thread_states
+from ..model import Region, RegionKind, Snapshot
+from . import CAP_SYS_PTRACE, SnapshotError, has_capability, ptrace_scope, scratch
+from ..process import describe_status, signal_name
+from .procmem import copy_stopped_memory, open_mem, thread_states
 
 METHOD = "exit"
 

@@ -8,11 +8,11 @@ import signal
 import subprocess
 from pathlib import Path
 
-from harness.model import Snapshot
-from harness.process import die_with_parent
-from harness.snapshot import SnapshotError, scratch
-from harness.snapshot.elfcore import CoreFormatError, snapshot_from_core
-from harness.snapshot.procmaps import read_mappings
+from ..model import Snapshot
+from ..process import die_with_parent
+from . import SnapshotError, scratch
+from .elfcore import CoreFormatError, snapshot_from_core
+from .procmaps import read_mappings
 
 GDB_TIMEOUT_S = 300.0
 _DEFAULT_FILTER = 0x33               # gdb's built-in coredump_filter, used with `set use-coredump-filter off`

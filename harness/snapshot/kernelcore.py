@@ -28,12 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from harness.model import NoImageCause, RegionKind, Snapshot
-from harness.snapshot import CAP_SYS_RESOURCE, SnapshotError, has_capability
-from harness.process import signal_name
-from harness.snapshot.elfcore import CoreFormatError, CoreTruncated, snapshot_from_core
-from harness.snapshot.procmaps import read_mappings
-from harness.verdict import mib
+from ..model import NoImageCause, RegionKind, Snapshot
+from . import CAP_SYS_RESOURCE, SnapshotError, has_capability
+from ..process import signal_name
+from .elfcore import CoreFormatError, CoreTruncated, snapshot_from_core
+from .procmaps import read_mappings
+from ..verdict import mib
 
 METHOD = "kernel-core"
 NO_CORE_PREFIX = "no core produced: "

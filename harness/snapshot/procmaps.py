@@ -4,8 +4,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from harness.model import RegionKind
-from harness.snapshot import SnapshotError
+from ..model import RegionKind
+from . import SnapshotError
 
 # Kernel-owned mappings: the process cannot write them and /proc/PID/mem gives EIO (vvar) or cannot
 # even address them (vsyscall sits above the signed off_t range), so every method leaves them out.

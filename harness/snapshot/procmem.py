@@ -9,10 +9,10 @@ import os
 import signal
 import time
 
-from harness.model import Gap, GapKind, Region, RegionKind, Snapshot
-from harness.process import stat_fields
-from harness.snapshot import SnapshotError, scratch
-from harness.snapshot.procmaps import LiveMapping, read_mappings
+from ..model import Gap, GapKind, Region, RegionKind, Snapshot
+from ..process import stat_fields
+from . import SnapshotError, scratch
+from .procmaps import LiveMapping, read_mappings
 
 CHUNK_SIZE = 8 << 20
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
