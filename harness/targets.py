@@ -74,10 +74,15 @@ def _source_files(source: Path) -> list[Path]:
     return sorted(p for p in source.rglob("*") if p.is_file() and not set(skipped) & set(p.relative_to(source).parts))
 
 
-def _source_hash(source: Path, toolchain: str) -> str:
+def _source_hash(sources: tuple[Path, ...], toolchain: str) -> str:
+    """A hash of the toolchain and every file of `sources` (folders or single files: a target and the SDK it
+    is built on)."""
     digest = hashlib.sha256(toolchain.encode())
-    for path in _source_files(source):
-        digest.update(str(path.relative_to(source)).encode() + b"\0" + path.read_bytes())
+    for source in sources:
+        files = _source_files(source) if source.is_dir() else [source]
+        for path in files:
+            name = Path(source.name) / path.relative_to(source) if source.is_dir() else Path(source.name)
+            digest.update(str(name).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -121,10 +126,12 @@ def _go_problem(go: str | None) -> tuple[str | None, str]:
     return None, version
 
 
-def _cache_folder(language: str, source: Path, toolchain: str) -> Path:
-    if not source.is_dir():
-        raise TargetUnavailable(f"{source} is missing")
-    return cache_dir() / f"{language}-{_source_hash(source, toolchain)}"
+def _cache_folder(language: str, sources: tuple[Path, ...], toolchain: str) -> Path:
+    """The cache entry for a target built from `sources` (its own folder first) with `toolchain`."""
+    for source in sources:
+        if not source.exists():
+            raise TargetUnavailable(f"{source} is missing")
+    return cache_dir() / f"{language}-{_source_hash(sources, toolchain)}"
 
 
 def _run_step(language: str, argv: list[str], cwd: Path, env: dict | None = None) -> None:
@@ -252,13 +259,16 @@ def _compile(language: str, source: Path, argv: list[str], env: dict | None = No
     return build
 
 
-def _install(language: str, source: Path, steps: list[list[str]]) -> Build:
-    """Build steps of an interpreted target: the sources copied into the staging folder, then the install
-    steps (npm ci, pip install) run there, {OUT} naming it."""
+def _install(language: str, copies: dict[str, Path], steps: list[list[str]]) -> Build:
+    """Build steps of an interpreted target: each source (a folder's files, or one file) copied to its place in
+    the staging folder ("" for the top), then the install steps (npm ci, pip install) run there, {OUT} naming it."""
     def build(staging: Path) -> None:
-        for path in _source_files(source):
-            (staging / path.relative_to(source)).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, staging / path.relative_to(source))
+        for place, source in copies.items():
+            files = _source_files(source) if source.is_dir() else [source]
+            for path in files:
+                target = staging / place / (path.relative_to(source) if source.is_dir() else path.name)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, target)
         for step in steps:
             _run_step(language, [a.replace("{OUT}", str(staging)) for a in step], staging)
     return build
@@ -282,7 +292,7 @@ def build_target(language: str) -> TargetProgram:
         if reason := _c_missing():
             raise TargetUnavailable(reason)
         source = TARGETS_DIR / "c"
-        return _cached_target("c", _cache_folder("c", source, _toolchain_version("gcc")),
+        return _cached_target("c", _cache_folder("c", (source,), _toolchain_version("gcc")),
                               _compile("c", source, ["make", "-s", "OUT={OUT}", "BIN={BIN}"]),
                               lambda folder: (str(folder / BINARY_NAMES["c"]),))
     if language == "go":
@@ -292,7 +302,7 @@ def build_target(language: str) -> TargetProgram:
             raise TargetUnavailable(reason)
         source = TARGETS_DIR / "go"
         env = dict(os.environ, GOEXPERIMENT="runtimesecret", CGO_ENABLED="0")
-        return _cached_target("go", _cache_folder("go", source, version),
+        return _cached_target("go", _cache_folder("go", (source,), version),
                               _compile("go", source, [go, "build", "-trimpath", "-o", "{BIN}", "."], env),
                               lambda folder: (str(folder / BINARY_NAMES["go"]),))
     if language == "node":
@@ -300,14 +310,14 @@ def build_target(language: str) -> TargetProgram:
         if reason:
             raise TargetUnavailable(reason)
         source = TARGETS_DIR / "node"
-        return _cached_target("node", _cache_folder("node", source, version),
-                              _install("node", source, [["npm", "ci", "--no-audit", "--no-fund"]]),
+        return _cached_target("node", _cache_folder("node", (source,), version),
+                              _install("node", {"": source}, [["npm", "ci", "--no-audit", "--no-fund"]]),
                               lambda folder: (shutil.which("node"), "--expose-gc", str(folder / "target.js")))
     if language == "python":
         # The target gets a venv of its own (PyNaCl pinned in requirements.txt), made with this interpreter.
         source = TARGETS_DIR / "python"
-        return _cached_target("python", _cache_folder("python", source, sys.version),
-                              _install("python", source, [
+        return _cached_target("python", _cache_folder("python", (source,), sys.version),
+                              _install("python", {"": source}, [
                                   [sys.executable, "-m", "venv", "{OUT}/venv"],
                                   ["{OUT}/venv/bin/pip", "install", "--no-cache-dir", "--disable-pip-version-check",
                                    "-q", "-r", "requirements.txt"]]),
