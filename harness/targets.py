@@ -314,10 +314,12 @@ def build_target(language: str) -> TargetProgram:
                               _install("node", {"": source}, [["npm", "ci", "--no-audit", "--no-fund"]]),
                               lambda folder: (shutil.which("node"), "--expose-gc", str(folder / "target.js")))
     if language == "python":
-        # The target gets a venv of its own (PyNaCl pinned in requirements.txt), made with this interpreter.
-        source = TARGETS_DIR / "python"
-        return _cached_target("python", _cache_folder("python", (source,), sys.version),
-                              _install("python", {"": source}, [
+        # The target gets a venv of its own (PyNaCl pinned in requirements.txt), made with this interpreter, and
+        # the SDK it is written on beside it as the package `remanence` (the venv does not hold the harness).
+        source, sdk = TARGETS_DIR / "python", Path(__file__).with_name("sdk.py")
+        return _cached_target("python", _cache_folder("python", (source, sdk), sys.version),
+                              _install("python", {"": source, "remanence": sdk}, [
+                                  [sys.executable, "-c", "open('remanence/__init__.py', 'x').close()"],
                                   [sys.executable, "-m", "venv", "{OUT}/venv"],
                                   ["{OUT}/venv/bin/pip", "install", "--no-cache-dir", "--disable-pip-version-check",
                                    "-q", "-r", "requirements.txt"]]),

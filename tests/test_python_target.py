@@ -2,7 +2,8 @@
 
 Everything here runs the real program: a venv of its own is made in a temporary directory with
 this interpreter and `pip install --no-cache-dir -r targets/python/requirements.txt` (the tests
-skip, saying why, when that fails, e.g. without network), target.py is copied next to it and run
+skip, saying why, when that fails, e.g. without network), target.py and the SDK it imports
+(harness/sdk.py, as the package remanence) are copied next to it and target.py is run
 as `<venv>/bin/python -E -s target.py <scenario>`, driven over a socketpair passed as fd 3, as the
 harness does. No harness code is used. The conversation loop is our own: it also handles
 `derived <label> <n>` followed by n raw bytes.
@@ -63,10 +64,19 @@ def venv_python(tmp_path_factory) -> Path:
     return venv / "bin" / "python"
 
 
+def install_sdk(folder: Path) -> None:
+    """remanence.sdk beside a copy of target.py, as the harness installs it (the venv lacks the harness)."""
+    package = folder / "remanence"
+    package.mkdir(exist_ok=True)
+    (package / "__init__.py").write_text("")
+    shutil.copyfile(ROOT / "harness" / "sdk.py", package / "sdk.py")
+
+
 @pytest.fixture(scope="session")
 def target_py(venv_python) -> Path:
     dest = venv_python.parents[2] / "target.py"
     shutil.copyfile(PY_DIR / "target.py", dest)
+    install_sdk(dest.parent)
     return dest
 
 
@@ -166,6 +176,7 @@ def test_duplicate_registration_aborts_before_any_scenario(venv_python, target_p
     guard = '\nif __name__ == "__main__":'
     assert source.count(guard) == 1
     dup = tmp_path / "target.py"
+    install_sdk(tmp_path)
     dup.write_text(source.replace(guard, '\n@scenario("py.kx.xchacha")\ndef _again():\n    pass\n\n' + guard))
     r = subprocess.run(command(venv_python, dup) + ["--list"], capture_output=True, text=True, timeout=TIMEOUT,
                        env=_env(32, 16))
