@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 from target_driver import (Run, Target, after_bad_environment, after_bogus_reply, after_secret_of_length,
-                           dies_before_ready, drive, exit_after_eof, fresh, read_mem, scenario_file_names, smaps_entry,
-                           target_env)
+                           dies_before_ready, drive, exit_after_eof, fresh, read_mem, readable_memory_contains,
+                           scenario_file_names, smaps_entry, target_env)
 
 ROOT = Path(__file__).resolve().parents[1]
 PY_DIR = ROOT / "targets" / "python"
@@ -103,28 +103,6 @@ def start_target(cmd, argv, env) -> Target:
 
 def converse(cmd, scenario, secret, canary, on_checkpoint=None) -> Run:
     return drive(start_target(cmd, [scenario], _env(len(secret), len(canary))), secret, canary, on_checkpoint)
-
-
-def readable_memory_contains(pid: int, needle: bytes) -> list[tuple[int, str]]:
-    """(address, mapping name or 'anon') of every copy of needle in the target's readable memory."""
-    found = []
-    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
-        for line in maps:
-            parts = line.split()
-            name = parts[5] if len(parts) > 5 else "anon"
-            if not parts[1].startswith("r") or name in ("[vvar]", "[vvar_vclock]", "[vsyscall]"):
-                continue
-            lo, hi = (int(x, 16) for x in parts[0].split("-"))
-            mem.seek(lo)
-            try:
-                data = mem.read(hi - lo)
-            except OSError:
-                continue
-            at = data.find(needle)
-            while at >= 0:
-                found.append((lo + at, name))
-                at = data.find(needle, at + 1)
-    return found
 
 
 def kx_seed_keypair(venv_python: Path, seed: bytes) -> tuple[bytes, bytes]:
