@@ -191,9 +191,10 @@ class CommandProcess(SpawnedGroup):
 
     def wait_for(self, trigger: Trigger, since: int, timeout: float, what: str) -> int:
         """Block until `trigger` fires, counting from output offset `since` and from now; returns the output offset
-        reached. TargetError (process group killed) if the program ends first or the timeout passes."""
+        reached. TargetError (process group killed) if the program ends first or the timeout passes.
+        The timeout bounds the program's response; the trigger's own wait (delay=S, idle=S) comes on top of it."""
         started = time.monotonic()
-        deadline = started + timeout
+        deadline = started + trigger.seconds + timeout
         pattern = re.compile(trigger.pattern.encode("utf-8")) if trigger.kind == "output" else None
         cpu, still_since = self._cpu_ticks(), started
         while True:
@@ -218,7 +219,8 @@ class CommandProcess(SpawnedGroup):
                                   + self._output_note())
             if now > deadline:
                 self.kill()
-                raise TargetError(f"timed out after {timeout:.0f} s waiting for {what} ({trigger.describe()}); "
+                waited = f"{timeout:g} s" + (f" + the trigger's {trigger.seconds:g} s" if trigger.seconds else "")
+                raise TargetError(f"timed out after {waited} waiting for {what} ({trigger.describe()}); "
                                   "process group killed" + self._output_note())
             time.sleep(POLL_S)
 

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .command import CommandUnavailable, resolve_program
-from .scenario import COMMAND_TARGET, Scenario, ScenarioError
+from .scenario import COMMAND_TARGET, SNAPSHOT_METHODS, Scenario, ScenarioError, load_scenario, load_scenarios
 from .snapshot import method_unavailable
+from .suggest import close_matches
 from .targets import TargetProgram, TargetUnavailable, build_target
 
 
@@ -33,14 +36,44 @@ class Plan:
     runs: tuple[PlannedRun, ...]
 
 
-def select(scenarios: list[Scenario], patterns: list[str]) -> list[Scenario]:
-    """Scenarios whose name matches any glob pattern (all when none given); a pattern matching nothing is an error."""
+def is_scenario_path(argument: str) -> bool:
+    """A command-line argument naming a scenario file or folder rather than a scenario name or glob: it holds a
+    / or ends in .toml (names hold neither a / nor, in practice, that ending)."""
+    return "/" in argument or argument.endswith(".toml")
+
+
+def select(patterns: list[str], suite: Callable[[], list[Scenario]]) -> list[Scenario]:
+    """The scenarios the command line asks for, sorted by name: each argument is a scenario file or folder
+    (is_scenario_path: loaded wherever it lies) or a name or glob pattern matched against `suite()` (loaded only
+    when needed); no arguments: the whole suite. An argument matching nothing, or two files with one name, is an error."""
     if not patterns:
-        return scenarios
+        return suite()
+    names = [p for p in patterns if not is_scenario_path(p)]
+    known = suite() if names else []
+    chosen: dict[Path, Scenario] = {}
     for pattern in patterns:
-        if not any(fnmatch.fnmatchcase(s.name, pattern) for s in scenarios):
-            raise UsageError(f"no scenario matches {pattern!r}")
-    return [s for s in scenarios if any(fnmatch.fnmatchcase(s.name, p) for p in patterns)]
+        if is_scenario_path(pattern):
+            path = Path(pattern)
+            if path.is_dir():
+                found = load_scenarios(path)
+            elif path.is_file():
+                found = [load_scenario(path)]
+            else:
+                siblings = [str(path.parent / f.name) for f in path.parent.glob("*.toml")] if path.parent.is_dir() else []
+                hint = close_matches(pattern, siblings)
+                raise UsageError(f"scenario file {pattern!r} not found" + (f" ({hint})" if hint else ""))
+        else:
+            found = [s for s in known if fnmatch.fnmatchcase(s.name, pattern)]
+            if not found:
+                hint = close_matches(pattern, [s.name for s in known]) or "`remanence list` shows them"
+                raise UsageError(f"no scenario matches {pattern!r} ({hint})")
+        for scenario in found:
+            chosen.setdefault(scenario.source.resolve(), scenario)
+    by_name: dict[str, Scenario] = {}
+    for scenario in chosen.values():
+        if (other := by_name.setdefault(scenario.name, scenario)) is not scenario:
+            raise UsageError(f"two scenario files are named {scenario.name!r}: {other.source} and {scenario.source}")
+    return sorted(by_name.values(), key=lambda s: s.name)
 
 
 def availability(language: str, cache: dict[str, TargetProgram | str]) -> TargetProgram | str:
@@ -62,6 +95,11 @@ def _command_program(scenario: Scenario) -> TargetProgram | str:
         return str(e)
 
 
+def program_for(scenario: Scenario, cache: dict[str, TargetProgram | str]) -> TargetProgram | str:
+    """What runs `scenario` (the built target, or the user's program), or the reason it cannot run here."""
+    return _command_program(scenario) if scenario.command else availability(scenario.target, cache)
+
+
 def make_plan(scenarios: list[Scenario], methods: list[str] | None = None, repeat: int | None = None) -> Plan:
     if repeat is not None and repeat < 1:
         raise UsageError("--repeat must be at least 1")
@@ -71,7 +109,7 @@ def make_plan(scenarios: list[Scenario], methods: list[str] | None = None, repea
         chosen = tuple(m for m in scenario.methods if not methods or m in methods)
         if not chosen:
             continue
-        program = _command_program(scenario) if scenario.command else availability(scenario.target, programs)
+        program = program_for(scenario, programs)
         skip = program if isinstance(program, str) else None
         if not skip and scenario.entry not in program.entries:
             raise ScenarioError(scenario.source, "entry", f"{scenario.entry!r} is not registered in the {scenario.target} target "
@@ -79,4 +117,7 @@ def make_plan(scenarios: list[Scenario], methods: list[str] | None = None, repea
         method_skips = {m: reason for m in chosen if (reason := method_unavailable(m))}
         for repetition in range(1, (repeat or scenario.repeat) + 1):
             runs.append(PlannedRun(scenario, repetition, chosen, None if skip else program, skip, method_skips))
+    if methods and scenarios and not runs:
+        used = sorted({m for s in scenarios for m in s.methods}, key=SNAPSHOT_METHODS.index)
+        raise UsageError(f"--method {','.join(methods)}: no selected scenario uses it (they use: {', '.join(used)})")
     return Plan(tuple(runs))
