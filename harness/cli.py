@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -357,6 +358,10 @@ class _Reporting:
 
     def __init__(self, args, out: Path | None = None):
         self.known = reporters()
+        if args.source_root is not None:
+            if not args.source_root.is_dir():
+                raise UsageError(f"--source-root {args.source_root}: not a folder")
+            self.known["sarif"] = dataclasses.replace(self.known["sarif"], source_root=args.source_root)
         self.config = _config_for(args, self.known)
         self.formats = _formats(args, self.config, self.known)
         self.out = out or getattr(args, "out", None) or self.config.run.out or DEFAULT_OUT

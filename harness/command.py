@@ -51,6 +51,22 @@ def resolve_program(spec: CommandSpec) -> str:
     return found
 
 
+def script_argument(argv: tuple[str, ...] | list[str], cwd: Path) -> str | None:
+    """argv[1] when it names a file in `cwd`: the script an interpreter (python3 login.py) runs."""
+    return argv[1] if len(argv) > 1 and Path(cwd, argv[1]).is_file() else None
+
+
+def program_file(spec: CommandSpec) -> Path | None:
+    """The file that is the user's program, where its results point: the script an interpreter runs, else the
+    executable; None when it cannot be found."""
+    if (script := script_argument(spec.argv, spec.cwd)) is not None and "/" not in spec.argv[0]:
+        return (spec.cwd / script).resolve()
+    try:
+        return Path(resolve_program(spec))
+    except CommandUnavailable:
+        return None
+
+
 def _bytes_waiting(fd: int) -> int:
     return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
 

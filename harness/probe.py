@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .model import Expect
 from .plan import UsageError
-from .command import CommandUnavailable, resolve_program
+from .command import CommandUnavailable, resolve_program, script_argument
 from .paths import inside
 from .scenario import (COMMAND_TARGET, CommandSpec, EXIT_CHECKPOINT, LIVE_METHODS, SECRET_FILE_PLACEHOLDER,
                        TRIGGER_KINDS, Scenario, ScenarioError, load_scenario, name_problem,
@@ -47,8 +47,8 @@ class ProbeRequest:
 def probe_name(request: ProbeRequest) -> str:
     """probe.<program>, or probe.<interpreter>.<script> when the program is an interpreter running a file."""
     words = [Path(request.argv[0]).name]
-    if len(request.argv) > 1 and Path(request.cwd, request.argv[1]).is_file():
-        words.append(Path(request.argv[1]).name)
+    if (script := script_argument(request.argv, request.cwd)) is not None:
+        words.append(Path(script).name)
     return request.name or "probe." + re.sub(r"[^A-Za-z0-9_.-]", "_", ".".join(words))
 
 
