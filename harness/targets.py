@@ -297,7 +297,7 @@ def build_target(language: str) -> TargetProgram:
         if reason := _c_missing():
             raise TargetUnavailable(reason)
         source = TARGETS_DIR / "c"
-        return _cached_target("c", _cache_folder("c", (source,), _toolchain_version("gcc")),
+        return _cached_target("c", _cache_folder("c", (source, TARGETS_DIR / "sdk" / "c"), _toolchain_version("gcc")),
                               _compile("c", source, ["make", "-s", "OUT={OUT}", "BIN={BIN}"]),
                               lambda folder: (str(folder / BINARY_NAMES["c"]),))
     if language == "go":
