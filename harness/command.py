@@ -41,7 +41,8 @@ def resolve_program(spec: CommandSpec) -> str:
     """The executable argv[0] names: a path (relative to the scenario's cwd) or a name on PATH."""
     program = spec.argv[0]
     if "/" in program:
-        path = (spec.cwd / program).resolve()
+        # Not resolve(): a venv's bin/python is a symlink, and only started by that name is it the venv's.
+        path = Path(os.path.abspath(spec.cwd / program))
         if not path.is_file() or not os.access(path, os.X_OK):
             raise CommandUnavailable(f"{program!r} is not an executable file (looked in {spec.cwd})")
         return str(path)

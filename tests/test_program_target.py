@@ -3,6 +3,7 @@ The built-in C target binary stands in for a user's program here; the SDK exampl
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -73,10 +74,11 @@ def test_a_missing_program_without_a_build_is_one_line_before_anything_runs(tmp_
     assert err.strip().count("\n") == 0 and str(path) in err and "program.argv" in err and "nothing-here" in err
 
 
-def test_the_python_placeholder_is_the_interpreter_running_remanence(tmp_path):
-    from remanence.plan import program_argv
+def test_the_python_placeholder_is_the_interpreter_running_remanence_even_through_a_venv_symlink(tmp_path):
+    from remanence.plan import make_plan
     path = scenario(tmp_path, 'argv = ["{python}", "-c", "pass"]')
-    assert program_argv(load_scenario(path))[0] == sys.executable
+    program = make_plan([load_scenario(path)]).runs[0].program
+    assert program.command[0] == os.path.abspath(sys.executable)
 
 
 @pytest.mark.parametrize("program, key", [
