@@ -314,10 +314,12 @@ def build_target(language: str) -> TargetProgram:
         reason, version = _node_problem()
         if reason:
             raise TargetUnavailable(reason)
-        source = TARGETS_DIR / "node"
-        return _cached_target("node", _cache_folder("node", (source,), version),
-                              _install("node", {"": source}, [["npm", "ci", "--no-audit", "--no-fund"]]),
-                              lambda folder: (shutil.which("node"), "--expose-gc", str(folder / "target.js")))
+        # The target depends on the SDK by a relative file: path, which its copy keeps (node/ beside sdk/node/).
+        source, sdk = TARGETS_DIR / "node", TARGETS_DIR / "sdk" / "node"
+        return _cached_target("node", _cache_folder("node", (source, sdk), version),
+                              _install("node", {"node": source, "sdk/node": sdk},
+                                       [["npm", "ci", "--prefix", "{OUT}/node", "--no-audit", "--no-fund"]]),
+                              lambda folder: (shutil.which("node"), "--expose-gc", str(folder / "node" / "target.js")))
     if language == "python":
         # The target gets a venv of its own (PyNaCl pinned in requirements.txt), made with this interpreter, and
         # the SDK it is written on beside it as the package `remanence` (the venv does not hold the harness).

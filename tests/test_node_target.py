@@ -1,9 +1,10 @@
 """The Node.js target (targets/node) against the protocol in targets/PROTOCOL.md.
 
 Everything here runs the real program: the target's files (package.json, package-lock.json, *.js) are
-copied into a temporary directory, `npm ci` installs the pinned sodium-native there (never in the source
-tree), and `node --expose-gc target.js <scenario>` is driven over a socketpair passed as fd 3, exactly as
-the harness drives it. No harness code is used; the memory facts are read straight from /proc.
+copied into a temporary directory beside the SDK's (targets/sdk/node, where the target's file: dependency
+points), `npm ci` installs the pinned sodium-native and links the SDK there (never in the source tree), and
+`node --expose-gc target.js <scenario>` is driven over a socketpair passed as fd 3, exactly as the harness
+drives it. No harness code is used; the memory facts are read straight from /proc.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from target_driver import (Target, after_bad_environment, after_bogus_reply, die
 
 ROOT = Path(__file__).resolve().parents[1]
 NODE_DIR = ROOT / "targets" / "node"
+SDK_DIR = ROOT / "targets" / "sdk" / "node"
 SCENARIO_DIR = ROOT / "scenarios" / "node"
 MIN_NODE = 18
 
@@ -68,13 +70,21 @@ def _node_problem() -> str | None:
 pytestmark = pytest.mark.skipif(_node_problem() is not None, reason=_node_problem() or "")
 
 
+def _copy_package(source: Path, dest: Path) -> None:
+    dest.mkdir(parents=True)
+    for path in source.iterdir():
+        if path.name in ("package.json", "package-lock.json") or path.suffix == ".js":
+            shutil.copy2(path, dest / path.name)
+
+
 @pytest.fixture(scope="session")
 def target_dir(tmp_path_factory) -> Path:
-    """The target's files plus node_modules from `npm ci`, in a temporary directory (as the harness does)."""
-    out = tmp_path_factory.mktemp("node-target")
-    for path in NODE_DIR.iterdir():
-        if path.name in ("package.json", "package-lock.json") or path.suffix == ".js":
-            shutil.copy2(path, out / path.name)
+    """The target's files plus node_modules from `npm ci`, in a temporary directory (as the harness does: the
+    SDK beside it, where its relative file: dependency points)."""
+    top = tmp_path_factory.mktemp("node-target")
+    out = top / "node"
+    _copy_package(NODE_DIR, out)
+    _copy_package(SDK_DIR, top / "sdk" / "node")
     r = subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=out, capture_output=True, text=True,
                        timeout=600)
     if r.returncode != 0:
@@ -83,6 +93,7 @@ def target_dir(tmp_path_factory) -> Path:
             pytest.skip(f"npm ci could not reach the registry: {tail[-300:]}")
         pytest.fail(f"npm ci failed:\n{tail}")
     assert (out / "node_modules" / "sodium-native" / "package.json").is_file()
+    assert (out / "node_modules" / "remanence-sdk" / "index.js").is_file()
     return out
 
 
