@@ -82,6 +82,10 @@ class Runner:
             record.skip_reason = planned.skip_reason
             self._close_unreached(planned, record, list(scenario.checkpoints), Outcome.SKIP, planned.skip_reason)
             return
+        if planned.error_reason:
+            record.error = planned.error_reason
+            self._close_unreached(planned, record, list(scenario.checkpoints), Outcome.ERROR, planned.error_reason)
+            return
         secret, canary = make_secret(scenario.secret), make_canary(textual=scenario.command is not None)
         record.secret_fingerprint, record.canary_fingerprint = secret.fingerprint, canary.fingerprint
         # Private (0700), deleted even if we are killed: target logs and kernel cores land here; it is the
@@ -133,8 +137,9 @@ class Runner:
             except (CommandUnavailable, OSError) as e:
                 raise TargetError(str(e)) from None
         try:
-            return TargetProcess(planned.program.command, planned.scenario.entry, len(secret.value), len(canary.value),
-                                 workdir / "target.log", workdir, planned.program.env, cgroup)
+            program = planned.program
+            return TargetProcess(program.argv(planned.scenario.entry), len(secret.value), len(canary.value),
+                                 workdir / "target.log", program.cwd or workdir, program.env, cgroup)
         except OSError as e:
             raise TargetError(f"cannot start the {planned.scenario.target} target: {e}") from None
 
