@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -12,23 +13,24 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
-from .command import CommandUnavailable, resolve_program
 from .config import Config, ConfigError, FormatSpec, parse_formats, resolve_config, split_formats
 from .gate import BaselineError, apply_gate, load_baseline
 from .model import Expect
-from .plan import Plan, UsageError, availability, make_plan, program_argv, select
+from .plan import Plan, UsageError, make_plan, program_for, select
 from .entry import handle_interrupts, interrupted_message, interrupts_deferred
 from .paths import OutsideError
 from .report import reporters, write_report
 from .report.json_report import results_document
 from .report.terminal import print_verdicts
 from .results import EXIT_FAIL, EXIT_USAGE
+from .probe import ProbeRequest, probe_scenario
 from .runner import RunOptions, Runner
-from .scenario import (LANGUAGES, MAX_REPEAT, SECRET_LENGTHS, SNAPSHOT_METHODS, CommandSpec, Scenario, ScenarioError,
-                       load_scenarios, seconds_problem)
+from .scenario import (LANGUAGES, LIVE_METHODS, MAX_REPEAT, SECRET_LENGTHS, SNAPSHOT_METHODS, Scenario,
+                       ScenarioError, load_scenarios, seconds_problem)
 from .shard import ShardError, load_shard, merge_documents, parse_shard, shard_inputs, shard_slice
 from .snapshot import machine_facts, method_unavailable
-from .layout import SCENARIOS_DIR
+from .suggest import unknown
+from .layout import PACKAGE_DIR, SCENARIOS_DIR, TARGETS_DIR
 from .workspace import session
 
 DEFAULT_SCENARIOS = SCENARIOS_DIR
@@ -64,20 +66,30 @@ def _bounded_int(low: int, high: int):
     return parse
 
 
-def _methods(value: str) -> list[str]:
-    methods = [m.strip() for m in value.split(",") if m.strip()]
-    for m in methods:
-        if m not in SNAPSHOT_METHODS:
-            raise argparse.ArgumentTypeError(f"unknown method {m!r} (known: {', '.join(SNAPSHOT_METHODS)})")
-    return methods
+def _method_list(known: tuple[str, ...], what: str = "method"):
+    """--method LIST: comma-separated names from `known`, each once, in the order given."""
+    def parse(value: str) -> list[str]:
+        methods = [m.strip() for m in value.split(",") if m.strip()]
+        for m in methods:
+            if m not in known:
+                raise argparse.ArgumentTypeError(unknown(what, m, known))
+        if not methods:
+            raise argparse.ArgumentTypeError(f"{value!r}: no method given (known: {', '.join(known)})")
+        return list(dict.fromkeys(methods))
+    return parse
 
 
-FORMAT_HELP = ("report formats, comma-separated, each NAME or NAME=PATH (PATH - is stdout), e.g. json,sarif,md=- "
-               "(default: the config's [run] formats, else json; known: %s)")
+FORMAT_HELP = ("report formats, comma-separated or repeated, each NAME or NAME=PATH (PATH - is stdout), e.g. "
+               "json,sarif,md=- (default: the config's [run] formats, else json; known: %s)")
+TIMEOUT_RULE = ("a trigger's own wait (delay=S, idle=S) comes on top: the timeout bounds how long the program "
+                "takes to respond")
 
 
 def _add_gate_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--format", default=None, metavar="LIST", help=FORMAT_HELP % ", ".join(reporters()))
+    p.add_argument("--format", action="append", default=None, metavar="LIST", help=FORMAT_HELP % ", ".join(reporters()))
+    p.add_argument("--source-root", type=Path, default=None, metavar="DIR",
+                   help="SARIF file locations are relative to DIR (default: the git top level of the scenario "
+                        "files, else of the current folder; files outside it keep absolute URIs)")
     p.add_argument("--config", type=Path, default=None,
                    help="config file (default: $REMANENCE_CONFIG, else ./remanence.toml if present)")
     p.add_argument("--baseline", type=Path, default=None,
@@ -106,13 +118,17 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run scenarios and judge them")
-    run.add_argument("names", nargs="*", help="scenario names or glob patterns (default: all)")
+    run.add_argument("names", nargs="*", metavar="SCENARIO",
+                     help="scenario names, glob patterns (quoted), or scenario files or folders (a path: anything "
+                          "with a / or ending in .toml, loaded wherever it lies); default: the whole suite")
     run.add_argument("--scenarios", type=Path, default=None, help=f"scenario folder (default: {DEFAULT_SCENARIOS})")
-    run.add_argument("--method", type=_methods, default=None, help="only these snapshot methods (comma-separated)")
+    run.add_argument("--method", type=_method_list(SNAPSHOT_METHODS), default=None, metavar="LIST",
+                     help=f"only these snapshot methods, comma-separated: {', '.join(SNAPSHOT_METHODS)} "
+                          "(e.g. exit: only the snapshots taken at the targets' exit)")
     run.add_argument("--repeat", type=_bounded_int(1, MAX_REPEAT), default=None,
                      help="repetitions per scenario (overrides the scenario files)")
     run.add_argument("--timeout", type=_seconds, default=None,
-                     help="seconds to wait for each checkpoint (overrides the files)")
+                     help=f"seconds to wait for each checkpoint (overrides the files); {TIMEOUT_RULE}")
     run.add_argument("--out", type=Path, default=None, help=f"output folder (default: {DEFAULT_OUT})")
     run.add_argument("--shard", default=None, metavar="I/N",
                      help="run only shard I of N (1-based): run k of the plan goes to shard (k mod N)+1")
@@ -128,7 +144,9 @@ def _parser() -> argparse.ArgumentParser:
     _add_gate_options(merge)
 
     lst = sub.add_parser("list", help="list scenarios and whether this machine can run them")
-    lst.add_argument("--scenarios", type=Path, default=None)
+    lst.add_argument("--scenarios", type=Path, default=None, help=f"scenario folder (default: {DEFAULT_SCENARIOS})")
+    lst.add_argument("--json", action="store_true",
+                     help="machine-readable: name, target, checkpoints, methods, runnable, skip_reason, source")
     lst.add_argument("--config", type=Path, default=None, help="config file (its [run] scenarios is the default folder)")
 
     doctor = sub.add_parser("doctor", help="check what this machine allows and what each missing piece disables")
@@ -137,6 +155,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="the suite whose needs decide the exit code (default: the config's, else the built-in)")
     doctor.add_argument("--no-build", action="store_true", help="do not build the target programs (faster, less certain)")
     doctor.add_argument("--config", type=Path, default=None)
+    sdk = sub.add_parser("sdk", help="print the folder of a language's SDK (to build or import your own targets)")
+    sdk.add_argument("language", metavar="LANG", help=f"one of: {', '.join(LANGUAGES)}")
     _add_scan_parser(sub)
     _add_probe_parser(sub)
     return parser
@@ -163,13 +183,16 @@ def _add_probe_parser(sub) -> None:
                           help="write the secret to a private file whose path replaces {secret_file} in CMD")
     probe.add_argument("--at", dest="triggers", action="append", metavar="TRIGGER", default=None,
                        help="when to snapshot, repeatable, in order: output=REGEX, delay=SECONDS, idle=SECONDS "
-                            "(no CPU time and no output for that long) or exit (last); default: --at idle=1")
+                            "(no CPU time and no output for that long) or exit (last); default: --at idle=1, "
+                            "or only exit with --method exit")
     probe.add_argument("--in-use", metavar="TRIGGER", default=None,
                        help="first snapshot the program while it should still hold the secret (expected present): "
                             "proves the methods can see it there")
     probe.add_argument("--expect", choices=[e.value for e in Expect], default=Expect.ABSENT.value,
                        help="what every snapshot should show (default: absent; needs the program to have read the secret)")
-    probe.add_argument("--method", type=_methods, default=None, help="snapshot methods (default: procmem,gcore)")
+    probe.add_argument("--method", type=_method_list(SNAPSHOT_METHODS), default=None, metavar="LIST",
+                       help=f"snapshot methods, comma-separated: {', '.join(SNAPSHOT_METHODS)} (default: "
+                            f"{','.join(ProbeRequest.methods)}; exit snapshots the program as it exits, as --at exit does)")
     probe.add_argument("--secret-length", type=_bounded_int(*SECRET_LENGTHS), default=24,
                        help="length of the secret in bytes (default 24)")
     probe.add_argument("--binary", action="store_true", help="random bytes instead of a printable password (not with --prompt)")
@@ -177,7 +200,8 @@ def _add_probe_parser(sub) -> None:
     probe.add_argument("--env", action="append", default=[], metavar="NAME[=VALUE]",
                        help="add to the program's minimal environment (NAME alone copies ours); repeatable")
     probe.add_argument("--name", default=None, help="scenario name (default: probe.<program>)")
-    probe.add_argument("--timeout", type=_seconds, default=60.0, help="seconds to wait for the prompt and each trigger")
+    probe.add_argument("--timeout", type=_seconds, default=60.0,
+                       help=f"seconds to wait for the prompt and each trigger (default 60); {TIMEOUT_RULE}")
     probe.add_argument("--repeat", type=_bounded_int(1, MAX_REPEAT), default=1, help="run the probe this many times")
     probe.add_argument("--out", type=Path, default=None, help=f"output folder (default: {DEFAULT_OUT})")
     probe.add_argument("--keep-snapshots", action="store_true", help="keep snapshot files (mode 0600) under OUT/snapshots")
@@ -241,15 +265,6 @@ def _scan_pid(value: str) -> int:
     return pid
 
 
-def _scan_methods(value: str) -> list[str]:
-    from .snapshot import LIVE_METHODS
-    methods = [m.strip() for m in value.split(",") if m.strip()]
-    for m in methods:
-        if m not in LIVE_METHODS:
-            raise argparse.ArgumentTypeError(f"unknown method {m!r} for a live process (known: {', '.join(LIVE_METHODS)})")
-    return list(dict.fromkeys(methods))
-
-
 def _add_scan_parser(sub) -> None:
     scan = sub.add_parser("scan", help="look for given values in core files or live processes",
                           description=SCAN_DESCRIPTION, epilog=SCAN_EPILOG,
@@ -257,8 +272,9 @@ def _add_scan_parser(sub) -> None:
     scan.add_argument("cores", nargs="*", type=Path, metavar="CORE", help="core files to scan (never modified)")
     scan.add_argument("--pid", type=_scan_pid, action="append", default=[], metavar="PID",
                       help="a live process to snapshot and scan (repeatable); it is stopped while it is read")
-    scan.add_argument("--method", type=_scan_methods, default=None, metavar="LIST",
-                      help="snapshot methods for --pid, comma-separated: procmem (default), gcore, gcore-all")
+    scan.add_argument("--method", type=_method_list(LIVE_METHODS, "method for a live process"), default=None,
+                      metavar="LIST", help=f"snapshot methods for --pid, comma-separated: {', '.join(LIVE_METHODS)} "
+                                           "(default: procmem)")
     values = scan.add_argument_group("values to look for (repeatable, at least one --secret*)")
     for role, what in (("secret", "a value to look for"), ("control", "a value known to be in the image (positive control)")):
         values.add_argument(f"--{role}-hex", action=_ScanValue, role=role, kind="hex", dest="scan_values", metavar="HEX",
@@ -286,8 +302,8 @@ def _add_scan_parser(sub) -> None:
 # --- shared pieces -----------------------------------------------------------------------------------------
 
 def _formats(args, config: Config, known: dict) -> list[FormatSpec]:
-    if args.format is not None:
-        return parse_formats(split_formats(args.format), list(known))
+    if args.format is not None:   # --format a,b --format c == --format a,b,c
+        return parse_formats([f for value in args.format for f in split_formats(value)], list(known))
     return list(config.run.formats) if config.run.formats else [FormatSpec("json")]
 
 
@@ -341,6 +357,10 @@ class _Reporting:
 
     def __init__(self, args, out: Path | None = None):
         self.known = reporters()
+        if args.source_root is not None:
+            if not args.source_root.is_dir():
+                raise UsageError(f"--source-root {args.source_root}: not a folder")
+            self.known["sarif"] = dataclasses.replace(self.known["sarif"], source_root=args.source_root)
         self.config = _config_for(args, self.known)
         self.formats = _formats(args, self.config, self.known)
         self.out = out or getattr(args, "out", None) or self.config.run.out or DEFAULT_OUT
@@ -373,13 +393,8 @@ def _require_programs(scenarios: list[Scenario]) -> None:
     """A user's program that cannot be found is a usage error before anything runs, not a SKIP (a program
     target with a build command may only exist once built)."""
     for s in scenarios:
-        spec, table = (s.command, "command") if s.command else (s.program, "program")
-        if spec is None or (s.program and s.program.build):
-            continue
-        try:
-            resolve_program(CommandSpec(program_argv(s), spec.cwd, "stdin") if s.program else spec)
-        except CommandUnavailable as e:
-            raise UsageError(f"{s.source}: {table}.argv: {e}") from None
+        if (s.command or s.program) and isinstance(problem := program_for(s, {}), str):
+            raise UsageError(f"{s.source}: {s.target}.argv: {problem}")
 
 
 def _list(args) -> int:
@@ -387,16 +402,25 @@ def _list(args) -> int:
     folder = args.scenarios or config.run.scenarios or DEFAULT_SCENARIOS
     scenarios = load_scenarios(folder)
     programs: dict = {}
+    rows = []
+    for s in scenarios:
+        program = program_for(s, programs)
+        problems = [program] if isinstance(program, str) else (
+            [] if not program.entries or s.entry in program.entries else [f"entry {s.entry!r} not in the {s.target} target"])
+        problems += [f"{m}: {r}" for m in s.methods if (r := method_unavailable(m))]
+        rows.append({"name": s.name, "target": s.target, "checkpoints": [c.name for c in s.checkpoints],
+                     "methods": list(s.methods), "runnable": not problems,
+                     "skip_reason": "; ".join(problems) or None, "source": str(s.source)})
+    if args.json:
+        print(json.dumps({"scenarios_dir": str(folder), "scenarios": rows}, indent=2))
+        return 0
     table = Table(title=f"scenarios in {folder}")
     for column in ("scenario", "target", "checkpoints", "methods", "runnable here"):
-        table.add_column(column, overflow="fold")
-    for s in scenarios:
-        program = availability(s.target, programs) if s.target in LANGUAGES else None
-        problems = [program] if isinstance(program, str) else (
-            [] if program is None or s.entry in program.entries else [f"entry {s.entry!r} not in the {s.target} target"])
-        problems += [f"{m}: {r}" for m in s.methods if (r := method_unavailable(m))]
-        table.add_row(s.name, s.target, " ".join(c.name for c in s.checkpoints), " ".join(s.methods),
-                      "[green]yes[/]" if not problems else "[yellow]no[/]: " + escape("; ".join(problems)))
+        # Names stay whole (they are what `run` takes); the other columns wrap between words.
+        table.add_column(column, no_wrap=column == "scenario", overflow="fold")
+    for row in rows:
+        table.add_row(escape(row["name"]), row["target"], " ".join(row["checkpoints"]), " ".join(row["methods"]),
+                      "[green]yes[/]" if row["runnable"] else "[yellow]no[/]: " + escape(row["skip_reason"]))
     _console().print(table)
     return 0
 
@@ -409,7 +433,7 @@ def _run(args) -> int:
     repeat = args.repeat if args.repeat is not None else defaults.repeat
     timeout = args.timeout if args.timeout is not None else defaults.timeout
 
-    scenarios = select(load_scenarios(args.scenarios or defaults.scenarios or DEFAULT_SCENARIOS), args.names)
+    scenarios = select(args.names, lambda: load_scenarios(args.scenarios or defaults.scenarios or DEFAULT_SCENARIOS))
     _require_programs(scenarios)
     plan = make_plan(scenarios, methods, repeat)
     planned = [r.run_id for r in plan.runs]
@@ -491,12 +515,11 @@ def _scan(args) -> int:
 
 
 def _probe(args) -> int:
-    from .probe import ProbeRequest, probe_scenario
     reporting = _Reporting(args)
     argv = args.program[1:] if args.program[:1] == ["--"] else args.program
     request = ProbeRequest(
         argv=argv, delivery="prompt" if args.prompt is not None else args.delivery or "stdin", prompt=args.prompt or "",
-        triggers=tuple(args.triggers or ProbeRequest.triggers), in_use=args.in_use, expect=Expect(args.expect),
+        triggers=tuple(args.triggers) if args.triggers else None, in_use=args.in_use, expect=Expect(args.expect),
         methods=tuple(args.method or ProbeRequest.methods), secret_form="binary" if args.binary else "password",
         secret_length=args.secret_length, newline=not args.no_newline, env=tuple(args.env), cwd=Path.cwd(),
         timeout_s=args.timeout, repeat=args.repeat, name=args.name)
@@ -507,7 +530,21 @@ def _probe(args) -> int:
     return reporting.finish(results_document(results, show_secrets=args.show_secrets))
 
 
-COMMANDS = {"run": _run, "merge": _merge, "list": _list, "doctor": _doctor, "scan": _scan, "probe": _probe}
+def _sdk(args) -> int:
+    """The folder of a language's SDK on stdout (for -I, GOFLAGS, NODE_PATH ...); how to use it on stderr."""
+    if args.language not in LANGUAGES:
+        raise UsageError(f"sdk: {unknown('language', args.language, LANGUAGES)}")
+    folder = PACKAGE_DIR if args.language == "python" else TARGETS_DIR / "sdk" / args.language
+    marker = folder / "sdk.py" if args.language == "python" else folder
+    if not marker.exists():
+        raise UsageError(f"sdk {args.language}: {marker} is missing from this installation")
+    print(folder)
+    if args.language == "python":
+        print("remanence: the Python SDK is part of the installed package: import remanence.sdk", file=sys.stderr)
+    return 0
+
+
+COMMANDS = {"run": _run, "merge": _merge, "list": _list, "doctor": _doctor, "scan": _scan, "probe": _probe, "sdk": _sdk}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -51,6 +51,22 @@ def resolve_program(spec: CommandSpec) -> str:
     return found
 
 
+def script_argument(argv: tuple[str, ...] | list[str], cwd: Path) -> str | None:
+    """argv[1] when it names a file in `cwd`: the script an interpreter (python3 login.py) runs."""
+    return argv[1] if len(argv) > 1 and Path(cwd, argv[1]).is_file() else None
+
+
+def program_file(spec: CommandSpec) -> Path | None:
+    """The file that is the user's program, where its results point: the script an interpreter runs, else the
+    executable; None when it cannot be found."""
+    if (script := script_argument(spec.argv, spec.cwd)) is not None and "/" not in spec.argv[0]:
+        return (spec.cwd / script).resolve()
+    try:
+        return Path(resolve_program(spec))
+    except CommandUnavailable:
+        return None
+
+
 def _bytes_waiting(fd: int) -> int:
     return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
 
@@ -191,9 +207,10 @@ class CommandProcess(SpawnedGroup):
 
     def wait_for(self, trigger: Trigger, since: int, timeout: float, what: str) -> int:
         """Block until `trigger` fires, counting from output offset `since` and from now; returns the output offset
-        reached. TargetError (process group killed) if the program ends first or the timeout passes."""
+        reached. TargetError (process group killed) if the program ends first or the timeout passes.
+        The timeout bounds the program's response; the trigger's own wait (delay=S, idle=S) comes on top of it."""
         started = time.monotonic()
-        deadline = started + timeout
+        deadline = started + trigger.seconds + timeout
         pattern = re.compile(trigger.pattern.encode("utf-8")) if trigger.kind == "output" else None
         cpu, still_since = self._cpu_ticks(), started
         while True:
@@ -218,7 +235,8 @@ class CommandProcess(SpawnedGroup):
                                   + self._output_note())
             if now > deadline:
                 self.kill()
-                raise TargetError(f"timed out after {timeout:.0f} s waiting for {what} ({trigger.describe()}); "
+                waited = f"{timeout:g} s" + (f" + the trigger's {trigger.seconds:g} s" if trigger.seconds else "")
+                raise TargetError(f"timed out after {waited} waiting for {what} ({trigger.describe()}); "
                                   "process group killed" + self._output_note())
             time.sleep(POLL_S)
 

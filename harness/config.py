@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .scenario import MAX_REPEAT, SNAPSHOT_METHODS, seconds_problem
+from .suggest import unknown
 from .tomltable import TomlTable, load_toml
 
 CONFIG_ENV = "REMANENCE_CONFIG"
@@ -75,7 +76,7 @@ def parse_formats(items: list[str], known: list[str], base: Path | None = None,
         name, eq, target = item.strip().partition("=")
         name, target = name.strip(), target.strip()
         if name not in known:
-            raise ConfigError(path, where, f"unknown format {name!r} (known: {', '.join(known)})")
+            raise ConfigError(path, where, unknown("format", name, known))
         if eq and not target:
             raise ConfigError(path, where, f"{item!r}: empty PATH after '=' (use {name}=- for stdout)")
         if target and target != STDOUT and base is not None and not Path(target).is_absolute():
@@ -161,7 +162,7 @@ def _method_pattern(t: TomlTable, name: str, value: str) -> None:
     if not value:
         raise t.fail(name, "must not be empty")
     if not _GLOB_CHARS & set(value) and value not in SNAPSHOT_METHODS:
-        raise t.fail(name, f"unknown method {value!r} (known: {', '.join(SNAPSHOT_METHODS)})")
+        raise t.fail(name, unknown("method", value, SNAPSHOT_METHODS))
 
 
 def _run_defaults(t: TomlTable, base: Path, known_formats: list[str]) -> RunDefaults:
@@ -172,7 +173,7 @@ def _run_defaults(t: TomlTable, base: Path, known_formats: list[str]) -> RunDefa
             raise t.fail("methods", "must list one or more methods")
         for i, m in enumerate(methods):
             if m not in SNAPSHOT_METHODS:
-                raise t.fail(f"methods[{i}]", f"unknown method {m!r} (known: {', '.join(SNAPSHOT_METHODS)})")
+                raise t.fail(f"methods[{i}]", unknown("method", m, SNAPSHOT_METHODS))
     repeat = t.get("repeat", int)
     if repeat is not None and not 1 <= repeat <= MAX_REPEAT:
         raise t.fail("repeat", f"{repeat} is out of range 1..{MAX_REPEAT}")

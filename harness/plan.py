@@ -4,11 +4,15 @@ from __future__ import annotations
 import fnmatch
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .command import CommandUnavailable, resolve_program
-from .scenario import COMMAND_TARGET, PROGRAM_TARGET, PYTHON_PLACEHOLDER, CommandSpec, Scenario, ScenarioError
+from .scenario import (COMMAND_TARGET, PROGRAM_TARGET, PYTHON_PLACEHOLDER, SNAPSHOT_METHODS, CommandSpec, Scenario,
+                       ScenarioError, load_scenario, load_scenarios)
 from .snapshot import method_unavailable
+from .suggest import close_matches
 from .targets import TargetProgram, TargetUnavailable, build_target, run_step
 
 
@@ -36,14 +40,44 @@ class Plan:
     runs: tuple[PlannedRun, ...]
 
 
-def select(scenarios: list[Scenario], patterns: list[str]) -> list[Scenario]:
-    """Scenarios whose name matches any glob pattern (all when none given); a pattern matching nothing is an error."""
+def is_scenario_path(argument: str) -> bool:
+    """A command-line argument naming a scenario file or folder rather than a scenario name or glob: it holds a
+    / or ends in .toml (names hold neither a / nor, in practice, that ending)."""
+    return "/" in argument or argument.endswith(".toml")
+
+
+def select(patterns: list[str], suite: Callable[[], list[Scenario]]) -> list[Scenario]:
+    """The scenarios the command line asks for, sorted by name: each argument is a scenario file or folder
+    (is_scenario_path: loaded wherever it lies) or a name or glob pattern matched against `suite()` (loaded only
+    when needed); no arguments: the whole suite. An argument matching nothing, or two files with one name, is an error."""
     if not patterns:
-        return scenarios
+        return suite()
+    names = [p for p in patterns if not is_scenario_path(p)]
+    known = suite() if names else []
+    chosen: dict[Path, Scenario] = {}
     for pattern in patterns:
-        if not any(fnmatch.fnmatchcase(s.name, pattern) for s in scenarios):
-            raise UsageError(f"no scenario matches {pattern!r}")
-    return [s for s in scenarios if any(fnmatch.fnmatchcase(s.name, p) for p in patterns)]
+        if is_scenario_path(pattern):
+            path = Path(pattern)
+            if path.is_dir():
+                found = load_scenarios(path)
+            elif path.is_file():
+                found = [load_scenario(path)]
+            else:
+                siblings = [str(path.parent / f.name) for f in path.parent.glob("*.toml")] if path.parent.is_dir() else []
+                hint = close_matches(pattern, siblings)
+                raise UsageError(f"scenario file {pattern!r} not found" + (f" ({hint})" if hint else ""))
+        else:
+            found = [s for s in known if fnmatch.fnmatchcase(s.name, pattern)]
+            if not found:
+                hint = close_matches(pattern, [s.name for s in known]) or "`remanence list` shows them"
+                raise UsageError(f"no scenario matches {pattern!r} ({hint})")
+        for scenario in found:
+            chosen.setdefault(scenario.source.resolve(), scenario)
+    by_name: dict[str, Scenario] = {}
+    for scenario in chosen.values():
+        if (other := by_name.setdefault(scenario.name, scenario)) is not scenario:
+            raise UsageError(f"two scenario files are named {scenario.name!r}: {other.source} and {scenario.source}")
+    return sorted(by_name.values(), key=lambda s: s.name)
 
 
 def availability(language: str, cache: dict[str, TargetProgram | str]) -> TargetProgram | str:
@@ -74,7 +108,18 @@ def program_argv(scenario: Scenario) -> tuple[str, ...]:
     return tuple(a.replace(PYTHON_PLACEHOLDER, sys.executable) for a in scenario.program.argv)
 
 
-def _user_program(scenario: Scenario, built: dict[tuple, str | None]) -> TargetProgram:
+def _user_program(scenario: Scenario) -> TargetProgram:
+    """A program target as it is now: a program its build has yet to make is taken as it will be."""
+    spec, argv = scenario.program, program_argv(scenario)
+    try:
+        argv = (resolve_program(CommandSpec(argv, spec.cwd, "stdin")), *argv[1:])
+    except CommandUnavailable as e:
+        if not spec.build:
+            raise ProgramBroken(str(e)) from None
+    return TargetProgram(PROGRAM_TARGET, argv, (), spec.cwd, tuple(spec.env.items()))
+
+
+def _built_program(scenario: Scenario, built: dict[tuple, str | None]) -> TargetProgram:
     """A program target, built first (once per build command, folder and environment in a plan) if its
     [program] table says how."""
     spec = scenario.program
@@ -88,12 +133,20 @@ def _user_program(scenario: Scenario, built: dict[tuple, str | None]) -> TargetP
                 built[key] = str(e)
         if built[key]:
             raise ProgramBroken(f"{built[key]} (in {spec.cwd})")
-    argv = program_argv(scenario)
-    try:
-        program = resolve_program(CommandSpec(argv, spec.cwd, "stdin"))
-    except CommandUnavailable as e:
-        raise ProgramBroken(str(e)) from None
-    return TargetProgram(PROGRAM_TARGET, (program, *argv[1:]), (), spec.cwd, tuple(spec.env.items()))
+        if not Path(_user_program(scenario).command[0]).is_absolute():
+            raise ProgramBroken(f"the build ({' '.join(spec.build)}) did not make {spec.argv[0]!r} in {spec.cwd}")
+    return _user_program(scenario)
+
+
+def program_for(scenario: Scenario, cache: dict[str, TargetProgram | str]) -> TargetProgram | str:
+    """What runs `scenario` (the built target, or the user's program, not built here), or the reason it cannot
+    run here."""
+    if scenario.program:
+        try:
+            return _user_program(scenario)
+        except ProgramBroken as e:
+            return str(e)
+    return _command_program(scenario) if scenario.command else availability(scenario.target, cache)
 
 
 def make_plan(scenarios: list[Scenario], methods: list[str] | None = None, repeat: int | None = None) -> Plan:
@@ -109,17 +162,20 @@ def make_plan(scenarios: list[Scenario], methods: list[str] | None = None, repea
         method_skips = {m: reason for m in chosen if (reason := method_unavailable(m))}
         if scenario.program:
             try:
-                program, broken = _user_program(scenario, built), None
+                program, broken = _built_program(scenario, built), None
             except ProgramBroken as e:
                 program, broken = None, str(e)
             runs += [PlannedRun(scenario, repetition, chosen, program, error_reason=broken, method_skips=method_skips)
                      for repetition in range(1, (repeat or scenario.repeat) + 1)]
             continue
-        program = _command_program(scenario) if scenario.command else availability(scenario.target, programs)
+        program = program_for(scenario, programs)
         skip = program if isinstance(program, str) else None
         if not skip and scenario.entry not in program.entries:
             raise ScenarioError(scenario.source, "entry", f"{scenario.entry!r} is not registered in the {scenario.target} target "
                                 f"(known: {', '.join(program.entries)})")
         for repetition in range(1, (repeat or scenario.repeat) + 1):
             runs.append(PlannedRun(scenario, repetition, chosen, None if skip else program, skip, method_skips))
+    if methods and scenarios and not runs:
+        used = sorted({m for s in scenarios for m in s.methods}, key=SNAPSHOT_METHODS.index)
+        raise UsageError(f"--method {','.join(methods)}: no selected scenario uses it (they use: {', '.join(used)})")
     return Plan(tuple(runs))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .model import Expect
 from .plan import UsageError
-from .command import CommandUnavailable, resolve_program
+from .command import CommandUnavailable, resolve_program, script_argument
 from .paths import inside
 from .scenario import (COMMAND_TARGET, CommandSpec, EXIT_CHECKPOINT, LIVE_METHODS, SECRET_FILE_PLACEHOLDER,
                        TRIGGER_KINDS, Scenario, ScenarioError, load_scenario, name_problem,
@@ -30,7 +30,7 @@ class ProbeRequest:
     argv: list[str]
     delivery: str                     # stdin | prompt | file
     prompt: str = ""
-    triggers: tuple[str, ...] = (DEFAULT_TRIGGER,)
+    triggers: tuple[str, ...] | None = None   # None: idle=1 (only exit when the methods are only exit)
     in_use: str | None = None         # a trigger at which the secret must be present: the strongest control
     expect: Expect = Expect.ABSENT
     methods: tuple[str, ...] = LIVE_METHODS[:2]
@@ -47,8 +47,8 @@ class ProbeRequest:
 def probe_name(request: ProbeRequest) -> str:
     """probe.<program>, or probe.<interpreter>.<script> when the program is an interpreter running a file."""
     words = [Path(request.argv[0]).name]
-    if len(request.argv) > 1 and Path(request.cwd, request.argv[1]).is_file():
-        words.append(Path(request.argv[1]).name)
+    if (script := script_argument(request.argv, request.cwd)) is not None:
+        words.append(Path(script).name)
     return request.name or "probe." + re.sub(r"[^A-Za-z0-9_.-]", "_", ".".join(words))
 
 
@@ -88,17 +88,37 @@ def _env(entries: tuple[str, ...]) -> dict[str, str]:
     return env
 
 
-def scenario_text(request: ProbeRequest) -> str:
-    """The scenario file equivalent to a probe request."""
+def _portable_argv(request: ProbeRequest) -> list[str]:
+    """argv with a program given by absolute path inside the working folder made relative to it (./login), so the
+    scenario file still works where the project is checked out elsewhere; system programs (/usr/bin/...) stay."""
+    program = Path(request.argv[0])
+    cwd = request.cwd.resolve()
+    if program.is_absolute() and program.resolve().is_relative_to(cwd):
+        return ["./" + str(program.resolve().relative_to(cwd)), *request.argv[1:]]
+    return list(request.argv)
+
+
+def scenario_text(request: ProbeRequest, folder: Path) -> str:
+    """The scenario file equivalent to a probe request, to be written into `folder`: its paths (cwd) are relative
+    to that folder, so the file joins a suite unchanged on another machine."""
     if not request.argv:
         raise UsageError("probe: give the program to run after --, e.g. remanence probe --prompt 'Password:' -- ./login")
     if request.delivery == "file" and not any(SECRET_FILE_PLACEHOLDER in a for a in request.argv):
         raise UsageError(f"probe --file: put {SECRET_FILE_PLACEHOLDER} in the command where the program expects the file's path")
-    exit_wanted = "exit" in request.triggers
-    if exit_wanted and request.triggers[-1] != "exit":
+    at_triggers = [m for m in request.methods if m != "exit"]   # every method but exit snapshots at triggers
+    given = request.triggers
+    if given is None:   # --method exit alone snapshots only at the exit
+        given = (DEFAULT_TRIGGER,) if at_triggers else ()
+    if "exit" in given[:-1]:
         raise UsageError("probe: --at exit must be the last --at")
-    triggers = [t for t in request.triggers if t != "exit"]
-    methods = list(request.methods) + (["exit"] if exit_wanted else [])
+    # --at exit and --method exit ask for the same snapshot: the exit checkpoint.
+    exit_wanted = "exit" in given or "exit" in request.methods
+    triggers = [t for t in given if t != "exit"]
+    if (triggers or request.in_use) and not at_triggers:
+        what = "--at " + " --at ".join(triggers) if triggers else "--in-use " + request.in_use
+        raise UsageError(f"probe: {what}: --method {','.join(request.methods)} snapshots only at the program's exit; "
+                         f"add a live method ({', '.join(LIVE_METHODS)}) for the other triggers")
+    methods = at_triggers + (["exit"] if exit_wanted else [])
     lines = [f"name = {_toml(probe_name(request))}",
              f"description = {_toml('remanence probe -- ' + ' '.join(request.argv))}",
              f'target = "{COMMAND_TARGET}"',
@@ -111,8 +131,8 @@ def scenario_text(request: ProbeRequest) -> str:
              f"length = {request.secret_length}",
              "",
              "[command]",
-             f"argv = {_toml(request.argv)}",
-             f"cwd = {_toml(str(request.cwd.resolve()))}",
+             f"argv = {_toml(_portable_argv(request))}",
+             f"cwd = {_toml(os.path.relpath(request.cwd.resolve(), folder.resolve()))}",
              f"delivery = {_toml(request.delivery)}"]
     if request.delivery == "prompt":
         lines.append(f"prompt = {_toml(request.prompt)}")
@@ -135,7 +155,7 @@ def probe_scenario(request: ProbeRequest, out: Path) -> Scenario:
     """Write the probe's scenario file into `out` (reports point at it; it can join a suite as it is) and load it."""
     if request.name is not None and (problem := name_problem(request.name)):
         raise UsageError(f"probe --name: {problem}")
-    text = scenario_text(request)
+    text = scenario_text(request, out)
     try:   # a program that does not exist is the user's mistake (exit 2), found before anything is written
         resolve_program(CommandSpec(tuple(request.argv), request.cwd.resolve(), request.delivery))
     except CommandUnavailable as e:

@@ -359,15 +359,14 @@ class _CommandRun(_Run):
         self.record.notes.append(f"secret {target.delivered}")
         for spec in triggered:
             since = target.wait_for(spec.trigger, since, self.timeout, f"checkpoint {spec.name!r}")
-            if spec not in self.pending:
-                continue
-            self.pending.remove(spec)
-            # The program does not wait for us as a protocol target does: hold it still so every method sees
-            # the moment the trigger fired.
-            with held_still(target.pid):
-                self.record.verdicts += self._checkpoint(spec, None)
-            if target.status is not None:   # kernel-core ended it
-                return
+            if spec in self.pending:        # not when --method leaves it no snapshot (e.g. --method exit)
+                self.pending.remove(spec)
+                # The program does not wait for us as a protocol target does: hold it still so every method sees
+                # the moment the trigger fired.
+                with held_still(target.pid):
+                    self.record.verdicts += self._checkpoint(spec, None)
+                if target.status is not None:   # kernel-core ended it
+                    return
             if spec is triggered[-1] and exit_spec:
                 self._arm_exit_stop()
         if exit_spec:

@@ -297,7 +297,7 @@ def build_target(language: str) -> TargetProgram:
         if reason := _c_missing():
             raise TargetUnavailable(reason)
         source = TARGETS_DIR / "c"
-        return _cached_target("c", _cache_folder("c", (source,), _toolchain_version("gcc")),
+        return _cached_target("c", _cache_folder("c", (source, TARGETS_DIR / "sdk" / "c"), _toolchain_version("gcc")),
                               _compile("c", source, ["make", "-s", "OUT={OUT}", "BIN={BIN}"]),
                               lambda folder: (str(folder / BINARY_NAMES["c"]),))
     if language == "go":
@@ -319,10 +319,12 @@ def build_target(language: str) -> TargetProgram:
                               _install("node", {"": source}, [["npm", "ci", "--no-audit", "--no-fund"]]),
                               lambda folder: (shutil.which("node"), "--expose-gc", str(folder / "target.js")))
     if language == "python":
-        # The target gets a venv of its own (PyNaCl pinned in requirements.txt), made with this interpreter.
-        source = TARGETS_DIR / "python"
-        return _cached_target("python", _cache_folder("python", (source,), sys.version),
-                              _install("python", {"": source}, [
+        # The target gets a venv of its own (PyNaCl pinned in requirements.txt), made with this interpreter, and
+        # the SDK it is written on beside it as the package `remanence` (the venv does not hold the harness).
+        source, sdk = TARGETS_DIR / "python", Path(__file__).with_name("sdk.py")
+        return _cached_target("python", _cache_folder("python", (source, sdk), sys.version),
+                              _install("python", {"": source, "remanence": sdk}, [
+                                  [sys.executable, "-c", "open('remanence/__init__.py', 'x').close()"],
                                   [sys.executable, "-m", "venv", "{OUT}/venv"],
                                   ["{OUT}/venv/bin/pip", "install", "--no-cache-dir", "--disable-pip-version-check",
                                    "-q", "-r", "requirements.txt"]]),

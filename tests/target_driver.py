@@ -175,6 +175,28 @@ def read_mem(pid: int, addr: int, n: int) -> bytes:
         return f.read(n)
 
 
+def readable_memory_contains(pid: int, needle: bytes) -> list[tuple[int, str]]:
+    """(address, mapping name or 'anon') of every copy of needle in the target's readable memory."""
+    found = []
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
+        for line in maps:
+            parts = line.split()
+            name = parts[5] if len(parts) > 5 else "anon"
+            if not parts[1].startswith("r") or name in ("[vvar]", "[vvar_vclock]", "[vsyscall]"):
+                continue
+            lo, hi = (int(x, 16) for x in parts[0].split("-"))
+            mem.seek(lo)
+            try:
+                data = mem.read(hi - lo)
+            except OSError:
+                continue
+            at = data.find(needle)
+            while at >= 0:
+                found.append((lo + at, name))
+                at = data.find(needle, at + 1)
+    return found
+
+
 def smaps_entry(pid: int, addr: int) -> dict[str, str]:
     """The /proc/PID/smaps fields of the mapping containing addr."""
     entry, inside = {}, False

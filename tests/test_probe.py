@@ -69,10 +69,14 @@ def test_a_program_that_keeps_the_password_fails_the_probe(tmp_path, askpass):
     sarif = json.loads((tmp_path / "out" / "results.sarif").read_text())
     results = sarif["runs"][0]["results"]
     assert len(results) == 2                        # one per method
+    # The alert is at the program (outside any repository here: an absolute URI); the generated scenario is related.
     location = results[0]["locations"][0]["physicalLocation"]
+    assert location["artifactLocation"] == {"uri": askpass.as_uri()}
+    (related,) = results[0]["relatedLocations"]
+    scenario_at = related["physicalLocation"]
     scenario_file = (tmp_path / "out" / "probe.askpass.toml").read_text().splitlines()
-    assert location["artifactLocation"]["uri"].endswith("probe.askpass.toml")
-    assert scenario_file[location["region"]["startLine"] - 1] == 'name = "at1"'
+    assert scenario_at["artifactLocation"]["uri"] == (tmp_path / "out" / "probe.askpass.toml").as_uri()
+    assert scenario_file[scenario_at["region"]["startLine"] - 1] == 'name = "at1"'
     assert (tmp_path / "out" / "report.html").exists() and (tmp_path / "out" / "junit.xml").exists()
 
 

@@ -2,7 +2,8 @@
 
 Everything here runs the real program: a venv of its own is made in a temporary directory with
 this interpreter and `pip install --no-cache-dir -r targets/python/requirements.txt` (the tests
-skip, saying why, when that fails, e.g. without network), target.py is copied next to it and run
+skip, saying why, when that fails, e.g. without network), target.py and the SDK it imports
+(harness/sdk.py, as the package remanence) are copied next to it and target.py is run
 as `<venv>/bin/python -E -s target.py <scenario>`, driven over a socketpair passed as fd 3, as the
 harness does. No harness code is used. The conversation loop is our own: it also handles
 `derived <label> <n>` followed by n raw bytes.
@@ -18,8 +19,8 @@ from pathlib import Path
 
 import pytest
 from target_driver import (Run, Target, after_bad_environment, after_bogus_reply, after_secret_of_length,
-                           dies_before_ready, drive, exit_after_eof, fresh, read_mem, scenario_file_names, smaps_entry,
-                           target_env)
+                           dies_before_ready, drive, exit_after_eof, fresh, read_mem, readable_memory_contains,
+                           scenario_file_names, smaps_entry, target_env)
 
 ROOT = Path(__file__).resolve().parents[1]
 PY_DIR = ROOT / "targets" / "python"
@@ -63,10 +64,19 @@ def venv_python(tmp_path_factory) -> Path:
     return venv / "bin" / "python"
 
 
+def install_sdk(folder: Path) -> None:
+    """remanence.sdk beside a copy of target.py, as the harness installs it (the venv lacks the harness)."""
+    package = folder / "remanence"
+    package.mkdir(exist_ok=True)
+    (package / "__init__.py").write_text("")
+    shutil.copyfile(ROOT / "harness" / "sdk.py", package / "sdk.py")
+
+
 @pytest.fixture(scope="session")
 def target_py(venv_python) -> Path:
     dest = venv_python.parents[2] / "target.py"
     shutil.copyfile(PY_DIR / "target.py", dest)
+    install_sdk(dest.parent)
     return dest
 
 
@@ -93,28 +103,6 @@ def start_target(cmd, argv, env) -> Target:
 
 def converse(cmd, scenario, secret, canary, on_checkpoint=None) -> Run:
     return drive(start_target(cmd, [scenario], _env(len(secret), len(canary))), secret, canary, on_checkpoint)
-
-
-def readable_memory_contains(pid: int, needle: bytes) -> list[tuple[int, str]]:
-    """(address, mapping name or 'anon') of every copy of needle in the target's readable memory."""
-    found = []
-    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
-        for line in maps:
-            parts = line.split()
-            name = parts[5] if len(parts) > 5 else "anon"
-            if not parts[1].startswith("r") or name in ("[vvar]", "[vvar_vclock]", "[vsyscall]"):
-                continue
-            lo, hi = (int(x, 16) for x in parts[0].split("-"))
-            mem.seek(lo)
-            try:
-                data = mem.read(hi - lo)
-            except OSError:
-                continue
-            at = data.find(needle)
-            while at >= 0:
-                found.append((lo + at, name))
-                at = data.find(needle, at + 1)
-    return found
 
 
 def kx_seed_keypair(venv_python: Path, seed: bytes) -> tuple[bytes, bytes]:
@@ -166,6 +154,7 @@ def test_duplicate_registration_aborts_before_any_scenario(venv_python, target_p
     guard = '\nif __name__ == "__main__":'
     assert source.count(guard) == 1
     dup = tmp_path / "target.py"
+    install_sdk(tmp_path)
     dup.write_text(source.replace(guard, '\n@scenario("py.kx.xchacha")\ndef _again():\n    pass\n\n' + guard))
     r = subprocess.run(command(venv_python, dup) + ["--list"], capture_output=True, text=True, timeout=TIMEOUT,
                        env=_env(32, 16))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..model import Gap, Region
+from ..command import program_file
 from ..snapshot import scratch
 from ..results import Results, RunRecord, document_aggregates, document_counts, fingerprint, verdict_fingerprints
 from ..targets import PROJECT_ROOT, registration_site
@@ -60,11 +61,12 @@ def _verdict(v: Verdict, show_secrets: bool) -> dict:
 
 
 def _project_path(path: Path) -> str:
-    """Paths inside the project are given relative to it, so reports match across checkouts."""
+    """Paths inside the project are given relative to it, so reports match across checkouts; others absolute."""
     try:
-        return str(path.resolve().relative_to(PROJECT_ROOT))
-    except (ValueError, RuntimeError, OSError):    # outside the project, or a symbolic link loop
+        absolute = path.resolve()
+    except (RuntimeError, OSError):    # a symbolic link loop
         return str(path)
+    return str(absolute.relative_to(PROJECT_ROOT) if absolute.is_relative_to(PROJECT_ROOT) else absolute)
 
 
 def _run(r: RunRecord) -> dict:
@@ -73,6 +75,7 @@ def _run(r: RunRecord) -> dict:
     return {"scenario": s.name, "repetition": r.repetition, "target": s.target, "entry": s.entry,
             "source": _project_path(s.source), "description": s.description,
             "target_source": {"path": site[0], "line": site[1]} if site else None,
+            "program": _project_path(program) if s.command and (program := program_file(s.command)) else None,
             "secret": {"form": r.secret_spec.form, "length": r.secret_spec.length, "sha256_prefix": r.secret_fingerprint},
             "canary_sha256_prefix": r.canary_fingerprint, "pid": r.pid, "exit": r.exit, "notes": r.notes,
             "error": r.error, "skip_reason": r.skip_reason, "target_output": r.target_output,

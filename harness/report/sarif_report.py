@@ -3,15 +3,19 @@
 One rule per leak kind (stable ids REM001...). FAIL verdicts become `error` results, INCONCLUSIVE and
 ERROR ones `warning` results; PASS and SKIP produce none. A result aggregates the repetitions of one
 scenario x checkpoint x method x subject with the same kind and fingerprint (a value the target derived from
-the secret, `derived:<label>`, or a `remanence scan` value gets results of its own, its message naming it); it is located at the scenario file
-(the line naming the checkpoint, when the file can be read), relates to the line where the target
-registers the scenario, and carries the hit's memory address in physicalLocation.address.
+the secret, `derived:<label>`, or a `remanence scan` value gets results of its own, its message naming it). A
+built-in target's result is located at the scenario file (the line naming the checkpoint, when the file can be
+read) and relates to the line where the target registers the scenario; a user's program's (`probe`, command
+targets) is located at the program and relates to the scenario file. Either carries the hit's memory address in
+physicalLocation.address. URIs are relative to %SRCROOT% (the repository root: --source-root, else the git top
+level of the scenario files, else of the current folder); files outside it keep absolute file: URIs.
 `partialFingerprints["remanence/v1"]` is the document's stable fingerprint (never an address, PID or
 time), so GitHub tracks an alert across runs. Messages never hold secret bytes or hexdumps.
 """
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,20 +156,43 @@ def _plain(text: object) -> str:
     return redact(text).replace("](", "] (")
 
 
-def _artifact(path: str) -> dict:
-    p = Path(path)
-    if p.is_absolute():
-        return {"uri": p.as_uri()}
-    return {"uri": p.as_posix(), "uriBaseId": SRCROOT}
+def git_top_level(path: Path) -> Path | None:
+    """The work tree `path` lies in (the nearest folder holding .git, a folder or a worktree's file), or None."""
+    path = Path(os.path.abspath(path))
+    for folder in (path, *path.parents):
+        if (folder / ".git").exists():
+            return folder
+    return None
 
 
-def _checkpoint_line(source: str | None, checkpoint: str, root: Path, cache: dict) -> int:
+@dataclass(frozen=True)
+class _Locator:
+    """Paths of the document (relative ones lie in `base`) as SARIF artifact locations under `srcroot`."""
+    base: Path
+    srcroot: Path | None
+
+    def absolute(self, path: str) -> Path:
+        return Path(os.path.abspath(self.base / path))   # an absolute `path` stays itself (symbolic links too)
+
+    def artifact(self, path: str) -> dict:
+        absolute = self.absolute(path)
+        if self.srcroot is not None and absolute.is_relative_to(self.srcroot):
+            return {"uri": absolute.relative_to(self.srcroot).as_posix(), "uriBaseId": SRCROOT}
+        return {"uri": absolute.as_uri()}
+
+    def base_ids(self) -> dict:
+        described = {"description": {"text": "The root of the repository remanence ran in."}}
+        if self.srcroot is not None:
+            described["uri"] = self.srcroot.as_uri().rstrip("/") + "/"
+        return {SRCROOT: described}
+
+
+def _checkpoint_line(source: str | None, checkpoint: str, locator: _Locator, cache: dict) -> int:
     """The line of the scenario file's `name = "<checkpoint>"` in a [[checkpoints]] table; 1 when unknown."""
     if not source:
         return 1
     if source not in cache:
-        path = Path(source)
-        path = path if path.is_absolute() else root / path
+        path = locator.absolute(source)
         try:
             cache[source] = path.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError):
@@ -243,21 +270,28 @@ def _notifications(doc: dict) -> list[dict]:
 class SarifReporter:
     format: str = "sarif"
     filename: str = "results.sarif"
-    root: Path | None = None   # where the document's relative paths lie; default: the project
+    root: Path | None = None          # where the document's relative paths lie; default: the project
+    source_root: Path | None = None   # %SRCROOT%; default: the git top level of the scenario files, else of the cwd
 
-    def _root(self) -> Path:
+    def _locator(self, runs: dict[str, dict]) -> _Locator:
         if self.root is not None:
-            return Path(self.root)
-        from ..targets import PROJECT_ROOT
-        return PROJECT_ROOT
+            base = Path(os.path.abspath(self.root))
+        else:
+            from ..targets import PROJECT_ROOT
+            base = PROJECT_ROOT
+        if self.source_root is not None:
+            return _Locator(base, Path(os.path.abspath(self.source_root)))
+        folders = [(base / r["source"]).parent for r in runs.values() if r.get("source")] + [Path.cwd()]
+        tops = (git_top_level(folder) for folder in folders)
+        return _Locator(base, next((top for top in tops if top is not None), None))
 
     def render(self, doc: dict) -> str:
         return json.dumps(self.log(doc), indent=2, ensure_ascii=False) + "\n"
 
     def log(self, doc: dict) -> dict:
         """The SARIF log as plain data."""
-        root, lines_cache = self._root(), {}
         runs = run_info(doc)
+        locator, lines_cache = self._locator(runs), {}
         gated = any("gate" in v for v in doc.get("verdicts", []))
         results = []
         for case in cases(doc):
@@ -273,7 +307,7 @@ class SarifReporter:
                 for fp in fps:
                     groups.setdefault((kind, fp), []).append(v)
             for (kind, fp), verdicts in groups.items():
-                results.append(self._result(case, kind, fp, verdicts, runs.get(case.scenario, {}), root, lines_cache, gated))
+                results.append(self._result(case, kind, fp, verdicts, runs.get(case.scenario, {}), locator, lines_cache, gated))
 
         tool = doc.get("tool") or {}
         driver = {"name": "remanence", "fullName": "remanence forensic leak-testing harness"}
@@ -295,31 +329,44 @@ class SarifReporter:
         run = {
             "tool": {"driver": driver},
             "invocations": [invocation],
-            "originalUriBaseIds": {SRCROOT: {"description": {"text": "The root of the project remanence ran in."}}},
+            "originalUriBaseIds": locator.base_ids(),
             "results": results,
             "properties": {"remanence": {"exit_code": doc.get("exit_code"), "summary": doc.get("summary", {}),
                                          "interrupted": doc.get("interrupted", False)}},
         }
         return {"$schema": SARIF_SCHEMA, "version": "2.1.0", "runs": [run]}
 
-    def _result(self, case, kind: str, fp: str, verdicts: list[dict], run: dict, root: Path, cache: dict,
+    def _result(self, case, kind: str, fp: str, verdicts: list[dict], run: dict, locator: _Locator, cache: dict,
                 gated: bool) -> dict:
         first = verdicts[0]
         n = len(case.verdicts)
         source = run.get("source")
         target_source = run.get("target_source")
+        program = run.get("program")
 
         message = (f"{case.scenario} at checkpoint {case.checkpoint} ({case.method}): {_what(kind, case.subject)}. "
                    f"{first.get('outcome')} in {rate(len(verdicts), n)}: {_plain(first.get('reason'))}. "
                    f"Expected {case.expect}: {_plain(first.get('why')).rstrip('.')}.")
-        if target_source:
-            message += (f" The {run.get('target') or 'target'} program registers it at "
-                        f"[{target_source['path']}:{target_source['line']}](1).")
-
-        physical: dict = {}
+        scenario_at = None
         if source:
-            physical["artifactLocation"] = _artifact(source)
-            physical["region"] = {"startLine": _checkpoint_line(source, case.checkpoint, root, cache)}
+            scenario_at = {"artifactLocation": locator.artifact(source),
+                           "region": {"startLine": _checkpoint_line(source, case.checkpoint, locator, cache)}}
+        # Where a developer fixes it: the user's own program (the scenario only says how it was driven), else the
+        # scenario file, with the line where the built-in target registers the scenario related.
+        related = None
+        if program:
+            physical = {"artifactLocation": locator.artifact(program), "region": {"startLine": 1}}
+            if scenario_at:
+                message += f" Its scenario: [{_plain(source)}:{scenario_at['region']['startLine']}](1)."
+                related = (scenario_at, f"the scenario that drove the program to checkpoint {case.checkpoint}")
+        else:
+            physical = dict(scenario_at or {})
+            if target_source:
+                message += (f" The {run.get('target') or 'target'} program registers it at "
+                            f"[{target_source['path']}:{target_source['line']}](1).")
+                related = ({"artifactLocation": locator.artifact(target_source["path"]),
+                            "region": {"startLine": int(target_source["line"])}},
+                           f"where the {run.get('target') or 'target'} program registers {case.scenario}")
         hits = [h for h in first.get("hits", []) if h.get("fingerprint") == fp] if kind in _HIT_KINDS else []
         locations = []
         for hit in hits[:_MAX_LOCATIONS] or [None]:
@@ -337,13 +384,8 @@ class SarifReporter:
             "locations": locations,
             "partialFingerprints": {FINGERPRINT_KEY: fp},
         }
-        if target_source:
-            result["relatedLocations"] = [{
-                "id": 1,
-                "physicalLocation": {"artifactLocation": _artifact(target_source["path"]),
-                                     "region": {"startLine": int(target_source["line"])}},
-                "message": {"text": f"where the {run.get('target') or 'target'} program registers {case.scenario}"},
-            }]
+        if related:
+            result["relatedLocations"] = [{"id": 1, "physicalLocation": related[0], "message": {"text": _plain(related[1])}}]
         state, suppressed_by = _group_gate(verdicts)
         if gated:
             # SARIF: either every result of a run carries suppressions or none does.
