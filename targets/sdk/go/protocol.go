@@ -344,7 +344,7 @@ func Derived(label string, value []byte) {
 func Finish() {
 	mustHaveStarted("Finish")
 	if secretConsumed != secretLength {
-		Fail("the program did not read the whole secret")
+		Failf("the program did not read the whole secret (%d of %d bytes)", secretConsumed, secretLength)
 	}
 	sendLine("done", "")
 }
