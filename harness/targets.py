@@ -307,7 +307,7 @@ def build_target(language: str) -> TargetProgram:
             raise TargetUnavailable(reason)
         source = TARGETS_DIR / "go"
         env = dict(os.environ, GOEXPERIMENT="runtimesecret", CGO_ENABLED="0")
-        return _cached_target("go", _cache_folder("go", (source,), version),
+        return _cached_target("go", _cache_folder("go", (source, TARGETS_DIR / "sdk" / "go"), version),
                               _compile("go", source, [go, "build", "-trimpath", "-o", "{BIN}", "."], env),
                               lambda folder: (str(folder / BINARY_NAMES["go"]),))
     if language == "node":

@@ -7,6 +7,7 @@ package main
 
 import (
 	"os"
+	"remanence.dev/remanence"
 	"runtime"
 	"runtime/secret"
 	"syscall"
@@ -30,26 +31,26 @@ func init() {
 
 // lockedKey: a LockedBuffer holding the secret, read straight into it.
 func lockedKey() (*memguard.LockedBuffer, uintptr) {
-	buf := memguard.NewBuffer(secretLen())
+	buf := memguard.NewBuffer(remanence.SecretLen())
 	if !buf.IsAlive() {
-		fail("memguard.NewBuffer(%d) returned a dead buffer", secretLen())
+		remanence.Failf("memguard.NewBuffer(%d) returned a dead buffer", remanence.SecretLen())
 	}
-	readSecret(buf.Bytes())
-	use(buf.Bytes())
-	return buf, addrOf(&buf.Bytes()[0])
+	remanence.ReadSecret(buf.Bytes())
+	remanence.Use(buf.Bytes())
+	return buf, remanence.AddressOf(&buf.Bytes()[0])
 }
 
 func memguardLockedLive() {
 	buf, where := lockedKey()
-	checkpoint("in_use", where)
+	remanence.Checkpoint("in_use", where)
 	buf.Destroy()
 }
 
 func memguardDestroyed() {
 	buf, where := lockedKey()
-	checkpoint("in_use", where)
+	remanence.Checkpoint("in_use", where)
 	buf.Destroy()
-	checkpoint("destroyed", where)
+	remanence.Checkpoint("destroyed", where)
 }
 
 // memguard.enclave: the key loaded into a LockedBuffer (positive control),
@@ -61,10 +62,10 @@ func memguardEnclave() {
 	padded(func() {
 		var buf *memguard.LockedBuffer
 		buf, where = lockedKey()
-		checkpoint("loaded", where)
+		remanence.Checkpoint("loaded", where)
 		enclave = buf.Seal() // destroys buf
 	})
-	checkpoint("sealed", where)
+	remanence.Checkpoint("sealed", where)
 	runtime.KeepAlive(enclave)
 }
 
@@ -85,14 +86,14 @@ func memguardEnclaveOpen() {
 		enclave = sealedKey()
 		buf, err := enclave.Open()
 		if err != nil {
-			fail("Enclave.Open: %v", err)
+			remanence.Failf("Enclave.Open: %v", err)
 		}
-		use(buf.Bytes())
-		where = addrOf(&buf.Bytes()[0])
-		checkpoint("open", where)
+		remanence.Use(buf.Bytes())
+		where = remanence.AddressOf(&buf.Bytes()[0])
+		remanence.Checkpoint("open", where)
 		buf.Destroy()
 	})
-	checkpoint("destroyed", where)
+	remanence.Checkpoint("destroyed", where)
 	runtime.KeepAlive(enclave)
 }
 
@@ -101,21 +102,21 @@ func memguardEnclaveOpen() {
 func memguardStringCopy() {
 	buf, where := lockedKey()
 	s := string(buf.Bytes())
-	checkpoint("in_use", where)
+	remanence.Checkpoint("in_use", where)
 	buf.Destroy()
-	checkpoint("destroyed", addrOf(unsafe.StringData(s)))
-	use(unsafe.Slice(unsafe.StringData(s), len(s)))
+	remanence.Checkpoint("destroyed", remanence.AddressOf(unsafe.StringData(s)))
+	remanence.Use(unsafe.Slice(unsafe.StringData(s), len(s)))
 }
 
 // memguard.purge: memguard.Purge destroys every LockedBuffer.
 func memguardPurge() {
 	buf, where := lockedKey()
-	checkpoint("in_use", where)
+	remanence.Checkpoint("in_use", where)
 	memguard.Purge()
 	if buf.IsAlive() {
-		fail("the buffer is still alive after memguard.Purge")
+		remanence.Fail("the buffer is still alive after memguard.Purge")
 	}
-	checkpoint("purged", where)
+	remanence.Checkpoint("purged", where)
 }
 
 // memguard.safe_exit: checkpoint, `done`, then memguard.SafeExit(0) ends the
@@ -123,11 +124,11 @@ func memguardPurge() {
 // os.Exit(0)).
 func memguardSafeExit() {
 	_, where := lockedKey()
-	checkpoint("in_use", where)
-	done()
+	remanence.Checkpoint("in_use", where)
+	remanence.Finish()
 	memguard.SafeExit(0)
 	os.Stderr.WriteString("remanence-target-go: memguard.SafeExit returned\n")
-	os.Exit(exitFailed)
+	os.Exit(remanence.ExitFailed)
 }
 
 // memguard.interrupt: memguard.CatchInterrupt armed, checkpoint, `done`,
@@ -136,15 +137,15 @@ func memguardSafeExit() {
 func memguardInterrupt() {
 	memguard.CatchInterrupt()
 	_, where := lockedKey()
-	checkpoint("in_use", where)
-	done()
+	remanence.Checkpoint("in_use", where)
+	remanence.Finish()
 	if err := syscall.Kill(os.Getpid(), syscall.SIGINT); err != nil {
 		os.Stderr.WriteString("remanence-target-go: kill(SIGINT) failed: " + err.Error() + "\n")
-		os.Exit(exitFailed)
+		os.Exit(remanence.ExitFailed)
 	}
 	time.Sleep(10 * time.Second)
 	os.Stderr.WriteString("remanence-target-go: memguard's interrupt handler did not end the process\n")
-	os.Exit(exitFailed)
+	os.Exit(remanence.ExitFailed)
 }
 
 // memguard.with_secret_do: the combination recommended in practice. The key
@@ -158,23 +159,23 @@ func memguardWithSecretDo() {
 	padded(func() {
 		secret.Do(func() {
 			buf, addr := lockedKey()
-			checkpoint("loaded", addr)
+			remanence.Checkpoint("loaded", addr)
 			enclave = buf.Seal()
 		})
 	})
-	checkpoint("sealed", 0)
+	remanence.Checkpoint("sealed", 0)
 	padded(func() {
 		secret.Do(func() {
 			buf, err := enclave.Open()
 			if err != nil {
-				fail("Enclave.Open: %v", err)
+				remanence.Failf("Enclave.Open: %v", err)
 			}
-			use(buf.Bytes())
-			where = addrOf(&buf.Bytes()[0])
-			checkpoint("inside", where)
+			remanence.Use(buf.Bytes())
+			where = remanence.AddressOf(&buf.Bytes()[0])
+			remanence.Checkpoint("inside", where)
 			buf.Destroy()
 		})
 	})
-	checkpoint("after", where)
+	remanence.Checkpoint("after", where)
 	runtime.KeepAlive(enclave)
 }

@@ -7,6 +7,7 @@ package main
 import (
 	"crypto/aes"
 	"reflect"
+	"remanence.dev/remanence"
 	"runtime"
 	"syscall"
 	"unsafe"
@@ -31,7 +32,7 @@ func blockSignals() (old uint64) {
 	all := ^uint64(0)
 	if _, _, e := syscall.RawSyscall6(syscall.SYS_RT_SIGPROCMASK, 0 /* SIG_BLOCK */, uintptr(unsafe.Pointer(&all)),
 		uintptr(unsafe.Pointer(&old)), 8, 0, 0); e != 0 {
-		fail("rt_sigprocmask: %v", e)
+		remanence.Failf("rt_sigprocmask: %v", e)
 	}
 	return old
 }
@@ -39,18 +40,18 @@ func blockSignals() (old uint64) {
 func restoreSignals(old uint64) {
 	if _, _, e := syscall.RawSyscall6(syscall.SYS_RT_SIGPROCMASK, 2 /* SIG_SETMASK */, uintptr(unsafe.Pointer(&old)),
 		0, 8, 0, 0); e != 0 {
-		fail("rt_sigprocmask: %v", e)
+		remanence.Failf("rt_sigprocmask: %v", e)
 	}
 }
 
 // needAESKey fails unless the secret can key AES (16 bytes or more).
 func needAESKey(name string) int {
-	n := secretLen()
+	n := remanence.SecretLen()
 	if n < 16 {
 		var scratch [16]byte
-		readSecret(scratch[:n])
+		remanence.ReadSecret(scratch[:n])
 		wipe(scratch[:])
-		fail("%s needs a secret of at least 16 bytes (an AES key), got %d", name, n)
+		remanence.Failf("%s needs a secret of at least 16 bytes (an AES key), got %d", name, n)
 	}
 	return n
 }
@@ -62,16 +63,16 @@ func needAESKey(name string) int {
 func aesWork(key []byte) {
 	block, err := aes.NewCipher(key)
 	if err != nil {
-		fail("aes.NewCipher: %v", err)
+		remanence.Failf("aes.NewCipher: %v", err)
 	}
 	var in, out [aes.BlockSize]byte
 	block.Encrypt(out[:], in[:])
-	use(out[:])
+	remanence.Use(out[:])
 	// crypto/aes has no way to wipe a cipher: zero the object behind the
 	// interface (a pointer to a struct holding the round keys).
 	v := reflect.ValueOf(block)
 	if v.Kind() != reflect.Pointer {
-		fail("aes.NewCipher returned a %s, not a pointer", v.Kind())
+		remanence.Failf("aes.NewCipher returned a %s, not a pointer", v.Kind())
 	}
 	wipe(unsafe.Slice((*byte)(v.UnsafePointer()), v.Type().Elem().Size()))
 }
@@ -99,10 +100,10 @@ func secretRegisters(useDo bool) {
 		runDo(useDo, func() {
 			var key [keyCap]byte
 			k := key[:n]
-			readSecret(k)
-			use(k)
-			where = addrOf(&key[0])
-			checkpoint("inside", where)
+			remanence.ReadSecret(k)
+			remanence.Use(k)
+			where = remanence.AddressOf(&key[0])
+			remanence.Checkpoint("inside", where)
 			aesWork(key[:aesKeyLen(n)])
 			sets = loadRegisters(&key[0])
 			// The memory copy goes; the registers keep theirs.
@@ -112,9 +113,9 @@ func secretRegisters(useDo bool) {
 	// Nothing between here and the blocking read of `continue` touches the
 	// vector registers above X1 (the checkpoint line is built in a stack
 	// buffer; notes, which go through fmt, come after).
-	checkpoint("after", where)
+	remanence.Checkpoint("after", where)
 	restoreSignals(mask)
-	note("register_sets=%s", sets)
+	remanence.Notef("register_sets=%s", sets)
 }
 
 // secret.signal: as secret.registers, but with the key loaded the thread
@@ -136,16 +137,16 @@ func secretSignal(useDo bool) {
 		runDo(useDo, func() {
 			var key [keyCap]byte
 			k := key[:n]
-			readSecret(k)
-			use(k)
-			where = addrOf(&key[0])
-			checkpoint("inside", where)
+			remanence.ReadSecret(k)
+			remanence.Use(k)
+			where = remanence.AddressOf(&key[0])
+			remanence.Checkpoint("inside", where)
 			sets = loadRegistersAndSignal(&key[0], pid, tid)
 			wipe(key[:n])
 		})
 	})
-	checkpoint("after", where)
+	remanence.Checkpoint("after", where)
 	runtime.GC()
-	checkpoint("after_gc", where)
-	note("register_sets=%s", sets)
+	remanence.Checkpoint("after_gc", where)
+	remanence.Notef("register_sets=%s", sets)
 }

@@ -6,6 +6,7 @@
 package main
 
 import (
+	"remanence.dev/remanence"
 	"runtime"
 	"runtime/secret"
 	"unsafe"
@@ -41,11 +42,11 @@ func init() {
 //go:noinline
 func stackKeyInside() uintptr {
 	var key [keyCap]byte
-	k := key[:secretLen()]
-	readSecret(k)
-	use(k)
-	where := addrOf(&key[0])
-	checkpoint("inside", where)
+	k := key[:remanence.SecretLen()]
+	remanence.ReadSecret(k)
+	remanence.Use(k)
+	where := remanence.AddressOf(&key[0])
+	remanence.Checkpoint("inside", where)
 	return where
 }
 
@@ -56,7 +57,7 @@ func secretReturn(useDo bool) {
 	padded(func() {
 		runDo(useDo, func() { where = stackKeyInside() })
 	})
-	checkpoint("after", where)
+	remanence.Checkpoint("after", where)
 }
 
 // errPlain is the panic value of secret.panic: a package-level value, so the
@@ -79,10 +80,10 @@ func secretPanic(useDo bool) {
 			})
 		})
 		if r != any(errPlain) {
-			fail("expected the scenario's panic to reach the caller, recovered %v", r)
+			remanence.Failf("expected the scenario's panic to reach the caller, recovered %v", r)
 		}
 	})
-	checkpoint("after", where)
+	remanence.Checkpoint("after", where)
 }
 
 // panicBox is a panic value holding the key.
@@ -99,24 +100,24 @@ func secretPanicValue(useDo bool) {
 	padded(func() {
 		r = catch(func() {
 			runDo(useDo, func() {
-				key := make([]byte, secretLen())
-				readSecret(key)
-				use(key)
-				where, wp = addrOf(&key[0]), weak.Make(&key[0])
-				checkpoint("inside", where)
+				key := make([]byte, remanence.SecretLen())
+				remanence.ReadSecret(key)
+				remanence.Use(key)
+				where, wp = remanence.AddressOf(&key[0]), weak.Make(&key[0])
+				remanence.Checkpoint("inside", where)
 				panic(&panicBox{key})
 			})
 		})
 	})
 	v, ok := r.(*panicBox)
 	if !ok {
-		fail("expected a *panicBox panic, recovered %T", r)
+		remanence.Failf("expected a *panicBox panic, recovered %T", r)
 	}
-	checkpoint("recovered", where)
-	use(v.key)
+	remanence.Checkpoint("recovered", where)
+	remanence.Use(v.key)
 	r, v = nil, nil
-	note("gc_cycles=%d", collect(wp, "the panic value's key buffer"))
-	checkpoint("dropped", where)
+	remanence.Notef("gc_cycles=%d", collect(wp, "the panic value's key buffer"))
+	remanence.Checkpoint("dropped", where)
 }
 
 // secret.goexit: f calls runtime.Goexit, in a goroutine of its own with an
@@ -130,7 +131,7 @@ func secretGoexit(useDo bool) {
 		defer close(finished)
 		defer func() {
 			enabledInDefer = secret.Enabled()
-			checkpoint("in_defer", where)
+			remanence.Checkpoint("in_defer", where)
 		}()
 		growStack()
 		padded(func() {
@@ -139,12 +140,12 @@ func secretGoexit(useDo bool) {
 				runtime.Goexit()
 			})
 		})
-		fail("runtime.Goexit returned")
+		remanence.Fail("runtime.Goexit returned")
 	}()
 	<-finished
 	waitGoroutines(base)
-	note("secret_enabled_in_outer_defer=%t", enabledInDefer)
-	checkpoint("after", where)
+	remanence.Notef("secret_enabled_in_outer_defer=%t", enabledInDefer)
+	remanence.Checkpoint("after", where)
 }
 
 // secret.heap: the key in a heap buffer allocated inside f; after Do no
@@ -156,15 +157,15 @@ func secretHeap(useDo bool) {
 	var wp weak.Pointer[byte]
 	padded(func() {
 		runDo(useDo, func() {
-			key := make([]byte, secretLen())
-			readSecret(key)
-			use(key)
-			where, wp = addrOf(&key[0]), weak.Make(&key[0])
+			key := make([]byte, remanence.SecretLen())
+			remanence.ReadSecret(key)
+			remanence.Use(key)
+			where, wp = remanence.AddressOf(&key[0]), weak.Make(&key[0])
 		})
 	})
-	checkpoint("before_gc", where)
-	note("gc_cycles=%d", collect(wp, "the heap key buffer"))
-	checkpoint("after_gc", where)
+	remanence.Checkpoint("before_gc", where)
+	remanence.Notef("gc_cycles=%d", collect(wp, "the heap key buffer"))
+	remanence.Checkpoint("after_gc", where)
 }
 
 // mapValueCap: Go maps store values of at most 128 bytes inline in their
@@ -177,32 +178,32 @@ type mapHolder struct{ m map[int][mapValueCap]byte }
 // secret.map: the key copied into a map's own storage (a value stored inline
 // in the map group) created inside f.
 func secretMap(useDo bool) {
-	n := secretLen()
+	n := remanence.SecretLen()
 	if n > mapValueCap {
 		var scratch [keyCap]byte
-		readSecret(scratch[:n])
+		remanence.ReadSecret(scratch[:n])
 		wipe(scratch[:n])
-		fail("secret of %d bytes does not fit the %d-byte map value", n, mapValueCap)
+		remanence.Failf("secret of %d bytes does not fit the %d-byte map value", n, mapValueCap)
 	}
 	growStack()
 	var wp weak.Pointer[mapHolder]
 	padded(func() {
 		runDo(useDo, func() {
 			var key [mapValueCap]byte
-			readSecret(key[:n])
-			use(key[:n])
+			remanence.ReadSecret(key[:n])
+			remanence.Use(key[:n])
 			h := &mapHolder{m: make(map[int][mapValueCap]byte)}
 			h.m[1] = key
 			wp = weak.Make(h)
-			checkpoint("inside", addrOf(&key[0]))
+			remanence.Checkpoint("inside", remanence.AddressOf(&key[0]))
 			v := h.m[1]
-			use(v[:n])
+			remanence.Use(v[:n])
 		})
 	})
 	// The map's slot has no address a program may take: no address reported.
-	checkpoint("before_gc", 0)
-	note("gc_cycles=%d", collect(wp, "the map"))
-	checkpoint("after_gc", 0)
+	remanence.Checkpoint("before_gc", 0)
+	remanence.Notef("gc_cycles=%d", collect(wp, "the map"))
+	remanence.Checkpoint("after_gc", 0)
 }
 
 // secret.keepalive: the key in a local array of f, kept alive to the end of f
@@ -218,18 +219,18 @@ func secretKeepalive(useDo bool) {
 	padded(func() {
 		runDo(useDo, func() {
 			var key [keyCap]byte
-			k := key[:secretLen()]
-			readSecret(k)
-			use(k)
-			where = addrOf(&key[0])
-			checkpoint("inside", where)
+			k := key[:remanence.SecretLen()]
+			remanence.ReadSecret(k)
+			remanence.Use(k)
+			where = remanence.AddressOf(&key[0])
+			remanence.Checkpoint("inside", where)
 			sentinel = weak.Make(new([64]byte))
 			runtime.KeepAlive(key)
 		})
 	})
-	checkpoint("after", where)
-	note("gc_cycles=%d", collect(sentinel, "the sentinel"))
-	checkpoint("after_gc", where)
+	remanence.Checkpoint("after", where)
+	remanence.Notef("gc_cycles=%d", collect(sentinel, "the sentinel"))
+	remanence.Checkpoint("after_gc", where)
 }
 
 // secret.escape: a heap buffer allocated inside f escapes Do (stored in a
@@ -240,21 +241,21 @@ func secretEscape() {
 	var leaked []byte
 	padded(func() {
 		secret.Do(func() {
-			key := make([]byte, secretLen())
-			readSecret(key)
-			use(key)
+			key := make([]byte, remanence.SecretLen())
+			remanence.ReadSecret(key)
+			remanence.Use(key)
 			leaked = key
-			where = addrOf(&key[0])
-			checkpoint("inside", where)
+			where = remanence.AddressOf(&key[0])
+			remanence.Checkpoint("inside", where)
 		})
 	})
 	runtime.GC() // a collection does not touch a live object
-	checkpoint("after", where)
-	use(leaked)
+	remanence.Checkpoint("after", where)
+	remanence.Use(leaked)
 	wp := weak.Make(&leaked[0])
 	leaked = nil
-	note("gc_cycles=%d", collect(wp, "the escaped key buffer"))
-	checkpoint("dropped", where)
+	remanence.Notef("gc_cycles=%d", collect(wp, "the escaped key buffer"))
+	remanence.Checkpoint("dropped", where)
 }
 
 // globalKey is written inside Do: a global in .noptrbss.
@@ -264,17 +265,17 @@ var globalKey [keyCap]byte
 // limitation: globals are not protected).
 func secretGlobal() {
 	growStack()
-	where := addrOf(&globalKey[0])
+	where := remanence.AddressOf(&globalKey[0])
 	padded(func() {
 		secret.Do(func() {
-			k := globalKey[:secretLen()]
-			readSecret(k)
-			use(k)
-			checkpoint("inside", where)
+			k := globalKey[:remanence.SecretLen()]
+			remanence.ReadSecret(k)
+			remanence.Use(k)
+			remanence.Checkpoint("inside", where)
 		})
 	})
-	checkpoint("after", where)
-	use(globalKey[:secretLen()])
+	remanence.Checkpoint("after", where)
+	remanence.Use(globalKey[:remanence.SecretLen()])
 }
 
 // secret.goroutine: f starts a goroutine and hands it a copy of the key over
@@ -283,7 +284,7 @@ func secretGlobal() {
 // copy erased when Do returns, or when the goroutine ends?
 func secretGoroutine() {
 	growStack()
-	n := secretLen()
+	n := remanence.SecretLen()
 	base := runtime.NumGoroutine()
 	handoff := make(chan [keyCap]byte)
 	started := make(chan uintptr)
@@ -295,34 +296,34 @@ func secretGoroutine() {
 		padded(func() {
 			secret.Do(func() {
 				var key [keyCap]byte
-				readSecret(key[:n])
-				use(key[:n])
+				remanence.ReadSecret(key[:n])
+				remanence.Use(key[:n])
 				go func() {
 					defer close(exited)
 					growStack()
 					gkey := <-handoff
-					use(gkey[:n])
+					remanence.Use(gkey[:n])
 					goroutineEnabled = secret.Enabled()
-					started <- addrOf(&gkey[0])
+					started <- remanence.AddressOf(&gkey[0])
 					<-stop
-					use(gkey[:n])
+					remanence.Use(gkey[:n])
 				}()
 				handoff <- key
 				where = <-started
-				checkpoint("inside", addrOf(&key[0]))
+				remanence.Checkpoint("inside", remanence.AddressOf(&key[0]))
 			})
 		})
 	})
-	note("do_panicked=%t goroutine_in_secret_mode=%t", r != nil, goroutineEnabled)
+	remanence.Notef("do_panicked=%t goroutine_in_secret_mode=%t", r != nil, goroutineEnabled)
 	if r != nil {
-		fail("secret.Do panicked: %v", r)
+		remanence.Failf("secret.Do panicked: %v", r)
 	}
 	// The goroutine is alive, blocked, its copy of the key on its stack.
-	checkpoint("after", where)
+	remanence.Checkpoint("after", where)
 	close(stop)
 	<-exited
 	waitGoroutines(base)
-	checkpoint("exited", where)
+	remanence.Checkpoint("exited", where)
 }
 
 // growDepthKiB: how deep secret.stack_growth recurses (1 KiB frames); more
@@ -349,14 +350,14 @@ func deepThenCheckpoint(key *[keyCap]byte, depth int) byte {
 	if depth > 1 {
 		pad[0] ^= deepThenCheckpoint(key, depth-1)
 	} else {
-		growNewAddr = addrOf(&key[0])
+		growNewAddr = remanence.AddressOf(&key[0])
 		if growNewAddr != growOldAddr {
 			// The copy freed the old stack; its memory stays mapped (Go does
 			// not unmap heap memory), so reading it is safe.
-			old := unsafe.Slice((*byte)(unsafe.Pointer(growOldAddr)), secretLen())
+			old := unsafe.Slice((*byte)(unsafe.Pointer(growOldAddr)), remanence.SecretLen())
 			growOldClear = allZero(old)
 		}
-		checkpoint("grown", growNewAddr)
+		remanence.Checkpoint("grown", growNewAddr)
 	}
 	deepSink ^= pad[0]
 	return pad[depth%len(pad)]
@@ -372,18 +373,18 @@ func secretStackGrowth(useDo bool) {
 	padded(func() {
 		runDo(useDo, func() {
 			var key [keyCap]byte
-			k := key[:secretLen()]
-			readSecret(k)
-			use(k)
-			growOldAddr = addrOf(&key[0])
-			checkpoint("inside", growOldAddr)
+			k := key[:remanence.SecretLen()]
+			remanence.ReadSecret(k)
+			remanence.Use(k)
+			growOldAddr = remanence.AddressOf(&key[0])
+			remanence.Checkpoint("inside", growOldAddr)
 			deepThenCheckpoint(&key, growDepthKiB)
-			use(key[:secretLen()])
+			remanence.Use(key[:remanence.SecretLen()])
 		})
 	})
 	if growNewAddr == growOldAddr {
-		fail("the stack did not move: the recursion was not deep enough")
+		remanence.Fail("the stack did not move: the recursion was not deep enough")
 	}
-	note("stack_moved=true old_stack_clear_at_grown=%t", growOldClear)
-	checkpoint("after", growOldAddr)
+	remanence.Notef("stack_moved=true old_stack_clear_at_grown=%t", growOldClear)
+	remanence.Checkpoint("after", growOldAddr)
 }

@@ -3,6 +3,7 @@
 package main
 
 import (
+	"remanence.dev/remanence"
 	"runtime"
 	"runtime/secret"
 	"time"
@@ -11,7 +12,7 @@ import (
 
 // keyCap is the size of the stack arrays scenarios keep the key in: any
 // secret the protocol allows fits.
-const keyCap = secretMax
+const keyCap = remanence.SecretMax
 
 // padBytes separates a scenario's checkpoints from the frames that held the
 // key (see padded).
@@ -93,7 +94,7 @@ func collect[T any](wp weak.Pointer[T], what string) int {
 			return i
 		}
 	}
-	fail("%s was still reachable after %d garbage collections", what, maxCollections)
+	remanence.Failf("%s was still reachable after %d garbage collections", what, maxCollections)
 	return 0
 }
 
@@ -104,7 +105,7 @@ func waitGoroutines(n int) {
 	deadline := time.Now().Add(5 * time.Second)
 	for runtime.NumGoroutine() > n {
 		if time.Now().After(deadline) {
-			fail("goroutine did not end: %d goroutines, expected %d", runtime.NumGoroutine(), n)
+			remanence.Failf("goroutine did not end: %d goroutines, expected %d", runtime.NumGoroutine(), n)
 		}
 		time.Sleep(time.Millisecond)
 	}

@@ -1,0 +1,3 @@
+module remanence.dev/remanence
+
+go 1.22
