@@ -33,13 +33,17 @@ def remanence(bin_dir: Path, *args: str, cache: Path) -> subprocess.CompletedPro
     return subprocess.run([str(bin_dir / "remanence"), *args], capture_output=True, text=True, cwd=cache.parent, env=env)
 
 
-def test_the_wheel_carries_the_scenarios_the_target_sources_under_the_import_name_remanence(installed):
+def test_the_wheel_carries_the_scenarios_the_target_sources_the_sdks_and_examples_under_the_import_name_remanence(installed):
     wheel = next(installed.parent.parent.joinpath("dist").glob("remanence-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "remanence/cli.py" in names and not any(n.startswith("harness/") for n in names)
     assert "remanence/bundled/scenarios/c/malloc.nowipe.toml" in names
     assert "remanence/bundled/targets/PROTOCOL.md" in names
     assert not any("/build/" in n or "node_modules" in n or n.endswith(".pyc") for n in names)
+    for sdk in ("c", "go", "node"):
+        assert any(n.startswith(f"remanence/bundled/targets/sdk/{sdk}/") for n in names), sdk
+        assert any(n.startswith(f"remanence/bundled/targets/examples/{sdk}/") for n in names), sdk
+    assert "remanence/sdk.py" in names and "remanence/bundled/targets/examples/python/wipe_demo.py" in names
 
 
 def test_list_doctor_and_a_run_work_outside_the_checkout_with_an_empty_cache(installed, tmp_path):
@@ -54,3 +58,6 @@ def test_list_doctor_and_a_run_work_outside_the_checkout_with_an_empty_cache(ins
     assert ran.returncode == 0 and {v["outcome"] for v in doc["verdicts"]} == {"PASS"}, ran.stderr
     assert any(p.name.startswith("c-") for p in (cache / "remanence" / "targets").iterdir())
     assert str(ROOT) not in json.dumps(doc)    # nothing of the checkout was used
+    for language in ("c", "go", "node", "python"):
+        sdk = remanence(installed, "sdk", language, cache=cache)
+        assert sdk.returncode == 0 and Path(sdk.stdout.strip()).is_dir() and "site-packages" in sdk.stdout, sdk.stderr
