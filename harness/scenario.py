@@ -130,6 +130,8 @@ class Scenario:
     checkpoints: tuple[CheckpointSpec, ...]
     source: Path
     command: CommandSpec | None = None   # only for target = "command"
+    # Snapshot every process of the target's tree (its children, daemons it started), not only the target.
+    follow: bool = False
 
     def checkpoint(self, name: str) -> CheckpointSpec | None:
         return next((c for c in self.checkpoints if c.name == name), None)
@@ -262,7 +264,7 @@ def load_scenario(path: Path) -> Scenario:
     path = Path(path)
     r = TomlTable(path, load_toml(path, ScenarioError), "", ScenarioError)
     r.reject_unknown(("name", "description", "target", "entry", "methods", "repeat", "timeout", "secret", "checkpoints",
-                      "command"))
+                      "command", "follow"))
     name = r.get("name", str, required=True)
     if problem := name_problem(name):
         raise r.fail("name", problem)
@@ -324,6 +326,7 @@ def load_scenario(path: Path) -> Scenario:
         checkpoints=tuple(checkpoints),
         source=path,
         command=_command(r, path, secret) if is_command else None,
+        follow=r.get("follow", bool, False),
     )
 
 
