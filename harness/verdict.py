@@ -73,6 +73,12 @@ def process_name(pid: int | None, command: str) -> str:
     return f"pid {pid}" + (f" ({command})" if command else "")
 
 
+def hit_process(hit: dict) -> str:
+    """The process a results document's hit lies in, named as process_name does; "" when unknown (a core file,
+    a document written before hits named it)."""
+    return "" if hit.get("pid") is None else process_name(hit["pid"], hit.get("command") or "")
+
+
 def _guarded(region: Region, snapshot: Snapshot) -> bool:
     """Both neighbours in the address space are PROT_NONE, as sodium_malloc's guard pages are."""
     def inaccessible_at(address: int) -> bool:

@@ -11,12 +11,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from remanence import workspace as workspace_module
 from remanence.cli import main
+from remanence.targets import PROJECT_ROOT
 
 PROGRAMS = Path(__file__).parent / "programs"
+SCHEMA = json.loads((PROJECT_ROOT / "harness" / "schema" / "results-v1.schema.json").read_text())
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None or shutil.which("gdb") is None,
                                 reason="needs gcc (to build the test program) and gdb (gcore)")
@@ -47,7 +50,9 @@ def run(folder: Path, out: Path, *options: str) -> tuple[int, dict]:
                              "--out", str(out), "--format", "json", "-q"],
                             env=dict(os.environ, NO_COLOR="1"), capture_output=True, text=True, timeout=120)
     assert result.returncode in (0, 1, 3), result.stderr
-    return result.returncode, json.loads((out / "results.json").read_text())
+    doc = json.loads((out / "results.json").read_text())
+    jsonschema.validate(doc, SCHEMA)
+    return result.returncode, doc
 
 
 def said(doc: dict, role: str) -> int:
@@ -133,3 +138,21 @@ def test_a_double_forking_daemon_is_snapshotted_and_killed(tmp_path, holder, mon
     assert any("outside its process group (daemons) were still running at the end of the run: killed" in n
                for n in doc["runs"][0]["notes"])
     assert not alive(daemon) and running_copies(holder) == []
+
+
+def test_a_process_whose_snapshot_lacks_the_canary_keeps_absent_inconclusive(tmp_path):
+    """`env -i` starts a child without the environment that carries the canary: nothing proves its snapshot could
+    have shown the secret, so the probe's absent cannot pass, and the reason names that process."""
+    out = tmp_path / "out"
+    code = main(["probe", "--stdin", "--follow", "--at", "output=done", "--out", str(out), "--format", "json", "-q",
+                 "--", "/bin/sh", "-c", "env -i /bin/sleep 600 & cat >/dev/null; echo done; wait"])
+    doc = json.loads((out / "results.json").read_text())
+    jsonschema.validate(doc, SCHEMA)
+    assert "follow = true" in (out / "probe.sh.toml").read_text().splitlines()
+    assert code == 3
+    for v in doc["verdicts"]:
+        sleeper = next(p for p in v["processes"] if p["command"] == "/bin/sleep 600")
+        assert v["outcome"] == "INCONCLUSIVE" and not v["hits"] and not v["canary_seen"]
+        assert not sleeper["canary_seen"] and v["processes"][0]["canary_seen"]
+        assert v["reason"] == (f"pid {sleeper['pid']} (/bin/sleep 600): not found, but the canary was not seen either: "
+                               "this snapshot could not show ordinary memory")
