@@ -16,7 +16,7 @@ from .command import CommandUnavailable, resolve_program
 from .config import Config, ConfigError, FormatSpec, parse_formats, resolve_config, split_formats
 from .gate import BaselineError, apply_gate, load_baseline
 from .model import Expect
-from .plan import Plan, UsageError, availability, make_plan, select
+from .plan import Plan, UsageError, availability, make_plan, program_argv, select
 from .entry import handle_interrupts, interrupted_message, interrupts_deferred
 from .paths import OutsideError
 from .report import reporters, write_report
@@ -24,8 +24,8 @@ from .report.json_report import results_document
 from .report.terminal import print_verdicts
 from .results import EXIT_FAIL, EXIT_USAGE
 from .runner import RunOptions, Runner
-from .scenario import (MAX_REPEAT, SECRET_LENGTHS, SNAPSHOT_METHODS, Scenario, ScenarioError, load_scenarios,
-                       seconds_problem)
+from .scenario import (LANGUAGES, MAX_REPEAT, SECRET_LENGTHS, SNAPSHOT_METHODS, CommandSpec, Scenario, ScenarioError,
+                       load_scenarios, seconds_problem)
 from .shard import ShardError, load_shard, merge_documents, parse_shard, shard_inputs, shard_slice
 from .snapshot import machine_facts, method_unavailable
 from .layout import SCENARIOS_DIR
@@ -374,13 +374,16 @@ class _Reporting:
 # --- commands ----------------------------------------------------------------------------------------------
 
 def _require_programs(scenarios: list[Scenario]) -> None:
-    """A user's program that cannot be found is a usage error before anything runs, not a SKIP."""
+    """A user's program that cannot be found is a usage error before anything runs, not a SKIP (a program
+    target with a build command may only exist once built)."""
     for s in scenarios:
-        if s.command is not None:
-            try:
-                resolve_program(s.command)
-            except CommandUnavailable as e:
-                raise UsageError(f"{s.source}: command.argv: {e}") from None
+        spec, table = (s.command, "command") if s.command else (s.program, "program")
+        if spec is None or (s.program and s.program.build):
+            continue
+        try:
+            resolve_program(CommandSpec(program_argv(s), spec.cwd, "stdin") if s.program else spec)
+        except CommandUnavailable as e:
+            raise UsageError(f"{s.source}: {table}.argv: {e}") from None
 
 
 def _list(args) -> int:
@@ -392,9 +395,9 @@ def _list(args) -> int:
     for column in ("scenario", "target", "checkpoints", "methods", "runnable here"):
         table.add_column(column, overflow="fold")
     for s in scenarios:
-        program = availability(s.target, programs)
+        program = availability(s.target, programs) if s.target in LANGUAGES else None
         problems = [program] if isinstance(program, str) else (
-            [] if s.entry in program.entries else [f"entry {s.entry!r} not in the {s.target} target"])
+            [] if program is None or s.entry in program.entries else [f"entry {s.entry!r} not in the {s.target} target"])
         problems += [f"{m}: {r}" for m in s.methods if (r := method_unavailable(m))]
         table.add_row(s.name, s.target, " ".join(c.name for c in s.checkpoints), " ".join(s.methods),
                       "[green]yes[/]" if not problems else "[yellow]no[/]: " + escape("; ".join(problems)))

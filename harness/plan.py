@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import fnmatch
+import os
+import sys
 from dataclasses import dataclass, field
 
 from .command import CommandUnavailable, resolve_program
-from .scenario import COMMAND_TARGET, Scenario, ScenarioError
+from .scenario import COMMAND_TARGET, PROGRAM_TARGET, PYTHON_PLACEHOLDER, CommandSpec, Scenario, ScenarioError
 from .snapshot import method_unavailable
-from .targets import TargetProgram, TargetUnavailable, build_target
+from .targets import TargetProgram, TargetUnavailable, build_target, run_step
 
 
 class UsageError(ValueError):
@@ -21,6 +23,7 @@ class PlannedRun:
     methods: tuple[str, ...]
     program: TargetProgram | None        # None when the run is skipped
     skip_reason: str | None = None
+    error_reason: str | None = None      # the user's program could not be built: an error, not this machine's limit
     method_skips: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -62,21 +65,61 @@ def _command_program(scenario: Scenario) -> TargetProgram | str:
         return str(e)
 
 
+class ProgramBroken(Exception):
+    """A user's test program that cannot be built or found: its scenario's verdicts are ERRORs."""
+
+
+def program_argv(scenario: Scenario) -> tuple[str, ...]:
+    """A program target's argv with the interpreter running remanence in place of {python}."""
+    return tuple(a.replace(PYTHON_PLACEHOLDER, sys.executable) for a in scenario.program.argv)
+
+
+def _user_program(scenario: Scenario, built: dict[tuple, str | None]) -> TargetProgram:
+    """A program target, built first (once per build command, folder and environment in a plan) if its
+    [program] table says how."""
+    spec = scenario.program
+    if spec.build:
+        key = (spec.cwd, spec.build, tuple(sorted(spec.env.items())))
+        if key not in built:
+            try:
+                run_step(PROGRAM_TARGET, list(spec.build), spec.cwd, {**os.environ, **spec.env})
+                built[key] = None
+            except TargetUnavailable as e:
+                built[key] = str(e)
+        if built[key]:
+            raise ProgramBroken(f"{built[key]} (in {spec.cwd})")
+    argv = program_argv(scenario)
+    try:
+        program = resolve_program(CommandSpec(argv, spec.cwd, "stdin"))
+    except CommandUnavailable as e:
+        raise ProgramBroken(str(e)) from None
+    return TargetProgram(PROGRAM_TARGET, (program, *argv[1:]), (), spec.cwd, tuple(spec.env.items()))
+
+
 def make_plan(scenarios: list[Scenario], methods: list[str] | None = None, repeat: int | None = None) -> Plan:
     if repeat is not None and repeat < 1:
         raise UsageError("--repeat must be at least 1")
     programs: dict[str, TargetProgram | str] = {}
+    built: dict[tuple, str | None] = {}
     runs = []
     for scenario in scenarios:
         chosen = tuple(m for m in scenario.methods if not methods or m in methods)
         if not chosen:
+            continue
+        method_skips = {m: reason for m in chosen if (reason := method_unavailable(m))}
+        if scenario.program:
+            try:
+                program, broken = _user_program(scenario, built), None
+            except ProgramBroken as e:
+                program, broken = None, str(e)
+            runs += [PlannedRun(scenario, repetition, chosen, program, error_reason=broken, method_skips=method_skips)
+                     for repetition in range(1, (repeat or scenario.repeat) + 1)]
             continue
         program = _command_program(scenario) if scenario.command else availability(scenario.target, programs)
         skip = program if isinstance(program, str) else None
         if not skip and scenario.entry not in program.entries:
             raise ScenarioError(scenario.source, "entry", f"{scenario.entry!r} is not registered in the {scenario.target} target "
                                 f"(known: {', '.join(program.entries)})")
-        method_skips = {m: reason for m in chosen if (reason := method_unavailable(m))}
         for repetition in range(1, (repeat or scenario.repeat) + 1):
             runs.append(PlannedRun(scenario, repetition, chosen, None if skip else program, skip, method_skips))
     return Plan(tuple(runs))

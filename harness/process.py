@@ -280,7 +280,7 @@ class SpawnedGroup:
 class TargetProcess(SpawnedGroup):
     """One target run. Use as a context manager: leaving it always kills and reaps the whole process group."""
 
-    def __init__(self, command: tuple[str, ...], entry: str, secret_len: int, canary_len: int, log_path: Path,
+    def __init__(self, argv: tuple[str, ...], secret_len: int, canary_len: int, log_path: Path,
                  cwd: Path, extra_env: dict[str, str] | None = None, cgroup=None):
         self.log_path, self.cgroup = log_path, cgroup
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -300,7 +300,7 @@ class TargetProcess(SpawnedGroup):
             (os.POSIX_SPAWN_DUP2, source_fd, CONTROL_FD),
         ]
         try:
-            self.pid = spawn_in(cwd, [*command, entry], env, actions, cgroup and cgroup.procs_file)
+            self.pid = spawn_in(cwd, list(argv), env, actions, cgroup and cgroup.procs_file)
             self.since = start_time(self.pid)
         finally:
             if source_fd != child.fileno():

@@ -46,7 +46,7 @@ from .entry import raise_interrupt
 from .model import Outcome
 from .results import document_aggregates, document_counts, outcomes_exit_code
 from .snapshot import machine_facts
-from .scenario import COMMAND_TARGET, SNAPSHOT_METHODS, TARGET_KINDS, Scenario, ScenarioError, load_scenario
+from .scenario import COMMAND_TARGET, PROGRAM_TARGET, SNAPSHOT_METHODS, TARGET_KINDS, Scenario, ScenarioError, load_scenario
 
 log = logging.getLogger("remanence")
 
@@ -117,7 +117,8 @@ class _State:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "remanence: a remanence scenario checkpoint x snapshot method")
     for language in TARGET_KINDS:
-        program = "a user's own program" if language == COMMAND_TARGET else f"the {language} program"
+        program = {COMMAND_TARGET: "a user's own unmodified program", PROGRAM_TARGET: "a user's own program on an SDK"}.get(
+            language, f"the {language} program")
         config.addinivalue_line("markers", f"{language}: remanence scenario whose target is {program}")
     for method in SNAPSHOT_METHODS:
         config.addinivalue_line("markers", f"{marker_name(method)}: remanence item judged on a {method} snapshot")

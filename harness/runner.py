@@ -84,6 +84,10 @@ class Runner:
             record.skip_reason = planned.skip_reason
             self._close_unreached(planned, record, list(scenario.checkpoints), Outcome.SKIP, planned.skip_reason)
             return
+        if planned.error_reason:
+            record.error = planned.error_reason
+            self._close_unreached(planned, record, list(scenario.checkpoints), Outcome.ERROR, planned.error_reason)
+            return
         follow = scenario.follow or self.options.follow
         # A canary that also rides in the environment (text only) is on the initial stack of every process the
         # target starts: the per-process control when following its tree.
@@ -139,9 +143,10 @@ class Runner:
             except (CommandUnavailable, OSError) as e:
                 raise TargetError(str(e)) from None
         try:
-            env = {**planned.program.env, **({CANARY_ENV: canary.value.decode()} if follow else {})}
-            return TargetProcess(planned.program.command, planned.scenario.entry, len(secret.value), len(canary.value),
-                                 workdir / "target.log", workdir, env, cgroup)
+            program = planned.program
+            env = {**program.env, **({CANARY_ENV: canary.value.decode()} if follow else {})}
+            return TargetProcess(program.argv(planned.scenario.entry), len(secret.value), len(canary.value),
+                                 workdir / "target.log", program.cwd or workdir, env, cgroup)
         except OSError as e:
             raise TargetError(f"cannot start the {planned.scenario.target} target: {e}") from None
 

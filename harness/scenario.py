@@ -12,7 +12,12 @@ LANGUAGES = ("c", "go", "node", "python")
 # A `command` target is the user's own, unmodified program: no protocol, the secret is delivered the way a
 # user would give it, and checkpoints are triggers (output, delay, idle) instead of announcements.
 COMMAND_TARGET = "command"
-TARGET_KINDS = LANGUAGES + (COMMAND_TARGET,)
+# A `program` target is the user's own test program built on a remanence SDK: it speaks the protocol of
+# targets/PROTOCOL.md like the built-in targets, and its [program] table says how to build and start it.
+PROGRAM_TARGET = "program"
+TARGET_KINDS = LANGUAGES + (PROGRAM_TARGET, COMMAND_TARGET)
+# In a program's argv: the interpreter running remanence (its environment can `import remanence.sdk`).
+PYTHON_PLACEHOLDER = "{python}"
 DELIVERIES = ("stdin", "prompt", "file")
 TRIGGER_KINDS = ("output", "delay", "idle")
 SECRET_FILE_PLACEHOLDER = "{secret_file}"
@@ -118,6 +123,16 @@ class CommandSpec:
 
 
 @dataclass(frozen=True)
+class ProgramSpec:
+    """A user's test program speaking the protocol through an SDK: how it is built and started."""
+
+    argv: tuple[str, ...]                # run as is: no scenario name appended
+    cwd: Path
+    build: tuple[str, ...] = ()          # run once in cwd before the first run that needs it
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str
     description: str
@@ -130,6 +145,7 @@ class Scenario:
     checkpoints: tuple[CheckpointSpec, ...]
     source: Path
     command: CommandSpec | None = None   # only for target = "command"
+    program: ProgramSpec | None = None   # only for target = "program"
     # Snapshot every process of the target's tree (its children, daemons it started), not only the target.
     follow: bool = False
 
@@ -243,10 +259,7 @@ def _command(r: TomlTable, path: Path, secret: SecretSpec) -> CommandSpec:
             re.compile(prompt)
         except re.error as e:
             raise c.fail("prompt", f"not a valid regular expression: {e}") from None
-    env = c.get("env", dict, {})
-    for k, v in env.items():
-        if not isinstance(v, str) or "\0" in v or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k):
-            raise c.fail(f"env.{k}", "expected NAME = \"string value\" (no NUL byte)")
+    env = _env(c)
     uses_file = any(SECRET_FILE_PLACEHOLDER in a for a in [*argv, *env.values()])
     if delivery == "file" and not uses_file:
         raise c.fail("argv", f"delivery = \"file\" needs {SECRET_FILE_PLACEHOLDER} in argv or env: that is where the program finds the file")
@@ -254,26 +267,52 @@ def _command(r: TomlTable, path: Path, secret: SecretSpec) -> CommandSpec:
         raise c.fail("argv", f"{SECRET_FILE_PLACEHOLDER} is only for delivery = \"file\"")
     if delivery == "prompt" and secret.form != "password":
         raise r.fail("secret.form", "a secret typed at a prompt must be a password (a terminal would interpret binary bytes)")
-    cwd = (path.parent / c.get("cwd", str, ".")).resolve()
+    return CommandSpec(tuple(argv), _cwd(c, path), delivery, prompt, c.get("newline", bool, True), env)
+
+
+def _env(t: TomlTable) -> dict[str, str]:
+    env = t.get("env", dict, {})
+    for k, v in env.items():
+        if not isinstance(v, str) or "\0" in v or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k):
+            raise t.fail(f"env.{k}", "expected NAME = \"string value\" (no NUL byte)")
+    return dict(env)
+
+
+def _cwd(t: TomlTable, path: Path) -> Path:
+    """The folder a user's program runs in: relative to the scenario file, which is where it is kept."""
+    cwd = (path.parent / t.get("cwd", str, ".")).resolve()
     if not cwd.is_dir():
-        raise c.fail("cwd", f"{str(cwd)!r} is not a folder")
-    return CommandSpec(tuple(argv), cwd, delivery, prompt, c.get("newline", bool, True), dict(env))
+        raise t.fail("cwd", f"{str(cwd)!r} is not a folder")
+    return cwd
+
+
+def _program(r: TomlTable, path: Path) -> ProgramSpec:
+    p = r.sub("program", required=True)
+    p.reject_unknown(("argv", "cwd", "build", "env"))
+    argv = p.string_list("argv")
+    if not argv or not argv[0]:
+        raise p.fail("argv", "required: your test program and its arguments, e.g. [\"build/wipe_test\", \"leaky\"]")
+    build = p.string_list("build") if "build" in p.table else []
+    if "build" in p.table and (not build or not build[0]):
+        raise p.fail("build", "a command and its arguments, e.g. [\"make\", \"-s\"]")
+    return ProgramSpec(tuple(argv), _cwd(p, path), tuple(build), _env(p))
 
 
 def load_scenario(path: Path) -> Scenario:
     path = Path(path)
     r = TomlTable(path, load_toml(path, ScenarioError), "", ScenarioError)
     r.reject_unknown(("name", "description", "target", "entry", "methods", "repeat", "timeout", "secret", "checkpoints",
-                      "command", "follow"))
+                      "command", "program", "follow"))
     name = r.get("name", str, required=True)
     if problem := name_problem(name):
         raise r.fail("name", problem)
     target = r.choice("target", TARGET_KINDS, required=True)
     is_command = target == COMMAND_TARGET
-    if not is_command and "command" in r.table:
-        raise r.fail("command", f"only for target = \"{COMMAND_TARGET}\"")
-    if is_command and "entry" in r.table:
-        raise r.fail("entry", f"a {COMMAND_TARGET} target has no entry: [command] argv says what runs")
+    for kind in (COMMAND_TARGET, PROGRAM_TARGET):
+        if target != kind and kind in r.table:
+            raise r.fail(kind, f"only for target = \"{kind}\"")
+        if target == kind and "entry" in r.table:
+            raise r.fail("entry", f"a {kind} target has no entry: [{kind}] argv says what runs")
     methods = r.get("methods", list, list(LIVE_METHODS))
     for i, method in enumerate(methods):
         if method not in SNAPSHOT_METHODS:
@@ -326,6 +365,7 @@ def load_scenario(path: Path) -> Scenario:
         checkpoints=tuple(checkpoints),
         source=path,
         command=_command(r, path, secret) if is_command else None,
+        program=_program(r, path) if target == PROGRAM_TARGET else None,
         follow=r.get("follow", bool, False),
     )
 

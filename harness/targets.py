@@ -37,11 +37,16 @@ class TargetUnavailable(Exception):
 class TargetProgram:
     language: str
     command: tuple[str, ...]     # argv before the scenario name: the binary, or an interpreter and its script
-    entries: tuple[str, ...]
+    entries: tuple[str, ...]     # the scenarios it registers; () for a user's program, whose argv is complete
+    cwd: Path | None = None      # None: the run's private folder
+    extra_env: tuple[tuple[str, str], ...] = ()
 
     @property
     def env(self) -> dict[str, str]:
-        return TARGET_ENV[self.language]
+        return {**TARGET_ENV.get(self.language, {}), **dict(self.extra_env)}
+
+    def argv(self, entry: str) -> tuple[str, ...]:
+        return (*self.command, entry) if self.entries else self.command
 
 
 # How each target's sources register a scenario: C's macro, Go's and Node's register(), Python's decorator.
@@ -134,8 +139,8 @@ def _cache_folder(language: str, sources: tuple[Path, ...], toolchain: str) -> P
     return cache_dir() / f"{language}-{_source_hash(sources, toolchain)}"
 
 
-def _run_step(language: str, argv: list[str], cwd: Path, env: dict | None = None) -> None:
-    """One build or install command; its failure, with the end of its output, is the target's SKIP reason."""
+def run_step(language: str, argv: list[str], cwd: Path, env: dict | None = None) -> None:
+    """One build or install command; its failure raises TargetUnavailable with the end of its output."""
     try:
         done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, env=env, timeout=600,
                               preexec_fn=die_with_parent)
@@ -253,7 +258,7 @@ def _compile(language: str, source: Path, argv: list[str], env: dict | None = No
     and the binary in it."""
     def build(staging: Path) -> None:
         binary = staging / BINARY_NAMES[language]
-        _run_step(language, [a.replace("{OUT}", str(staging)).replace("{BIN}", str(binary)) for a in argv], source, env)
+        run_step(language, [a.replace("{OUT}", str(staging)).replace("{BIN}", str(binary)) for a in argv], source, env)
         if not binary.is_file():
             raise TargetUnavailable(f"building the {language} target failed: {' '.join(argv[:3])} wrote no {binary.name}")
     return build
@@ -270,7 +275,7 @@ def _install(language: str, copies: dict[str, Path], steps: list[list[str]]) -> 
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(path, target)
         for step in steps:
-            _run_step(language, [a.replace("{OUT}", str(staging)) for a in step], staging)
+            run_step(language, [a.replace("{OUT}", str(staging)) for a in step], staging)
     return build
 
 
@@ -292,7 +297,7 @@ def build_target(language: str) -> TargetProgram:
         if reason := _c_missing():
             raise TargetUnavailable(reason)
         source = TARGETS_DIR / "c"
-        return _cached_target("c", _cache_folder("c", (source,), _toolchain_version("gcc")),
+        return _cached_target("c", _cache_folder("c", (source, TARGETS_DIR / "sdk" / "c"), _toolchain_version("gcc")),
                               _compile("c", source, ["make", "-s", "OUT={OUT}", "BIN={BIN}"]),
                               lambda folder: (str(folder / BINARY_NAMES["c"]),))
     if language == "go":

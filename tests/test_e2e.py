@@ -292,7 +292,7 @@ def test_interrupted_run_still_writes_results_and_kills_the_target(tmp_path):
 
 def test_the_secret_travels_only_over_the_control_socket(tmp_path, c_target):
     secret, canary = b"S" * 8 + bytes(range(24)), bytes(range(100, 132))
-    with TargetProcess(c_target.command, "sodium.live", len(secret), len(canary), tmp_path / "log", tmp_path) as target:
+    with TargetProcess(c_target.argv("sodium.live"), len(secret), len(canary), tmp_path / "log", tmp_path) as target:
         target.expect_ready(10)
         target.send_secrets(canary, secret)
         event = target.next_event(10)

@@ -8,7 +8,7 @@
  * so whatever is found there after free() is what the scenario left.
  */
 #define _GNU_SOURCE
-#include "protocol.h"
+#include "remanence.h"
 
 #include <sodium.h>
 #include <stdint.h>

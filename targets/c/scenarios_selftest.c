@@ -4,7 +4,7 @@
  * suite uses them.
  */
 #define _GNU_SOURCE
-#include "protocol.h"
+#include "remanence.h"
 
 #include <signal.h>
 #include <stdlib.h>

@@ -3,7 +3,7 @@
  * sodium.noaccess, sodium.readonly, sodium.mlock_denied.
  */
 #define _GNU_SOURCE
-#include "protocol.h"
+#include "remanence.h"
 
 #include <errno.h>
 #include <linux/capability.h>

@@ -15,7 +15,7 @@
  * key's old address at `returned` is exactly what key_frame left behind.
  */
 #define _GNU_SOURCE
-#include "protocol.h"
+#include "remanence.h"
 
 #include <stdint.h>
 #include <string.h>

@@ -20,7 +20,7 @@
  * buffer, otherwise the scenario would not show what it claims: rem_fail.
  */
 #define _GNU_SOURCE
-#include "protocol.h"
+#include "remanence.h"
 
 #include <errno.h>
 #include <sodium.h>
