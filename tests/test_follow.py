@@ -156,3 +156,14 @@ def test_a_process_whose_snapshot_lacks_the_canary_keeps_absent_inconclusive(tmp
         assert not sleeper["canary_seen"] and v["processes"][0]["canary_seen"]
         assert v["reason"] == (f"pid {sleeper['pid']} (/bin/sleep 600): not found, but the canary was not seen either: "
                                "this snapshot could not show ordinary memory")
+
+
+def test_a_follow_that_is_not_a_boolean_is_one_line_naming_the_file_and_key(tmp_path, holder):
+    folder = scenario(tmp_path / "scenarios", "wrapper", [str(holder)], "absent")
+    path = folder / "wrapper.toml"
+    path.write_text('follow = "yes"\n' + path.read_text())
+    result = subprocess.run([sys.executable, "-m", "remanence", "run", "--scenarios", str(folder), "--out",
+                             str(tmp_path / "out")], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.endswith(f"{path}: follow: expected bool, got str 'yes'")
