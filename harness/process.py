@@ -32,6 +32,8 @@ class TargetEvent:
 
 
 PR_SET_PDEATHSIG = 1
+# The harness's own long-lived children that belong to no run (the workspace's sentinel): never a run's orphan.
+HARNESS_HELPERS: set[int] = set()
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -217,12 +219,12 @@ class SpawnedGroup:
     def processes(self) -> list[int]:
         """Every live process of the run, the leader first: the members of its cgroup where it has one, else the
         leader's descendants plus the orphans of the run reparented to us, the subreaper (our children started
-        since the leader: the harness starts nothing else while a run goes on), and theirs."""
+        since the leader, but for HARNESS_HELPERS: the harness starts nothing else while a run goes on), and theirs."""
         if self.cgroup is not None:
             others = sorted(p for p in self.cgroup.members() if p != self.pid)
         else:
-            orphans = [p for p in children(os.getpid())
-                       if p != self.pid and self.since is not None and (start_time(p) or -1) >= self.since]
+            orphans = [p for p in children(os.getpid()) if p != self.pid and p not in HARNESS_HELPERS
+                       and self.since is not None and (start_time(p) or -1) >= self.since]
             others = [p for p in descendants([self.pid, *orphans]) if p != self.pid]
         return [self.pid] + [p for p in others if alive(p)]
 

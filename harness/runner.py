@@ -88,15 +88,16 @@ class Runner:
             record.error = planned.error_reason
             self._close_unreached(planned, record, list(scenario.checkpoints), Outcome.ERROR, planned.error_reason)
             return
+        # Private (0700), deleted even if we are killed: target logs and kernel cores land here; it is the
+        # protocol targets' working folder, so a relative core_pattern puts their cores here too. Made before the
+        # secret: the workspace's first use forks its sentinel, which would otherwise keep a copy of it.
+        workdir = workspace().run_folder(planned.run_id)
+        cgroup = workspace().run_cgroup(workdir)
         follow = scenario.follow or self.options.follow
         # A canary that also rides in the environment (text only) is on the initial stack of every process the
         # target starts: the per-process control when following its tree.
         secret, canary = make_secret(scenario.secret), make_canary(textual=scenario.command is not None or follow)
         record.secret_fingerprint, record.canary_fingerprint = secret.fingerprint, canary.fingerprint
-        # Private (0700), deleted even if we are killed: target logs and kernel cores land here; it is the
-        # protocol targets' working folder, so a relative core_pattern puts their cores here too.
-        workdir = workspace().run_folder(planned.run_id)
-        cgroup = workspace().run_cgroup(workdir)
         started = time.monotonic()
         pending = [c for c in scenario.checkpoints if _methods_at(planned, c)]
         self.progress(f"{planned.run_id}: starting {scenario.target} target")

@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .process import reap, start_time
+from .process import HARNESS_HELPERS, reap, start_time
 
 CGROUP2_ROOTS = (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup"))
 PREFIX = "remanence-"
@@ -121,6 +121,7 @@ class Workspace:
         _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         self._runs = 0
         self._sentinel, self._lifeline = _start_sentinel(self.root, self.cgroup)
+        HARNESS_HELPERS.add(self._sentinel)
 
     def run_folder(self, label: str) -> Path:
         """A new private (0700) folder for one run."""
@@ -148,6 +149,7 @@ class Workspace:
             os.waitpid(self._sentinel, 0)
         except ChildProcessError:
             pass
+        HARNESS_HELPERS.discard(self._sentinel)
 
 
 def _start_sentinel(root: Path, cgroup: Path | None) -> tuple[int, int]:

@@ -133,7 +133,7 @@ def test_a_double_forking_daemon_is_snapshotted_and_killed(tmp_path, holder, mon
     assert code == 1
     for v in doc["verdicts"]:
         assert v["outcome"] == "FAIL", v["reason"]
-        assert {h["pid"] for h in v["hits"]} == {daemon}
+        assert {h["pid"] for h in v["hits"]} == {daemon}, (v["processes"], v["hits"], doc["runs"][0]["target_output"])
         assert [p["pid"] for p in v["processes"]] == [said(doc, "parent"), daemon]
     assert any("outside its process group (daemons) were still running at the end of the run: killed" in n
                for n in doc["runs"][0]["notes"])
