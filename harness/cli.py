@@ -133,6 +133,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--shard", default=None, metavar="I/N",
                      help="run only shard I of N (1-based): run k of the plan goes to shard (k mod N)+1")
     run.add_argument("--keep-snapshots", action="store_true", help="keep snapshot files (mode 0600) under OUT/snapshots")
+    run.add_argument("--follow", action="store_true",
+                     help="snapshot every process of each target's tree (its children, daemons it started), as follow = true")
     run.add_argument("--show-secrets", action="store_true",
                      help="do not mask secret bytes in hexdumps (reports then hold the secret: handle with care)")
     _add_gate_options(run)
@@ -205,6 +207,8 @@ def _add_probe_parser(sub) -> None:
     probe.add_argument("--repeat", type=_bounded_int(1, MAX_REPEAT), default=1, help="run the probe this many times")
     probe.add_argument("--out", type=Path, default=None, help=f"output folder (default: {DEFAULT_OUT})")
     probe.add_argument("--keep-snapshots", action="store_true", help="keep snapshot files (mode 0600) under OUT/snapshots")
+    probe.add_argument("--follow", action="store_true",
+                       help="snapshot every process of the program's tree (its children, daemons it started): follow = true")
     probe.add_argument("--show-secrets", action="store_true", help="do not mask secret bytes in hexdumps")
     _add_gate_options(probe)
     probe.add_argument("program", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS]", help="the program and its arguments")
@@ -441,7 +445,7 @@ def _run(args) -> int:
         mine = set(shard_slice(planned, *shard))
         plan = Plan(tuple(r for r in plan.runs if r.run_id in mine))
         reporting.progress(f"shard {shard[0]}/{shard[1]}: {len(plan.runs)} of {len(planned)} planned run(s)")
-    results = Runner(RunOptions(reporting.out, args.keep_snapshots, timeout), reporting.progress).run(plan)
+    results = Runner(RunOptions(reporting.out, args.keep_snapshots, timeout, args.follow), reporting.progress).run(plan)
     results.machine = machine_facts()
     doc = results_document(results, show_secrets=args.show_secrets)
     if shard:
@@ -522,7 +526,7 @@ def _probe(args) -> int:
         triggers=tuple(args.triggers) if args.triggers else None, in_use=args.in_use, expect=Expect(args.expect),
         methods=tuple(args.method or ProbeRequest.methods), secret_form="binary" if args.binary else "password",
         secret_length=args.secret_length, newline=not args.no_newline, env=tuple(args.env), cwd=Path.cwd(),
-        timeout_s=args.timeout, repeat=args.repeat, name=args.name)
+        timeout_s=args.timeout, repeat=args.repeat, name=args.name, follow=args.follow)
     scenario = probe_scenario(request, reporting.out)
     reporting.progress(f"probe scenario written to {scenario.source}")
     results = Runner(RunOptions(reporting.out, args.keep_snapshots, None), reporting.progress).run(make_plan([scenario]))

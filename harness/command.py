@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 
 from .model import Secret
-from .process import TARGET_PATH, SpawnedGroup, TargetError, describe_status, spawn_in, stat_fields
-from .scan.context import secret_material
+from .process import TARGET_PATH, SpawnedGroup, TargetError, describe_status, spawn_in, start_time, stat_fields
+from .scan.context import mask_secret, secret_material
 from .scenario import SECRET_FILE_PLACEHOLDER, CommandSpec, Trigger
 
 CANARY_ENV = "REMANENCE_CANARY"
@@ -106,7 +106,7 @@ class CommandProcess(SpawnedGroup):
         self._output_base = 0              # absolute offset of _output[0]
         self._output_lock = threading.Lock()
         self._last_output_at = time.monotonic()
-        self._masks = sorted({m for m in secret_material(secret) if len(m) >= 4}, key=len, reverse=True)
+        self._material = secret_material(secret)
         self._stdin_probe: int | None = None     # a read end of the program's stdin pipe or its terminal
         self._stdin_w: int | None = None
         self._watch: _FileWatch | None = None
@@ -150,6 +150,7 @@ class CommandProcess(SpawnedGroup):
         self._own_fds = {fd for fd in (output_fd, self._stdin_probe, self._stdin_w) if fd is not None}
         try:
             self.pid = spawn_in(spec.cwd, argv, env, actions, cgroup and cgroup.procs_file)
+            self.since = start_time(self.pid)
         except OSError as e:
             self._close_all()
             raise CommandUnavailable(f"cannot start {argv[0]}: {e.strerror or e}") from None
@@ -277,9 +278,7 @@ class CommandProcess(SpawnedGroup):
         """The program's output with every form of the secret (and anything 4+ bytes long of it) masked."""
         with self._output_lock:
             text = bytes(self._output)
-        for needle in self._masks:
-            text = text.replace(needle, b"[secret]")
-        return text.decode("utf-8", errors="replace").replace("\r\n", "\n")
+        return mask_secret(text, self._material).decode("utf-8", errors="replace").replace("\r\n", "\n")
 
     def log_tail(self, limit: int = 800) -> str:
         return self.masked_output()[-limit:].strip()

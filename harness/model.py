@@ -121,6 +121,8 @@ class Snapshot:
     # Set when the method ran but produced no image (e.g. no kernel core was dumped): the reason, and its cause.
     not_produced: str | None = None
     not_produced_cause: NoImageCause | None = None
+    pid: int | None = None           # the process it was taken of (None for a core file given to `scan`)
+    command: str = ""                # that process's command line, secret material masked
 
     @property
     def captured_bytes(self) -> int:
@@ -159,6 +161,8 @@ class Hit:
     length: int                      # bytes matched in memory
     region: Region
     fragment: tuple[int, int] | None = None   # [start, end) of the raw secret matched; None: the whole secret
+    pid: int | None = None           # the process whose snapshot holds it, as Snapshot.pid
+    command: str = ""
 
     @property
     def full(self) -> bool:

@@ -174,7 +174,7 @@ def make_plan(scenarios: list[Scenario], methods: list[str] | None = None, repea
             raise ScenarioError(scenario.source, "entry", f"{scenario.entry!r} is not registered in the {scenario.target} target "
                                 f"(known: {', '.join(program.entries)})")
         for repetition in range(1, (repeat or scenario.repeat) + 1):
-            runs.append(PlannedRun(scenario, repetition, chosen, None if skip else program, skip, method_skips))
+            runs.append(PlannedRun(scenario, repetition, chosen, None if skip else program, skip, method_skips=method_skips))
     if methods and scenarios and not runs:
         used = sorted({m for s in scenarios for m in s.methods}, key=SNAPSHOT_METHODS.index)
         raise UsageError(f"--method {','.join(methods)}: no selected scenario uses it (they use: {', '.join(used)})")

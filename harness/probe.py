@@ -42,6 +42,7 @@ class ProbeRequest:
     timeout_s: float = 60.0
     repeat: int = 1
     name: str | None = None
+    follow: bool = False              # snapshot every process of the program's tree
 
 
 def probe_name(request: ProbeRequest) -> str:
@@ -125,6 +126,7 @@ def scenario_text(request: ProbeRequest, folder: Path) -> str:
              f"methods = {_toml(methods)}",
              f"timeout = {request.timeout_s!r}",
              f"repeat = {request.repeat}",
+             *(["follow = true"] if request.follow else []),
              "",
              "[secret]",
              f"form = {_toml(request.secret_form)}",

@@ -32,6 +32,8 @@ class TargetEvent:
 
 
 PR_SET_PDEATHSIG = 1
+# The harness's own long-lived children that belong to no run (the workspace's sentinel): never a run's orphan.
+HARNESS_HELPERS: set[int] = set()
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -113,6 +115,81 @@ def spawn_in(cwd: Path, argv: list[str], env: dict, actions: list, cgroup_procs:
     return pid
 
 
+def alive(pid: int) -> bool:
+    """Running or stopped: a zombie holds no memory any more."""
+    try:
+        return stat_fields(f"/proc/{pid}/stat")[0] not in "ZX"
+    except (OSError, IndexError):
+        return False
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (stat field 22): a pid and its start time name one
+    process, even after the pid is reused."""
+    try:
+        return int(stat_fields(f"/proc/{pid}/stat")[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def children(pid: int) -> list[int]:
+    """The children of every thread of `pid` (/proc/PID/task/*/children)."""
+    found = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                found += [int(child) for child in f.read().split()]
+        except OSError:
+            continue
+    return found
+
+
+def descendants(roots: list[int]) -> list[int]:
+    """`roots` and every process below them, in the order found (parents before their children)."""
+    found, queue = [], list(roots)
+    while queue:
+        pid = queue.pop(0)
+        if pid not in found:
+            found.append(pid)
+            queue += children(pid)
+    return found
+
+
+def command_line(pid: int, limit: int = 200) -> bytes:
+    """What `ps` shows as the process's command: its argv joined by spaces, else [its name] (a process whose
+    argv is gone); empty when the process is gone. The caller masks secret material out of it."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read(limit + 1).rstrip(b"\0").replace(b"\0", b" ")
+        if argv:
+            return argv[:limit]
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            return b"[" + f.read().strip() + b"]"
+    except OSError:
+        return b""
+
+
+def reap(pids, timeout: float = 5.0) -> None:
+    """Wait until each of `pids` (killed already) is gone, reaping those that are or become our children: an orphan
+    becomes our child (we are the subreaper) only once its parent has died, so none is left a zombie of ours."""
+    deadline = time.monotonic() + timeout
+    unreaped = set(pids)
+    while unreaped and time.monotonic() < deadline:
+        for pid in list(unreaped):
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                    unreaped.discard(pid)
+            except ChildProcessError:
+                if not os.path.exists(f"/proc/{pid}"):
+                    unreaped.discard(pid)
+        if unreaped:
+            time.sleep(0.01)
+
+
 class SpawnedGroup:
     """A child we spawned as the leader of its own session: polled and reaped here only, killed with its whole
     process group and whatever else it started (its run's cgroup: daemons in sessions of their own). Subclasses
@@ -122,6 +199,7 @@ class SpawnedGroup:
     status: int | None
     cgroup = None        # workspace.RunCgroup, where the machine has cgroup2
     escaped: list[int] = []   # processes it started outside its process group (daemons), killed with it
+    since: int | None = None  # the leader's start time (start_time), taken when it was spawned
 
     def __enter__(self):
         return self
@@ -138,6 +216,18 @@ class SpawnedGroup:
             time.sleep(0.01)
         return self.status
 
+    def processes(self) -> list[int]:
+        """Every live process of the run, the leader first: the members of its cgroup where it has one, else the
+        leader's descendants plus the orphans of the run reparented to us, the subreaper (our children started
+        since the leader, but for HARNESS_HELPERS: the harness starts nothing else while a run goes on), and theirs."""
+        if self.cgroup is not None:
+            others = sorted(p for p in self.cgroup.members() if p != self.pid)
+        else:
+            orphans = [p for p in children(os.getpid()) if p != self.pid and p not in HARNESS_HELPERS
+                       and self.since is not None and (start_time(p) or -1) >= self.since]
+            others = [p for p in descendants([self.pid, *orphans]) if p != self.pid]
+        return [self.pid] + [p for p in others if alive(p)]
+
     def poll(self) -> int | None:
         if self.status is None:
             pid, status = os.waitpid(self.pid, os.WNOHANG)
@@ -153,8 +243,7 @@ class SpawnedGroup:
     def kill(self) -> None:
         """Kill the whole process group and reap the leader, then anything else the run started. Safe to call
         more than once."""
-        if self.cgroup is not None:
-            self.escaped = self.escaped or self.cgroup.outside_group(self.pid)
+        self.escaped = self.escaped or self._outside_group()
         try:
             os.killpg(self.pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -165,7 +254,25 @@ class SpawnedGroup:
                 self.status = status
         if self.cgroup is not None:
             self.cgroup.end()
+        else:   # no cgroup to kill: the daemons found through /proc
+            for pid in self.escaped:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            reap(self.escaped)
         self._release()
+
+    def _outside_group(self) -> list[int]:
+        """The run's processes that left the leader's process group (daemons: setsid, double fork)."""
+        outside = []
+        for pid in self.processes()[1:]:
+            try:
+                if os.getpgid(pid) != self.pid:
+                    outside.append(pid)
+            except ProcessLookupError:
+                pass
+        return outside
 
     def _release(self) -> None:
         """Close what we hold of the child (sockets, pipes): called once it is reaped."""
@@ -196,6 +303,7 @@ class TargetProcess(SpawnedGroup):
         ]
         try:
             self.pid = spawn_in(cwd, list(argv), env, actions, cgroup and cgroup.procs_file)
+            self.since = start_time(self.pid)
         finally:
             if source_fd != child.fileno():
                 os.close(source_fd)

@@ -1,26 +1,27 @@
 """Carrying out a plan: start each target, snapshot and scan at every checkpoint, judge, clean up."""
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from .command import CommandProcess, CommandUnavailable
-from .model import Hit, Outcome, ScanResult, Secret, Snapshot
+from .command import CANARY_ENV, CommandProcess, CommandUnavailable
+from .model import Expect, Outcome, ScanResult, Secret, Snapshot
 from .paths import inside
 from .plan import Plan, PlannedRun
-from .process import TargetError, TargetProcess, describe_status
+from .process import TargetError, TargetProcess, command_line, describe_status
 from .results import Results, RunRecord, utc_now
-from .scan.context import hit_context, secret_material
+from .scan.context import hit_context, mask_secret, secret_material
 from .scan.engine import ScanError, scan_snapshot
-from .scenario import CheckpointSpec
+from .scenario import LIVE_METHODS, CheckpointSpec
 from .secretgen import make_canary, make_secret
 from .snapshot import SnapshotError, dispose_snapshot, held_still, resume, scratch, take_snapshot
 from .snapshot.exitstop import ExitStop
 from .snapshot.kernelcore import take_kernel_core
-from .verdict import Verdict, judge
+from .verdict import ProcessView, Verdict, judge_processes, process_name
 from .workspace import workspace
 
 Progress = Callable[[str], None]
@@ -34,6 +35,7 @@ class RunOptions:
     out_dir: Path
     keep_snapshots: bool = False
     timeout_s: float | None = None       # overrides each scenario's timeout
+    follow: bool = False                 # snapshot every process of each target's tree (as `follow = true` does)
 
 
 class _Control:
@@ -86,17 +88,21 @@ class Runner:
             record.error = planned.error_reason
             self._close_unreached(planned, record, list(scenario.checkpoints), Outcome.ERROR, planned.error_reason)
             return
-        secret, canary = make_secret(scenario.secret), make_canary(textual=scenario.command is not None)
-        record.secret_fingerprint, record.canary_fingerprint = secret.fingerprint, canary.fingerprint
         # Private (0700), deleted even if we are killed: target logs and kernel cores land here; it is the
-        # protocol targets' working folder, so a relative core_pattern puts their cores here too.
+        # protocol targets' working folder, so a relative core_pattern puts their cores here too. Made before the
+        # secret: the workspace's first use forks its sentinel, which would otherwise keep a copy of it.
         workdir = workspace().run_folder(planned.run_id)
         cgroup = workspace().run_cgroup(workdir)
+        follow = scenario.follow or self.options.follow
+        # A canary that also rides in the environment (text only) is on the initial stack of every process the
+        # target starts: the per-process control when following its tree.
+        secret, canary = make_secret(scenario.secret), make_canary(textual=scenario.command is not None or follow)
+        record.secret_fingerprint, record.canary_fingerprint = secret.fingerprint, canary.fingerprint
         started = time.monotonic()
         pending = [c for c in scenario.checkpoints if _methods_at(planned, c)]
         self.progress(f"{planned.run_id}: starting {scenario.target} target")
         try:
-            with self._start(planned, secret, canary, workdir, cgroup) as target:
+            with self._start(planned, secret, canary, workdir, cgroup, follow) as target:
                 record.pid = target.pid
                 run = (_CommandRun if scenario.command else _Run)(self, planned, record, target, secret, canary,
                                                                    workdir, pending)
@@ -130,7 +136,8 @@ class Runner:
             shutil.rmtree(workdir, ignore_errors=True)
 
     @staticmethod
-    def _start(planned: PlannedRun, secret: Secret, canary: Secret, workdir: Path, cgroup) -> TargetProcess | CommandProcess:
+    def _start(planned: PlannedRun, secret: Secret, canary: Secret, workdir: Path, cgroup,
+               follow: bool) -> TargetProcess | CommandProcess:
         if planned.scenario.command:
             try:
                 return CommandProcess(planned.scenario.command, secret, canary, workdir, cgroup)
@@ -138,8 +145,9 @@ class Runner:
                 raise TargetError(str(e)) from None
         try:
             program = planned.program
+            env = {**program.env, **({CANARY_ENV: canary.value.decode()} if follow else {})}
             return TargetProcess(program.argv(planned.scenario.entry), len(secret.value), len(canary.value),
-                                 workdir / "target.log", program.cwd or workdir, program.env, cgroup)
+                                 workdir / "target.log", program.cwd or workdir, env, cgroup)
         except OSError as e:
             raise TargetError(f"cannot start the {planned.scenario.target} target: {e}") from None
 
@@ -251,43 +259,59 @@ class _Run:
         self.record.verdicts += self._checkpoint(spec, None)
         self.disarm()
 
-    def _take(self, method: str) -> Snapshot:
-        if method == "kernel-core":
+    def _take(self, method: str, pid: int) -> Snapshot:
+        if method == "kernel-core":   # the abort must be delivered: let the target run again if it is held
+            resume(self.target.pid)
             snapshot = take_kernel_core(self.target.pid, self.workdir, self.target.wait_exit)
             if snapshot.not_produced is None:   # off the disk at once: from here on it lives as long as we do
                 snapshot.path = scratch.adopt(snapshot.path)
             return snapshot
         if method == "exit":
             return self.exit_stop.snapshot()
-        return take_snapshot(method, self.target.pid)
+        return take_snapshot(method, pid, held=self.holding)
+
+    @property
+    def following(self) -> bool:
+        return self.planned.scenario.follow or self.runner.options.follow
+
+    @property
+    def holding(self) -> bool:
+        """Whether a checkpoint's live snapshots happen inside _hold: the protocol target waits for us by itself,
+        but not the processes it started."""
+        return self.following
+
+    def _hold(self, spec: CheckpointSpec):
+        """Keep the target (and, when following, every process of its tree) still for the checkpoint's snapshots;
+        yields the processes to snapshot, the target first. At the exit checkpoint the exit stop holds it."""
+        if spec.is_exit or not self.holding:
+            return contextlib.nullcontext([self.target.pid])
+        return held_still(self.target.pid, self.target.processes if self.following else None)
+
+    def _capture(self, method: str, pid: int, command: str) -> _Capture:
+        snapshot = self._take(method, pid)
+        snapshot.pid, snapshot.command = pid, command
+        try:
+            scan = scan_snapshot(snapshot, [self.secret, self.canary, *self.derived.values()]) \
+                if snapshot.not_produced is None else ScanResult([], 0, 0.0, 0)
+        except BaseException:
+            dispose_snapshot(snapshot, None, "")
+            raise
+        # Only a canary in memory proves the memory was captured (a note holds no heap or stack).
+        canary_seen = any(h.secret == self.canary.label and h.full and h.address is not None for h in scan.hits)
+        return _Capture(snapshot, scan, canary_seen)
+
+    def _command(self, pid: int) -> str:
+        """The process's command line for reports, with anything of the secret (or a derived value) masked."""
+        return mask_secret(command_line(pid), self.secret_material).decode("utf-8", errors="replace")
 
     def _checkpoint(self, spec: CheckpointSpec, address: int | None) -> list[Verdict]:
         """Take every snapshot first, so the positive control may come from any method at this checkpoint; then judge."""
-        planned, progress = self.planned, self.runner.progress
+        planned = self.planned
         self._establish_control(spec)
-        taken: list[_Taken] = []
-        for method in _methods_at(planned, spec):
-            if method in planned.method_skips:
-                taken.append(_Taken(method, problem=planned.method_skips[method]))
-                continue
-            progress(f"{planned.run_id}: {spec.name}: {method} snapshot")
-            try:
-                snapshot = self._take(method)
-                scan = scan_snapshot(snapshot, [self.secret, self.canary, *self.derived.values()]) \
-                    if snapshot.not_produced is None else ScanResult([], 0, 0.0, 0)
-            except (SnapshotError, ScanError, EOFError) as e:
-                taken.append(_Taken(method, problem=f"{method} failed: {e}"))
-                continue
-            secret_hits = [h for h in scan.hits if h.secret == self.secret.label]
-            # Only a canary in memory proves the memory was captured (a note holds no heap or stack).
-            canary_seen = any(h.secret == self.canary.label and h.full and h.address is not None for h in scan.hits)
-            self.control.observe(method, spec.name, snapshot, secret_hits, address)
-            for label, control in self.derived_controls.items():
-                control.observe(method, spec.name, snapshot, [h for h in scan.hits if h.secret == DERIVED_PREFIX + label], None)
-            taken.append(_Taken(method, snapshot, scan, secret_hits, canary_seen))
-            progress(f"{planned.run_id}: {spec.name}: {method}: "
-                     + (snapshot.not_produced or f"{scan.bytes_scanned / (1 << 20):.1f} MiB scanned in "
-                        f"{scan.duration_s:.2f} s, {len(secret_hits)} hit(s)"))
+        with self._hold(spec) as held:
+            processes = held if self.following and not spec.is_exit else self.target.processes()
+            commands = {pid: self._command(pid) for pid in processes}
+            taken = [self._take_all(spec, method, processes, commands, address) for method in _methods_at(planned, spec)]
         missing = _missing_notes(spec.require_notes, self.record.notes)
         verdicts = []
         for t in taken:
@@ -297,15 +321,48 @@ class _Run:
             if t.snapshot is None:
                 verdict.outcome = Outcome.SKIP if t.method in planned.method_skips else Outcome.ERROR
             else:
-                self._judge_into(verdict, expectation, t, t.secret_hits, self.control, address, spec.intended_region)
+                self._judge_into(verdict, expectation, t, self.secret.label, self.control, address, spec.intended_region)
                 if missing and verdict.outcome != Outcome.ERROR:
                     verdict.outcome = Outcome.FAIL
                     verdict.reason = f"the target did not note {', '.join(missing)} (its notes: {'; '.join(self.record.notes) or 'none'}); " + verdict.reason
             verdicts.append(verdict)
             verdicts += self._derived_verdicts(spec, t)
-            if t.snapshot is not None:
-                self._dispose(t.snapshot, spec.name)
+            for capture in t.captures:
+                self._dispose(capture.snapshot, spec.name if capture is t.captures[0]
+                              else f"{spec.name}.pid{capture.snapshot.pid}")
         return verdicts
+
+    def _take_all(self, spec: CheckpointSpec, method: str, processes: list[int], commands: dict[int, str],
+                  address: int | None) -> _Taken:
+        """One method's snapshots at a checkpoint: of every process when following (a live method), else of the
+        target alone; `processes` beyond the target, when not snapshotted, are noted in the verdicts."""
+        planned, progress = self.planned, self.runner.progress
+        followed = processes if self.following and method in LIVE_METHODS else processes[:1]
+        t = _Taken(method, unfollowed=[(pid, commands[pid]) for pid in processes if pid not in followed])
+        if method in planned.method_skips:
+            t.problem = planned.method_skips[method]
+            return t
+        for pid in followed:
+            who = "" if pid == self.target.pid else f" of {process_name(pid, commands[pid])}"
+            progress(f"{planned.run_id}: {spec.name}: {method} snapshot{who}")
+            try:
+                capture = self._capture(method, pid, commands[pid])
+            except (SnapshotError, ScanError, EOFError) as e:
+                for earlier in t.captures:
+                    dispose_snapshot(earlier.snapshot, None, "")
+                t.captures, t.problem = [], f"{method} failed{who}: {e}"
+                return t
+            t.captures.append(capture)
+            snapshot, scan = capture.snapshot, capture.scan
+            secret_hits = [h for h in scan.hits if h.secret == self.secret.label]
+            if pid == self.target.pid:    # the planted copy: where the target put it, in the target itself
+                self.control.observe(method, spec.name, snapshot, secret_hits, address)
+            for label, control in self.derived_controls.items():
+                control.observe(method, spec.name, snapshot, [h for h in scan.hits if h.secret == DERIVED_PREFIX + label], None)
+            progress(f"{planned.run_id}: {spec.name}: {method}{who}: "
+                     + (snapshot.not_produced or f"{scan.bytes_scanned / (1 << 20):.1f} MiB scanned in "
+                        f"{scan.duration_s:.2f} s, {len(secret_hits)} hit(s)"))
+        return t
 
     def _establish_control(self, spec: CheckpointSpec) -> None:
         """Protocol targets need nothing here: their control is the planted copy seen in a snapshot."""
@@ -321,22 +378,42 @@ class _Run:
             elif label not in self.derived:
                 verdict.reason = f"the target never sent the derived value {label!r} (derived so far: {', '.join(self.derived) or 'none'})"
             elif t.snapshot is not None:
-                hits = [h for h in t.scan.hits if h.secret == DERIVED_PREFIX + label]
-                self._judge_into(verdict, expectation, t, hits, self.derived_controls[label], None, {})
+                self._judge_into(verdict, expectation, t, DERIVED_PREFIX + label, self.derived_controls[label], None, {})
             verdicts.append(verdict)
         return verdicts
 
-    def _judge_into(self, verdict: Verdict, expectation, t: "_Taken", hits: list[Hit], control: _Control,
+    def _judge_into(self, verdict: Verdict, expectation, t: "_Taken", subject: str, control: _Control,
                     address: int | None, flags: dict[str, bool]) -> None:
-        """Judge one subject's hits in a taken snapshot and fill the verdict: outcome, reason, findings with their
-        masked context, and what was scanned."""
-        verdict.canary_seen = t.canary_seen
-        verdict.outcome, verdict.reason, findings = judge(
-            expectation=expectation, snapshot=t.snapshot, secret_hits=hits, canary_seen=t.canary_seen,
-            intended_address=address, control_established=control.established, control_note=control.note,
-            intended_flags=flags)
-        verdict.findings = [replace(f, context=hit_context(t.snapshot, f.hit, self.secret_material)) for f in findings]
-        verdict.snapshot, verdict.scan_bytes, verdict.scan_duration_s = t.snapshot, t.scan.bytes_scanned, t.scan.duration_s
+        """Judge one subject's hits in a method's snapshots (of every process followed) and fill the verdict: outcome,
+        reason, findings with their masked context, and what was scanned."""
+        views = [ProcessView(c.snapshot, [h for h in c.scan.hits if h.secret == subject], c.canary_seen) for c in t.captures]
+        verdict.canary_seen = all(view.canary_seen for view in views)
+        verdict.outcome, verdict.reason, findings = judge_processes(
+            expectation=expectation, views=views, intended_address=address, control_established=control.established,
+            control_note=control.note, intended_flags=flags)
+        snapshots = {view.snapshot.pid: view.snapshot for view in views}
+        verdict.findings = [replace(f, context=hit_context(snapshots[f.hit.pid], f.hit, self.secret_material))
+                            for f in findings]
+        verdict.snapshot = t.snapshot
+        verdict.scan_bytes = sum(c.scan.bytes_scanned for c in t.captures)
+        verdict.scan_duration_s = sum(c.scan.duration_s for c in t.captures)
+        if self.following:
+            verdict.processes = views
+        self._note_unfollowed(verdict, t)
+
+    def _note_unfollowed(self, verdict: Verdict, t: "_Taken") -> None:
+        """Processes of the tree this method did not snapshot: a verdict about the target alone says so, and an
+        absence (or a missing expected copy) in the target alone proves nothing about the tree."""
+        if not t.unfollowed:
+            return
+        names = ", ".join(process_name(pid, command) for pid, command in t.unfollowed)
+        if t.method not in LIVE_METHODS:
+            verdict.reason += f" ({t.method} covers the target process only, not its {len(t.unfollowed)} other process(es): {names})"
+            return
+        verdict.reason += f"; the target's other process(es) were not snapshotted: {names} (follow = true, or --follow, snapshots them)"
+        if verdict.outcome == Outcome.PASS and verdict.expect == Expect.ABSENT or \
+                verdict.outcome == Outcome.FAIL and verdict.expect == Expect.PRESENT and not verdict.findings:
+            verdict.outcome = Outcome.INCONCLUSIVE
 
     def _dispose(self, snapshot: Snapshot, checkpoint: str) -> None:
         options = self.runner.options
@@ -361,10 +438,7 @@ class _CommandRun(_Run):
             since = target.wait_for(spec.trigger, since, self.timeout, f"checkpoint {spec.name!r}")
             if spec in self.pending:        # not when --method leaves it no snapshot (e.g. --method exit)
                 self.pending.remove(spec)
-                # The program does not wait for us as a protocol target does: hold it still so every method sees
-                # the moment the trigger fired.
-                with held_still(target.pid):
-                    self.record.verdicts += self._checkpoint(spec, None)
+                self.record.verdicts += self._checkpoint(spec, None)
                 if target.status is not None:   # kernel-core ended it
                     return
             if spec is triggered[-1] and exit_spec:
@@ -373,13 +447,11 @@ class _CommandRun(_Run):
             self._snapshot_at_exit(exit_spec)
             target.wait_exit(EXIT_TIMEOUT_S)
 
-    def _take(self, method: str) -> Snapshot:
-        if method == "kernel-core":   # the abort must be delivered: let the program run again
-            resume(self.target.pid)
-            return super()._take(method)
-        if method == "exit":
-            return super()._take(method)
-        return take_snapshot(method, self.target.pid, held=True)
+    @property
+    def holding(self) -> bool:
+        """The program does not wait for us as a protocol target does: hold it still so every method sees the
+        moment the trigger fired."""
+        return True
 
     def _establish_control(self, spec: CheckpointSpec) -> None:
         """The program's memory is only worth searching once it took the secret in: proof of that is the
@@ -393,12 +465,23 @@ class _CommandRun(_Run):
 
 
 @dataclass
+class _Capture:
+    """One process's snapshot by one method and what its scan found."""
+
+    snapshot: Snapshot
+    scan: ScanResult
+    canary_seen: bool
+
+
+@dataclass
 class _Taken:
-    """One method's snapshot at a checkpoint and what its scan found, before judging."""
+    """One method's snapshots at a checkpoint (the target's first, then the other processes followed), before judging."""
 
     method: str
-    snapshot: Snapshot | None = None
-    scan: ScanResult | None = None
-    secret_hits: list[Hit] = field(default_factory=list)
-    canary_seen: bool = False
+    captures: list[_Capture] = field(default_factory=list)
+    unfollowed: list[tuple[int, str]] = field(default_factory=list)   # (pid, command) of the tree's other processes
     problem: str | None = None
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        return self.captures[0].snapshot if self.captures else None

@@ -146,6 +146,8 @@ class Scenario:
     source: Path
     command: CommandSpec | None = None   # only for target = "command"
     program: ProgramSpec | None = None   # only for target = "program"
+    # Snapshot every process of the target's tree (its children, daemons it started), not only the target.
+    follow: bool = False
 
     def checkpoint(self, name: str) -> CheckpointSpec | None:
         return next((c for c in self.checkpoints if c.name == name), None)
@@ -300,7 +302,7 @@ def load_scenario(path: Path) -> Scenario:
     path = Path(path)
     r = TomlTable(path, load_toml(path, ScenarioError), "", ScenarioError)
     r.reject_unknown(("name", "description", "target", "entry", "methods", "repeat", "timeout", "secret", "checkpoints",
-                      "command", "program"))
+                      "command", "program", "follow"))
     name = r.get("name", str, required=True)
     if problem := name_problem(name):
         raise r.fail("name", problem)
@@ -364,6 +366,7 @@ def load_scenario(path: Path) -> Scenario:
         source=path,
         command=_command(r, path, secret) if is_command else None,
         program=_program(r, path) if target == PROGRAM_TARGET else None,
+        follow=r.get("follow", bool, False),
     )
 
 

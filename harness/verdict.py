@@ -50,6 +50,33 @@ class Verdict:
     # What was looked for: "secret" (the planted secret) or the label of a value the target derived from it
     # (a session key), or of a value given to an ad-hoc scan.
     subject: str = "secret"
+    # When following the target's process tree: what each process's snapshot showed, the target first
+    # (`snapshot` is the target's own); empty otherwise.
+    processes: list[ProcessView] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ProcessView:
+    """One process's snapshot by one method, and what it showed of the subject and of the canary."""
+
+    snapshot: Snapshot
+    hits: list[Hit]
+    canary_seen: bool
+
+    @property
+    def name(self) -> str:
+        return process_name(self.snapshot.pid, self.snapshot.command)
+
+
+def process_name(pid: int | None, command: str) -> str:
+    """How reasons and reports name a process: "pid 123 (sh -c prog)"."""
+    return f"pid {pid}" + (f" ({command})" if command else "")
+
+
+def hit_process(hit: dict) -> str:
+    """The process a results document's hit lies in, named as process_name does; "" when unknown (a core file,
+    a document written before hits named it)."""
+    return "" if hit.get("pid") is None else process_name(hit["pid"], hit.get("command") or "")
 
 
 def _guarded(region: Region, snapshot: Snapshot) -> bool:
@@ -177,3 +204,34 @@ def judge(
         size = sum(g.size for g in unreadable)
         return Outcome.INCONCLUSIVE, f"not found, but {size} bytes in {len(unreadable)} range(s) could not be read and could hide it", findings
     return Outcome.PASS, f"absent from {covered}; canary seen; {control_note}{_exclusion_note(snapshot.gaps, intended_address)}", findings
+
+
+def judge_processes(*, expectation: MethodExpectation, views: list[ProcessView], intended_address: int | None,
+                    control_established: bool, control_note: str, intended_flags: dict[str, bool]
+                    ) -> tuple[Outcome, str, list[Finding]]:
+    """`judge` over every process of a tree, the target first (only it has an intended region). `absent` fails on
+    a hit in any process and passes only if every process passes (its canary seen, nothing unreadable);
+    `present` passes on a hit where expected in any process; each reason names the processes that decided it."""
+    target = views[0]
+    if mismatch := _region_flag_mismatch(target.snapshot.region_at(intended_address) if intended_address is not None
+                                         else None, intended_flags):
+        return Outcome.FAIL, f"{target.name}: {mismatch}", attribute(target.hits, intended_address, target.snapshot)
+    judged = [(view, *judge(expectation=expectation, snapshot=view.snapshot, secret_hits=view.hits,
+                            canary_seen=view.canary_seen, intended_address=intended_address if view is target else None,
+                            control_established=control_established, control_note=control_note, intended_flags={}))
+              for view in views]
+    findings = [f for *_, found in judged for f in found]
+    if len(views) == 1:
+        return judged[0][1], judged[0][2], findings
+    # The first of these (outcome, with findings?) that any process reached decides; PASS last means "all passed".
+    order = {Expect.ABSENT: [(Outcome.FAIL, None), (Outcome.INCONCLUSIVE, None), (Outcome.PASS, None)],
+             Expect.PRESENT: [(Outcome.PASS, None), (Outcome.FAIL, True), (Outcome.INCONCLUSIVE, None), (Outcome.FAIL, None)],
+             Expect.OBSERVE: [(Outcome.PASS, True), (Outcome.INCONCLUSIVE, None), (Outcome.PASS, None)]}[expectation.expect]
+    for outcome, with_findings in order:
+        deciding = [(view, reason) for view, o, reason, found in judged
+                    if o == outcome and (with_findings is None or bool(found) == with_findings)]
+        if deciding:
+            break
+    reasons = "; ".join(f"{view.name}: {reason}" for view, reason in deciding)
+    every = len(deciding) == len(views) and outcome != Outcome.FAIL
+    return outcome, (f"all {len(views)} processes of the tree: " if every else "") + reasons, findings

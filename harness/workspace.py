@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .process import stat_fields
+from .process import HARNESS_HELPERS, reap, start_time
 
 CGROUP2_ROOTS = (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup"))
 PREFIX = "remanence-"
@@ -36,18 +36,9 @@ _OWNED = re.compile(re.escape(PREFIX) + r"(\d+)-(\d+)-[0-9a-f]{8}")
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (stat field 22): a pid and its start time name one
-    process, even after the pid is reused."""
-    try:
-        return int(stat_fields(f"/proc/{pid}/stat")[19])
-    except OSError:
-        return None
-
-
 def _owner_gone(name: str) -> bool:
     match = _OWNED.fullmatch(name)
-    return bool(match) and _start_time(int(match[1])) != int(match[2])
+    return bool(match) and start_time(int(match[1])) != int(match[2])
 
 
 def _cgroup2_root() -> Path | None:
@@ -65,9 +56,9 @@ def _cgroup_procs(group: Path) -> list[int]:
         return []
 
 
-def kill_cgroup(group: Path, reap: bool, timeout: float = 5.0) -> None:
+def kill_cgroup(group: Path, reap_them: bool, timeout: float = 5.0) -> None:
     """SIGKILL every process in `group` and its sub-groups, wait until they are gone (reaping those that are our
-    children if `reap`), remove the groups."""
+    children if `reap_them`), remove the groups."""
     for sub in sorted((p for p in group.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True) + [group]:
         members = _cgroup_procs(sub)
         if members:
@@ -79,21 +70,10 @@ def kill_cgroup(group: Path, reap: bool, timeout: float = 5.0) -> None:
                         os.kill(pid, signal.SIGKILL)
                     except ProcessLookupError:
                         pass
+        if reap_them:
+            reap(members, timeout)
         deadline = time.monotonic() + timeout
-        unreaped = set(members) if reap else set()
         while True:
-            # An orphan becomes our child (we are its subreaper) only once its parent has died: reap until each
-            # is reaped or gone, so none is left a zombie of ours.
-            for pid in list(unreaped):
-                try:
-                    if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                        unreaped.discard(pid)
-                except ChildProcessError:
-                    if not os.path.exists(f"/proc/{pid}"):
-                        unreaped.discard(pid)
-            if unreaped and time.monotonic() < deadline:
-                time.sleep(0.01)
-                continue
             try:
                 sub.rmdir()
                 break
@@ -112,27 +92,20 @@ class RunCgroup:
         self.path = path
         self.procs_file = str(path / "cgroup.procs")
 
-    def outside_group(self, pgid: int) -> list[int]:
-        """Members that left process group `pgid` (daemons: setsid, double fork)."""
-        outside = []
-        for pid in _cgroup_procs(self.path):
-            try:
-                if os.getpgid(pid) != pgid:
-                    outside.append(pid)
-            except ProcessLookupError:
-                pass
-        return outside
+    def members(self) -> list[int]:
+        """Every process in the run's cgroup now."""
+        return _cgroup_procs(self.path)
 
     def end(self) -> None:
         """Kill whatever is left of the run (daemons its programs started) and reap it."""
-        kill_cgroup(self.path, reap=True)
+        kill_cgroup(self.path, reap_them=True)
 
 
 class Workspace:
     def __init__(self) -> None:
         remove_stale()
         me = os.getpid()
-        self.name = f"{PREFIX}{me}-{_start_time(me)}-{secrets.token_hex(4)}"
+        self.name = f"{PREFIX}{me}-{start_time(me)}-{secrets.token_hex(4)}"
         self.root = Path(tempfile.gettempdir()) / self.name
         self.root.mkdir(mode=0o700)
         root = _cgroup2_root()
@@ -148,6 +121,7 @@ class Workspace:
         _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         self._runs = 0
         self._sentinel, self._lifeline = _start_sentinel(self.root, self.cgroup)
+        HARNESS_HELPERS.add(self._sentinel)
 
     def run_folder(self, label: str) -> Path:
         """A new private (0700) folder for one run."""
@@ -168,13 +142,14 @@ class Workspace:
 
     def close(self) -> None:
         if self.cgroup is not None:
-            kill_cgroup(self.cgroup, reap=True)
+            kill_cgroup(self.cgroup, reap_them=True)
         shutil.rmtree(self.root, ignore_errors=True)
         os.close(self._lifeline)        # the sentinel sees end of file, finds nothing left, and exits
         try:
             os.waitpid(self._sentinel, 0)
         except ChildProcessError:
             pass
+        HARNESS_HELPERS.discard(self._sentinel)
 
 
 def _start_sentinel(root: Path, cgroup: Path | None) -> tuple[int, int]:
@@ -197,7 +172,7 @@ def _start_sentinel(root: Path, cgroup: Path | None) -> tuple[int, int]:
         while os.read(lifeline_r, 1):
             pass
         if cgroup is not None:
-            kill_cgroup(cgroup, reap=False)
+            kill_cgroup(cgroup, reap_them=False)
         shutil.rmtree(root, ignore_errors=True)
     finally:
         os._exit(0)
@@ -213,7 +188,7 @@ def remove_stale() -> list[str]:
     root = _cgroup2_root()
     for group in root.glob(PREFIX + "*") if root else ():
         if _owner_gone(group.name):
-            kill_cgroup(group, reap=False)
+            kill_cgroup(group, reap_them=False)
             removed.append(str(group))
     return removed
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import jinja2
 
+from ..verdict import hit_process
+
 TEMPLATES = Path(__file__).with_name("templates")
 
 OUTCOMES = ("PASS", "FAIL", "INCONCLUSIVE", "ERROR", "SKIP")
@@ -455,6 +457,8 @@ def overlay(layout: dict, verdict: dict) -> dict:
         what = ("full copy" if hit.get("full") else f"fragment {hit.get('fragment')}") + f" ({hit.get('encoding')})"
         title = f"hit {n}: {what} in {region.get('name') or region.get('kind')}" + (
             f" at {address:#x}" if address is not None else "")
+        if hit.get("pid") not in (None, (verdict.get("snapshot") or {}).get("pid")):
+            continue    # in another process of the tree: not on this map of the target's memory
         if address is not None and _is_memory(region):
             for it in items:
                 if not it["gap"] and it["start"] <= address < it["end"]:
@@ -492,6 +496,7 @@ def _hit_view(hit: dict, secrets_shown: bool, n: int) -> dict:
                          if _is_memory(region) else
                          f"thread {region.get('thread')} {region.get('register_set') or ''}".strip()),
         "flags": _flags(region), "hexdump": hexdump(hit, secrets_shown),
+        "process": hit_process(hit),
     }
 
 

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import __version__
-from ..model import Gap, Region
 from ..command import program_file
+from ..model import Gap, Region, Snapshot
 from ..snapshot import scratch
 from ..results import Results, RunRecord, document_aggregates, document_counts, fingerprint, verdict_fingerprints
 from ..targets import PROJECT_ROOT, registration_site
@@ -38,26 +38,32 @@ def _finding(v: Verdict, f: Finding, show_secrets: bool) -> dict:
                    "secret_ranges": [list(r) for r in f.context.secret_ranges]}
     return {"encoding": h.encoding, "full": h.full, "fragment": list(h.fragment) if h.fragment else None,
             "address": _address(h.address), "length": h.length, "in_intended_region": f.in_intended_region,
-            "guarded": f.guarded, "region": _region(h.region), "context": context,
+            "guarded": f.guarded, "region": _region(h.region), "context": context, "pid": h.pid, "command": h.command,
             "fingerprint": fingerprint(v.scenario, v.method, v.checkpoint, h.region.kind.value,
                                        h.encoding + ("" if h.full else ":fragment"), v.subject)}
 
 
+def _snapshot(s: Snapshot) -> dict:
+    return {"method": s.method, "captured_bytes": s.captured_bytes, "duration_s": round(s.duration_s, 4),
+            "regions": [_region(r) for r in s.regions], "gaps": [_gap(g) for g in s.gaps], "notes": s.notes,
+            "kept_path": None if scratch.is_scratch(s.path) or not s.path.exists() else str(s.path),
+            "not_produced": s.not_produced,
+            "not_produced_cause": s.not_produced_cause.value if s.not_produced_cause else None,
+            "pid": s.pid, "command": s.command}
+
+
 def _verdict(v: Verdict, show_secrets: bool) -> dict:
-    snapshot = None
-    if v.snapshot is not None:
-        s = v.snapshot
-        snapshot = {"method": s.method, "captured_bytes": s.captured_bytes, "duration_s": round(s.duration_s, 4),
-                    "regions": [_region(r) for r in s.regions], "gaps": [_gap(g) for g in s.gaps], "notes": s.notes,
-                    "kept_path": None if scratch.is_scratch(s.path) or not s.path.exists() else str(s.path),
-                    "not_produced": s.not_produced,
-                    "not_produced_cause": s.not_produced_cause.value if s.not_produced_cause else None}
-    return {"scenario": v.scenario, "repetition": v.repetition, "checkpoint": v.checkpoint, "method": v.method,
-            "subject": v.subject, "expect": v.expect.value, "why": v.why, "outcome": v.outcome.value, "reason": v.reason,
-            "canary_seen": v.canary_seen, "intended_address": _address(v.intended_address),
-            "scan": {"bytes": v.scan_bytes, "duration_s": round(v.scan_duration_s, 4)},
-            "snapshot": snapshot, "hits": [_finding(v, f, show_secrets) for f in v.findings],
-            "fingerprints": verdict_fingerprints(v)}
+    verdict = {"scenario": v.scenario, "repetition": v.repetition, "checkpoint": v.checkpoint, "method": v.method,
+               "subject": v.subject, "expect": v.expect.value, "why": v.why, "outcome": v.outcome.value, "reason": v.reason,
+               "canary_seen": v.canary_seen, "intended_address": _address(v.intended_address),
+               "scan": {"bytes": v.scan_bytes, "duration_s": round(v.scan_duration_s, 4)},
+               "snapshot": None if v.snapshot is None else _snapshot(v.snapshot),
+               "hits": [_finding(v, f, show_secrets) for f in v.findings],
+               "fingerprints": verdict_fingerprints(v)}
+    if v.processes:     # following the target's process tree: what each process showed, the target first
+        verdict["processes"] = [{"pid": p.snapshot.pid, "command": p.snapshot.command, "canary_seen": p.canary_seen,
+                                 "hits": len(p.hits), "snapshot": _snapshot(p.snapshot)} for p in v.processes]
+    return verdict
 
 
 def _project_path(path: Path) -> str:

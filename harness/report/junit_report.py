@@ -18,6 +18,8 @@ import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
+from ..verdict import hit_process
+
 # --- shared helpers (also used by sarif_report and markdown_report) ---------------------------------
 
 GATED = ("baseline", "suppressed")
@@ -173,7 +175,8 @@ def _hit_line(hit: dict) -> str:
         where = f"{region['register_set']} of thread {region.get('thread')}"
     what = "full copy" if hit.get("full", True) else f"fragment {hit.get('fragment')}"
     at = f" at {hit['address']}" if hit.get("address") else ""
-    return (f"    hit: {what} ({hit.get('encoding')}) in {where}{at}, {hit.get('length')} bytes"
+    process = f" of {hit_process(hit)}" if hit_process(hit) else ""
+    return (f"    hit: {what} ({hit.get('encoding')}) in {where}{at}{process}, {hit.get('length')} bytes"
             f" [fingerprint {hit.get('fingerprint')}]")
 
 

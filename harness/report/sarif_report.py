@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..results import fingerprint
+from ..verdict import hit_process
 from .junit_report import SECRET, cases, gate_state, leak_kind, rate, redact, run_info, suppression
 
 SARIF_SCHEMA = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
@@ -374,7 +375,8 @@ class SarifReporter:
             if hit is not None:
                 location["address"] = _address(hit)
             if location:
-                locations.append({"physicalLocation": location})
+                locations.append({"physicalLocation": location}
+                                 | ({"message": {"text": f"in {hit_process(hit)}"}} if hit and hit_process(hit) else {}))
 
         result: dict = {
             "ruleId": RULES[RULE_INDEX[kind]]["id"],

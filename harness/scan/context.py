@@ -53,6 +53,14 @@ def secret_material(secret: Secret) -> list[bytes]:
     return [p.needle for p in patterns_for(secret)] + [secret.value]
 
 
+def mask_secret(text: bytes, material: list[bytes], mask: bytes = b"[secret]") -> bytes:
+    """`text` (a program's output, a command line) with every form in `material` (secret_material()) 4 bytes or
+    longer replaced by `mask`, the longest first."""
+    for needle in sorted({m for m in material if len(m) >= MASK_MIN_RUN}, key=len, reverse=True):
+        text = text.replace(needle, mask)
+    return text
+
+
 def hit_context(snapshot: Snapshot, hit: Hit, material: list[bytes], radius: int = CONTEXT_RADIUS) -> HitContext:
     """Read the window around `hit` from the snapshot file (within its region); `material` is secret_material()."""
     region_start = hit.region.file_offset

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from dataclasses import replace
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
@@ -93,6 +94,8 @@ def scan_snapshot(snapshot: Snapshot, secrets: list[Secret], chunk_size: int = 1
 
     raw_hits += verified(snapshot.path, unverified)
     hits = merge_fragments(raw_hits)
+    if snapshot.pid is not None:    # each hit names the process it was found in
+        hits = [replace(h, pid=snapshot.pid, command=snapshot.command) for h in hits]
     hits.sort(key=lambda h: (h.file_offset, h.secret, h.encoding, h.length))
     return ScanResult(hits, snapshot.captured_bytes, time.perf_counter() - began, len(patterns))
 

@@ -19,8 +19,10 @@ import platform
 import shutil
 import time
 from pathlib import Path
+from typing import Callable
 
 from ..model import Snapshot
+from ..process import alive
 
 
 class SnapshotError(Exception):
@@ -88,15 +90,31 @@ def resume(pid: int) -> None:
 
 
 @contextlib.contextmanager
-def held_still(pid: int):
+def held_still(pid: int, members: Callable[[], list[int]] | None = None):
     """Keep process `pid` stopped (SIGSTOP, every thread) for the block, so several methods see one moment;
-    live snapshots taken inside must be told `held=True`. gdb leaves a process it found stopped stopped."""
+    live snapshots taken inside must be told `held=True`. gdb leaves a process it found stopped stopped.
+    With `members` (a listing of a process tree, `pid` first), every process it lists is held too, listed again
+    until no new one appears (one may fork as it is stopped); one that is gone by the time it is stopped is left
+    out. Yields the processes held, `pid` first; they are resumed in reverse order, the parents last, so none
+    sees a child stopped."""
     from .procmem import freeze
-    freeze(pid)
+    held: list[int] = []
     try:
-        yield
+        pending = [pid]
+        while pending:
+            for member in pending:
+                held.append(member)
+                try:
+                    freeze(member)
+                except SnapshotError:
+                    if member == pid or alive(member):
+                        raise
+                    held.remove(member)   # it ended (or is a zombie) between the listing and the stop
+            pending = [p for p in members() if p not in held] if members else []
+        yield held
     finally:
-        resume(pid)
+        for member in reversed(held):
+            resume(member)
 
 
 SNAPSHOT_SUFFIXES = {"procmem": ".raw", "exit": ".raw"}    # the others are ELF cores
@@ -135,6 +153,7 @@ def take_snapshot(method: str, pid: int, *, held: bool = False) -> Snapshot:
         from .gcore import take_gcore
         snapshot = take_gcore(pid, dump_all=method == "gcore-all")
     snapshot.duration_s = time.monotonic() - started
+    snapshot.pid = pid
     return snapshot
 
 
