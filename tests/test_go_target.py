@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 from target_driver import (Run, Target, after_bad_environment, after_bogus_reply, after_secret_of_length,
-                           dies_before_ready, drive, exit_after_eof, fresh, read_mem, scenario_file_names, smaps_entry,
-                           target_env)
+                           dies_before_ready, drive, exit_after_eof, fresh, read_mem, readable_memory_contains,
+                           scenario_file_names, smaps_entry, target_env)
 
 ROOT = Path(__file__).resolve().parents[1]
 GO_DIR = ROOT / "targets" / "go"
@@ -288,27 +288,6 @@ def test_stack_growth_moves_the_key(target_bin, scenario, old_clear):
     assert (p["grown@inside"] == bytes(32)) == old_clear  # the old stack: cleared by the copy only in Do
     if old_clear:
         assert p["after@self"] == bytes(32)
-
-
-def readable_memory_contains(pid: int, needle: bytes) -> list[int]:
-    """Addresses of needle in every readable mapping (PROT_NONE reservations skipped: never touched)."""
-    found = []
-    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
-        for line in maps:
-            parts = line.split()
-            if not parts[1].startswith("r") or (len(parts) > 5 and parts[5] in ("[vvar]", "[vvar_vclock]", "[vsyscall]")):
-                continue
-            lo, hi = (int(x, 16) for x in parts[0].split("-"))
-            mem.seek(lo)
-            try:
-                data = mem.read(hi - lo)
-            except OSError:
-                continue
-            at = data.find(needle)
-            while at >= 0:
-                found.append(lo + at)
-                at = data.find(needle, at + 1)
-    return found
 
 
 @pytest.mark.parametrize("scenario", ["secret.registers", "secret.registers_nodo"])
