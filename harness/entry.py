@@ -13,13 +13,25 @@ EXIT_INTERRUPTED = 130
 INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+# Every interrupt signal received. Python drops an exception raised where it cannot propagate (a weakref
+# callback inside importlib, a __del__) with an "Exception ignored" message: such an interrupt is still acted on.
+_received: list[int] = []
+
+
 def raise_interrupt(signum, frame):
     """A signal handler: the signal ends the work like Ctrl-C does."""
+    _received.append(signum)
     raise KeyboardInterrupt
+
+
+def _quiet_about_dropped_interrupts(unraisable) -> None:
+    if not isinstance(unraisable.exc_value, KeyboardInterrupt):   # a dropped interrupt is in _received
+        sys.__unraisablehook__(unraisable)
 
 
 def handle_interrupts() -> None:
     """Ctrl-C and SIGTERM (a CI cancel) both raise KeyboardInterrupt: the runner kills targets, reports get written."""
+    sys.unraisablehook = _quiet_about_dropped_interrupts
     for signum in INTERRUPT_SIGNALS:
         signal.signal(signum, raise_interrupt)
 
@@ -47,9 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     handle_interrupts()
     try:
         from .cli import main as cli_main
-        return cli_main(argv)
+        from .results import EXIT_FAIL
+        if _received:   # came while importing, and was dropped there
+            raise KeyboardInterrupt
+        code = cli_main(argv)
     except KeyboardInterrupt:
         return interrupted_message()
+    # An interrupt dropped later still counts: FAIL (1) wins over it, it wins over the rest (1 > 130 > 3 > 0).
+    return interrupted_message() if _received and code not in (EXIT_FAIL, EXIT_INTERRUPTED) else code
 
 
 if __name__ == "__main__":

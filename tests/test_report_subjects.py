@@ -133,7 +133,8 @@ def test_junit_one_testcase_per_subject_with_unique_names():
     # The secret passed both repetitions; the derived value failed one of its two, not one of four.
     assert cases["wiped[procmem]"].find("failure") is None and cases["wiped[procmem]"].find("error") is None
     failure = cases[f"wiped[procmem] {RX}"].find("failure")
-    assert failure.get("message").startswith("FAIL in 1 of 2 repetitions: expected absent, found 1")
+    assert failure.get("message").startswith(
+        "FAIL in 1 of 2 repetitions: pid 20415 (remanence-target-c: kx worker): expected absent, found 1")   # followed
     assert failure.text.startswith(f"expect absent ({RX}): ")
     assert cases[f"wiped[procmem] {TX}"].find("error").get("message").startswith("ERROR in 2 of 2 repetitions")
 
