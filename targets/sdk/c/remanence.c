@@ -94,21 +94,28 @@ static void send_line(const char *prefix, const char *fmt, ...)
     va_end(ap);
 }
 
+/* One read(2) of at most n bytes from fd 3, retried on EINTR; end of file or
+ * an error means the harness went away: exit 75. */
+static size_t read_channel(void *dst, size_t n)
+{
+    for (;;) {
+        ssize_t r = read(REM_CONTROL_FD, dst, n);
+        if (r > 0)
+            return (size_t)r;
+        if (r < 0 && errno == EINTR)
+            continue;
+        channel_closed();
+    }
+}
+
 /* Read exactly n raw bytes from fd 3 into dst; EOF exits 75. */
 static void read_exact(void *dst, size_t n)
 {
     unsigned char *p = dst;
     while (n > 0) {
-        ssize_t r = read(REM_CONTROL_FD, p, n);
-        if (r < 0) {
-            if (errno == EINTR)
-                continue;
-            channel_closed();
-        }
-        if (r == 0)
-            channel_closed();
+        size_t r = read_channel(p, n);
         p += r;
-        n -= (size_t)r;
+        n -= r;
     }
 }
 
@@ -121,14 +128,7 @@ static int read_control_line(char *buf, size_t cap)
     int bad = 0;
     for (;;) {
         char c;
-        ssize_t r = read(REM_CONTROL_FD, &c, 1);
-        if (r < 0) {
-            if (errno == EINTR)
-                continue;
-            channel_closed();
-        }
-        if (r == 0)
-            channel_closed();
+        read_channel(&c, 1);
         if (c == '\n')
             break;
         if ((unsigned char)c < 0x20 || (unsigned char)c > 0x7e)
