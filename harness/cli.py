@@ -410,7 +410,7 @@ def _list(args) -> int:
     for s in scenarios:
         program = program_for(s, programs)
         problems = [program] if isinstance(program, str) else (
-            [] if not program.entries or s.entry in program.entries else [f"entry {s.entry!r} not in the {s.target} target"])
+            [] if program.registers(s.entry) else [f"entry {s.entry!r} not in the {s.target} target"])
         problems += [f"{m}: {r}" for m in s.methods if (r := method_unavailable(m))]
         rows.append({"name": s.name, "target": s.target, "checkpoints": [c.name for c in s.checkpoints],
                      "methods": list(s.methods), "runnable": not problems,

@@ -93,8 +93,7 @@ def availability(language: str, cache: dict[str, TargetProgram | str]) -> Target
 def _command_program(scenario: Scenario) -> TargetProgram | str:
     """A user's program needs no build: only that it can be found."""
     try:
-        return TargetProgram(COMMAND_TARGET, (resolve_program(scenario.command), *scenario.command.argv[1:]),
-                             (scenario.entry,))
+        return TargetProgram(COMMAND_TARGET, (resolve_program(scenario.command), *scenario.command.argv[1:]), ())
     except CommandUnavailable as e:
         return str(e)
 
@@ -103,14 +102,11 @@ class ProgramBroken(Exception):
     """A user's test program that cannot be built or found: its scenario's verdicts are ERRORs."""
 
 
-def program_argv(scenario: Scenario) -> tuple[str, ...]:
-    """A program target's argv with the interpreter running remanence in place of {python}."""
-    return tuple(a.replace(PYTHON_PLACEHOLDER, sys.executable) for a in scenario.program.argv)
-
-
 def _user_program(scenario: Scenario) -> TargetProgram:
-    """A program target as it is now: a program its build has yet to make is taken as it will be."""
-    spec, argv = scenario.program, program_argv(scenario)
+    """A program target as it is now ({python} being the interpreter running remanence): a program its build has
+    yet to make is taken as it will be."""
+    spec = scenario.program
+    argv = tuple(a.replace(PYTHON_PLACEHOLDER, sys.executable) for a in spec.argv)
     try:
         argv = (resolve_program(CommandSpec(argv, spec.cwd, "stdin")), *argv[1:])
     except CommandUnavailable as e:
@@ -133,9 +129,10 @@ def _built_program(scenario: Scenario, built: dict[tuple, str | None]) -> Target
                 built[key] = str(e)
         if built[key]:
             raise ProgramBroken(f"{built[key]} (in {spec.cwd})")
-        if not Path(_user_program(scenario).command[0]).is_absolute():
-            raise ProgramBroken(f"the build ({' '.join(spec.build)}) did not make {spec.argv[0]!r} in {spec.cwd}")
-    return _user_program(scenario)
+    program = _user_program(scenario)
+    if not Path(program.command[0]).is_absolute():    # not found on PATH nor in cwd, even after the build
+        raise ProgramBroken(f"the build ({' '.join(spec.build)}) did not make {spec.argv[0]!r} in {spec.cwd}")
+    return program
 
 
 def program_for(scenario: Scenario, cache: dict[str, TargetProgram | str]) -> TargetProgram | str:
@@ -170,7 +167,7 @@ def make_plan(scenarios: list[Scenario], methods: list[str] | None = None, repea
             continue
         program = program_for(scenario, programs)
         skip = program if isinstance(program, str) else None
-        if not skip and scenario.entry not in program.entries:
+        if not skip and not program.registers(scenario.entry):
             raise ScenarioError(scenario.source, "entry", f"{scenario.entry!r} is not registered in the {scenario.target} target "
                                 f"(known: {', '.join(program.entries)})")
         for repetition in range(1, (repeat or scenario.repeat) + 1):

@@ -45,6 +45,10 @@ class TargetProgram:
     def env(self) -> dict[str, str]:
         return {**TARGET_ENV.get(self.language, {}), **dict(self.extra_env)}
 
+    def registers(self, entry: str) -> bool:
+        """Whether `entry` names one of its scenarios (a user's program has none: its argv says what runs)."""
+        return not self.entries or entry in self.entries
+
     def argv(self, entry: str) -> tuple[str, ...]:
         return (*self.command, entry) if self.entries else self.command
 

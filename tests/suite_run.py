@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import subprocess
 from pathlib import Path
 
 import jsonschema
@@ -15,6 +16,15 @@ from remanence.snapshot import method_unavailable
 from remanence.targets import PROJECT_ROOT, TargetUnavailable, build_target
 
 SCHEMA = json.loads((PROJECT_ROOT / "harness" / "schema" / "results-v1.schema.json").read_text())
+
+TEST_PROGRAMS = Path(__file__).parent / "programs"
+
+
+def compile_test_program(name: str, folder: Path) -> Path:
+    """tests/programs/<name>.c built into `folder`, warnings as errors."""
+    binary = folder / name
+    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-o", str(binary), str(TEST_PROGRAMS / f"{name}.c")], check=True)
+    return binary
 
 
 def require(language: str, *methods: str) -> None:

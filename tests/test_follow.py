@@ -14,11 +14,11 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from suite_run import compile_test_program
 from remanence import workspace as workspace_module
 from remanence.cli import main
 from remanence.targets import PROJECT_ROOT
 
-PROGRAMS = Path(__file__).parent / "programs"
 SCHEMA = json.loads((PROJECT_ROOT / "harness" / "schema" / "results-v1.schema.json").read_text())
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None or shutil.which("gdb") is None,
@@ -27,9 +27,7 @@ pytestmark = pytest.mark.skipif(shutil.which("gcc") is None or shutil.which("gdb
 
 @pytest.fixture(scope="module")
 def holder(tmp_path_factory) -> Path:
-    binary = tmp_path_factory.mktemp("tree_holder") / "tree_holder"
-    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-o", str(binary), str(PROGRAMS / "tree_holder.c")], check=True)
-    return binary
+    return compile_test_program("tree_holder", tmp_path_factory.mktemp("tree_holder"))
 
 
 def scenario(folder: Path, name: str, argv: list[str], expect: str, follow: bool | None = None) -> Path:

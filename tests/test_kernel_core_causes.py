@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from suite_run import compile_test_program
 from remanence.cli import main
 from remanence.model import NoImageCause
 from remanence.process import die_with_parent
 from remanence.snapshot import CAP_SYS_RESOURCE, has_capability
 from remanence.snapshot.kernelcore import kernel_core_unavailable, take_kernel_core
 
-PROGRAMS = Path(__file__).parent / "programs"
 NOBODY = 65534
 PYTHON = "/usr/bin/python3"            # readable by nobody, unlike the venv's
 
@@ -59,9 +59,7 @@ def public_dir():
 def askpass(tmp_path_factory) -> Path:
     if shutil.which("gcc") is None:
         pytest.skip("needs gcc")
-    binary = tmp_path_factory.mktemp("askpass") / "askpass"
-    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-o", str(binary), str(PROGRAMS / "askpass.c")], check=True)
-    return binary
+    return compile_test_program("askpass", tmp_path_factory.mktemp("askpass"))
 
 
 SCENARIO = """

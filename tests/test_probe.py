@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
+from suite_run import compile_test_program
 from remanence import runner
 from remanence.cli import main
 from remanence.model import Secret
 
-PROGRAMS = Path(__file__).parent / "programs"
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None or shutil.which("gdb") is None,
                                 reason="needs gcc (to build the test program) and gdb (gcore)")
@@ -23,9 +22,7 @@ pytestmark = pytest.mark.skipif(shutil.which("gcc") is None or shutil.which("gdb
 
 @pytest.fixture(scope="module")
 def askpass(tmp_path_factory) -> Path:
-    binary = tmp_path_factory.mktemp("askpass") / "askpass"
-    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-o", str(binary), str(PROGRAMS / "askpass.c")], check=True)
-    return binary
+    return compile_test_program("askpass", tmp_path_factory.mktemp("askpass"))
 
 
 @pytest.fixture
