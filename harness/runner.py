@@ -9,18 +9,18 @@ from pathlib import Path
 from typing import Callable
 
 from .command import CANARY_ENV, CommandProcess, CommandUnavailable
-from .model import Expect, Outcome, ScanResult, Secret, Snapshot
+from .model import Expect, Hit, Outcome, ScanResult, Secret, Snapshot
 from .paths import inside
 from .plan import Plan, PlannedRun
 from .process import TargetError, TargetProcess, command_line, describe_status
 from .results import Results, RunRecord, utc_now
-from .scan.context import hit_context, mask_secret, secret_material
+from .scan.context import HitContext, hit_context, mask_secret, secret_material
 from .scan.engine import ScanError, scan_snapshot
-from .scenario import LIVE_METHODS, CheckpointSpec
+from .scenario import CheckpointSpec
 from .secretgen import make_canary, make_secret
-from .snapshot import SnapshotError, dispose_snapshot, held_still, resume, scratch, take_snapshot
+from .snapshot import SnapshotError, dispose_snapshot, held_still, resume
 from .snapshot.exitstop import ExitStop
-from .snapshot.kernelcore import take_kernel_core
+from .snapshot.methods import Occasion, method as snapshot_method
 from .verdict import ProcessView, Verdict, judge_processes, process_name
 from .workspace import workspace
 
@@ -259,17 +259,6 @@ class _Run:
         self.record.verdicts += self._checkpoint(spec, None)
         self.disarm()
 
-    def _take(self, method: str, pid: int) -> Snapshot:
-        if method == "kernel-core":   # the abort must be delivered: let the target run again if it is held
-            resume(self.target.pid)
-            snapshot = take_kernel_core(self.target.pid, self.workdir, self.target.wait_exit)
-            if snapshot.not_produced is None:   # off the disk at once: from here on it lives as long as we do
-                snapshot.path = scratch.adopt(snapshot.path)
-            return snapshot
-        if method == "exit":
-            return self.exit_stop.snapshot()
-        return take_snapshot(method, pid, held=self.holding)
-
     @property
     def following(self) -> bool:
         return self.planned.scenario.follow or self.runner.options.follow
@@ -287,18 +276,30 @@ class _Run:
             return contextlib.nullcontext([self.target.pid])
         return held_still(self.target.pid, self.target.processes if self.following else None)
 
-    def _capture(self, method: str, pid: int, command: str) -> _Capture:
-        snapshot = self._take(method, pid)
-        snapshot.pid, snapshot.command = pid, command
-        try:
-            scan = scan_snapshot(snapshot, [self.secret, self.canary, *self.derived.values()]) \
-                if snapshot.not_produced is None else ScanResult([], 0, 0.0, 0)
-        except BaseException:
-            dispose_snapshot(snapshot, None, "")
-            raise
+    def _capture(self, method: str, pid: int, command: str, earlier: list[_Capture]) -> _Capture:
+        """`method`'s snapshot of `pid`, scanned; an image taken earlier at this checkpoint that is identical by
+        `method`'s own rules serves it instead of a second one."""
+        for capture in earlier:
+            if capture.snapshot.pid == pid and method in capture.snapshot.serves:
+                return capture.serving(method)
+        occasion = Occasion(pid, held=self.holding, keep=self.runner.options.keep_snapshots, workdir=self.workdir,
+                            wait_exit=self.target.wait_exit, resume_target=lambda: resume(self.target.pid),
+                            exit_stop=self.exit_stop)
+
+        def inspect(snapshot: Snapshot) -> tuple[ScanResult, dict]:
+            """Scan, and read each finding's surroundings, while the image is as captured."""
+            snapshot.pid, snapshot.command = pid, command
+            if snapshot.not_produced is not None:
+                return ScanResult([], 0, 0.0, 0), {}
+            scan = scan_snapshot(snapshot, [self.secret, self.canary, *self.derived.values()])
+            contexts = {hit: hit_context(snapshot, hit, self.secret_material)
+                        for hit in scan.hits if hit.secret != self.canary.label}
+            return scan, contexts
+
+        snapshot, (scan, contexts) = snapshot_method(method).capture(occasion, inspect)
         # Only a canary in memory proves the memory was captured (a note holds no heap or stack).
         canary_seen = any(h.secret == self.canary.label and h.full and h.address is not None for h in scan.hits)
-        return _Capture(snapshot, scan, canary_seen)
+        return _Capture(snapshot, scan, canary_seen, contexts)
 
     def _command(self, pid: int) -> str:
         """The process's command line for reports, with anything of the secret (or a derived value) masked."""
@@ -311,7 +312,10 @@ class _Run:
         with self._hold(spec) as held:
             processes = held if self.following and not spec.is_exit else self.target.processes()
             commands = {pid: self._command(pid) for pid in processes}
-            taken = [self._take_all(spec, method, processes, commands, address) for method in _methods_at(planned, spec)]
+            taken: list[_Taken] = []
+            for method in _methods_at(planned, spec):
+                taken.append(self._take_all(spec, method, processes, commands, address,
+                                            [c for t in taken for c in t.captures]))
         missing = _missing_notes(spec.require_notes, self.record.notes)
         verdicts = []
         for t in taken:
@@ -327,17 +331,22 @@ class _Run:
                     verdict.reason = f"the target did not note {', '.join(missing)} (its notes: {'; '.join(self.record.notes) or 'none'}); " + verdict.reason
             verdicts.append(verdict)
             verdicts += self._derived_verdicts(spec, t)
+        for t in taken:
             for capture in t.captures:
+                if capture.served_from is not None:   # its image is the other method's: freed or kept with it
+                    capture.snapshot.path = capture.served_from.snapshot.path
+                    continue
                 self._dispose(capture.snapshot, spec.name if capture is t.captures[0]
                               else f"{spec.name}.pid{capture.snapshot.pid}")
         return verdicts
 
     def _take_all(self, spec: CheckpointSpec, method: str, processes: list[int], commands: dict[int, str],
-                  address: int | None) -> _Taken:
+                  address: int | None, earlier: list[_Capture]) -> _Taken:
         """One method's snapshots at a checkpoint: of every process when following (a live method), else of the
-        target alone; `processes` beyond the target, when not snapshotted, are noted in the verdicts."""
+        target alone; `processes` beyond the target, when not snapshotted, are noted in the verdicts. `earlier`:
+        this checkpoint's captures so far, whose images may serve this method too."""
         planned, progress = self.planned, self.runner.progress
-        followed = processes if self.following and method in LIVE_METHODS else processes[:1]
+        followed = processes if self.following and snapshot_method(method).live else processes[:1]
         t = _Taken(method, unfollowed=[(pid, commands[pid]) for pid in processes if pid not in followed])
         if method in planned.method_skips:
             t.problem = planned.method_skips[method]
@@ -346,7 +355,7 @@ class _Run:
             who = "" if pid == self.target.pid else f" of {process_name(pid, commands[pid])}"
             progress(f"{planned.run_id}: {spec.name}: {method} snapshot{who}")
             try:
-                capture = self._capture(method, pid, commands[pid])
+                capture = self._capture(method, pid, commands[pid], earlier)
             except (SnapshotError, ScanError, EOFError) as e:
                 for earlier in t.captures:
                     dispose_snapshot(earlier.snapshot, None, "")
@@ -359,9 +368,11 @@ class _Run:
                 self.control.observe(method, spec.name, snapshot, secret_hits, address)
             for label, control in self.derived_controls.items():
                 control.observe(method, spec.name, snapshot, [h for h in scan.hits if h.secret == DERIVED_PREFIX + label], None)
-            progress(f"{planned.run_id}: {spec.name}: {method}{who}: "
-                     + (snapshot.not_produced or f"{scan.bytes_scanned / (1 << 20):.1f} MiB scanned in "
-                        f"{scan.duration_s:.2f} s, {len(secret_hits)} hit(s)"))
+            progress(f"{planned.run_id}: {spec.name}: {method}{who}: " + (
+                snapshot.not_produced or
+                (f"the {snapshot.served_by} image serves it, " if snapshot.served_by else
+                 f"{scan.bytes_scanned / (1 << 20):.1f} MiB scanned in {scan.duration_s:.2f} s, ")
+                + f"{len(secret_hits)} hit(s)"))
         return t
 
     def _establish_control(self, spec: CheckpointSpec) -> None:
@@ -391,9 +402,8 @@ class _Run:
         verdict.outcome, verdict.reason, findings = judge_processes(
             expectation=expectation, views=views, intended_address=address, control_established=control.established,
             control_note=control.note, intended_flags=flags)
-        snapshots = {view.snapshot.pid: view.snapshot for view in views}
-        verdict.findings = [replace(f, context=hit_context(snapshots[f.hit.pid], f.hit, self.secret_material))
-                            for f in findings]
+        contexts = {hit: context for c in t.captures for hit, context in c.contexts.items()}
+        verdict.findings = [replace(f, context=contexts[f.hit]) for f in findings]
         verdict.snapshot = t.snapshot
         verdict.scan_bytes = sum(c.scan.bytes_scanned for c in t.captures)
         verdict.scan_duration_s = sum(c.scan.duration_s for c in t.captures)
@@ -407,7 +417,7 @@ class _Run:
         if not t.unfollowed:
             return
         names = ", ".join(process_name(pid, command) for pid, command in t.unfollowed)
-        if t.method not in LIVE_METHODS:
+        if not snapshot_method(t.method).live:
             verdict.reason += f" ({t.method} covers the target process only, not its {len(t.unfollowed)} other process(es): {names})"
             return
         verdict.reason += f"; the target's other process(es) were not snapshotted: {names} (follow = true, or --follow, snapshots them)"
@@ -466,11 +476,21 @@ class _CommandRun(_Run):
 
 @dataclass
 class _Capture:
-    """One process's snapshot by one method and what its scan found."""
+    """One process's snapshot by one method, what its scan found and the surroundings of the subjects' hits."""
 
     snapshot: Snapshot
     scan: ScanResult
     canary_seen: bool
+    contexts: dict[Hit, HitContext]
+    served_from: _Capture | None = None   # the capture whose image this one is (one dump serving two methods)
+
+    def serving(self, method: str) -> _Capture:
+        """This image as `method`'s too: same bytes, same hits, no second dump or scan."""
+        why = self.snapshot.serves[method]
+        snapshot = replace(self.snapshot, method=method, serves={}, served_by=self.snapshot.method, duration_s=0.0,
+                           notes=[f"served by the {self.snapshot.method} dump taken a moment before: {why}",
+                                  *self.snapshot.notes])
+        return _Capture(snapshot, replace(self.scan, duration_s=0.0), self.canary_seen, self.contexts, self)
 
 
 @dataclass
