@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -14,6 +17,7 @@ from .paths import inside
 from .plan import Plan, PlannedRun
 from .process import TargetError, TargetProcess, command_line, describe_status
 from .results import Results, RunRecord, utc_now
+from .schedule import MemoryGauge, run_all
 from .scan.context import HitContext, hit_context, mask_secret, secret_material
 from .scan.engine import ScanError, scan_snapshot
 from .scenario import CheckpointSpec
@@ -36,6 +40,7 @@ class RunOptions:
     keep_snapshots: bool = False
     timeout_s: float | None = None       # overrides each scenario's timeout
     follow: bool = False                 # snapshot every process of each target's tree (as `follow = true` does)
+    jobs: int = 1                        # runs at once (schedule.run_all bounds them by memory too)
 
 
 class _Control:
@@ -61,20 +66,40 @@ class _Control:
 class Runner:
     def __init__(self, options: RunOptions, progress: Progress = lambda message: None):
         self.options = options
-        self.progress = progress
+        self._progress_lock = threading.Lock()
+        self._report = progress
+        self.gauge = MemoryGauge()
+        self.stopping = False             # interrupted: running runs give up, no new one starts
+        self._active: dict[str, TargetProcess | CommandProcess] = {}
+
+    def progress(self, message: str) -> None:
+        with self._progress_lock:       # runs on several threads: one line at a time
+            self._report(message)
 
     def run(self, plan: Plan) -> Results:
         results = Results(runs=[])
-        try:
+        workspace()   # its sentinel is forked now: before any run's thread, and before any secret exists
+
+        def started():
             for planned in plan.runs:
                 record = RunRecord(planned.scenario, planned.repetition, planned.scenario.secret)
-                results.runs.append(record)
-                self._run_one(planned, record)
+                results.runs.append(record)   # in plan order, whatever order the runs end in
+                yield planned, record
+        try:
+            run_all(started(), lambda item: self._run_one(*item), self.options.jobs, self.gauge,
+                    on_wait=self.progress, stop=self._stop)
         except KeyboardInterrupt:
             results.interrupted = True
             self.progress("interrupted: target killed, writing what we have")
         results.finished_at = utc_now()
         return results
+
+    def _stop(self) -> None:
+        """Interrupted with runs on other threads: kill their targets, so each run ends at once and says why."""
+        self.stopping = True
+        for target in list(self._active.values()):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(target.pid, signal.SIGKILL)
 
     # --- one run -----------------------------------------------------------
 
@@ -104,15 +129,17 @@ class Runner:
         try:
             with self._start(planned, secret, canary, workdir, cgroup, follow) as target:
                 record.pid = target.pid
+                self._active[planned.run_id] = target
                 run = (_CommandRun if scenario.command else _Run)(self, planned, record, target, secret, canary,
                                                                    workdir, pending)
                 try:
                     run.carry_out()
                 except (TargetError, SnapshotError) as e:
-                    record.error = str(e)
+                    record.error = None if self.stopping else str(e)
                 except (OSError, ValueError, RuntimeError) as e:   # a fault of this run must not end the plan
-                    record.error = f"internal error: {type(e).__name__}: {e}"
+                    record.error = None if self.stopping else f"internal error: {type(e).__name__}: {e}"
                 finally:
+                    self._active.pop(planned.run_id, None)
                     run.disarm()
                     target.kill()
                     record.exit = None if target.status is None else describe_status(target.status)
@@ -121,7 +148,7 @@ class Runner:
                         record.notes.append(f"{len(target.escaped)} process(es) the target started outside its process "
                                             "group (daemons) were still running at the end of the run: killed")
         except TargetError as e:    # it could not even start
-            record.error = str(e)
+            record.error = None if self.stopping else str(e)
         finally:
             record.duration_s = time.monotonic() - started
             if record.exit and record.error:   # a snapshot that failed because the target died says how it died
@@ -316,6 +343,7 @@ class _Run:
             for method in _methods_at(planned, spec):
                 taken.append(self._take_all(spec, method, processes, commands, address,
                                             [c for t in taken for c in t.captures]))
+        self.runner.gauge.observe(sum(c.snapshot.captured_bytes for t in taken for c in t.captures if c.served_from is None))
         missing = _missing_notes(spec.require_notes, self.record.notes)
         verdicts = []
         for t in taken:
