@@ -25,12 +25,12 @@ def decide(expect, hits=(), canary=True, control=True, snapshot=SNAP, where="any
 
 
 def test_absent_passes_only_with_canary_control_and_full_coverage():
-    outcome, reason, _ = decide(Expect.ABSENT)
+    outcome, reason, *_ = decide(Expect.ABSENT)
     assert outcome == Outcome.PASS and "canary seen" in reason and "procmem at in_use" in reason
     assert decide(Expect.ABSENT, canary=False)[0] == Outcome.INCONCLUSIVE
     assert decide(Expect.ABSENT, control=False)[0] == Outcome.INCONCLUSIVE
     gappy = Snapshot("procmem", Path("/x"), [HEAP], [Gap(0x6000_0000, 8192, "", GapKind.UNREADABLE, "EIO")])
-    outcome, reason, _ = decide(Expect.ABSENT, snapshot=gappy)
+    outcome, reason, *_ = decide(Expect.ABSENT, snapshot=gappy)
     assert outcome == Outcome.INCONCLUSIVE and "8192 bytes" in reason
 
 
@@ -38,23 +38,23 @@ def test_kernel_and_excluded_gaps_do_not_block_absent_but_are_explained():
     dumped = Snapshot("gcore", Path("/x"), [HEAP], [
         Gap(GUARDED.start, 4096, "", GapKind.EXCLUDED, "MADV_DONTDUMP"),
         Gap(0xffff_0000, 8192, "[vvar]", GapKind.KERNEL, "kernel-owned")])
-    outcome, reason, _ = decide(Expect.ABSENT, snapshot=dumped)
+    outcome, reason, *_ = decide(Expect.ABSENT, snapshot=dumped)
     assert outcome == Outcome.PASS and "left out of the snapshot (MADV_DONTDUMP)" in reason
 
 
 def test_absent_fails_on_any_copy_even_a_fragment():
-    outcome, reason, findings = decide(Expect.ABSENT, [hit(HEAP, fragment=(16, 32))])
+    outcome, reason, findings, _ = decide(Expect.ABSENT, [hit(HEAP, fragment=(16, 32))])
     assert outcome == Outcome.FAIL and "fragment [16:32]" in reason and "[heap]" in reason
     assert findings[0].in_intended_region is False and findings[0].guarded is False
 
 
 def test_present_where_intended():
-    outcome, reason, findings = decide(Expect.PRESENT, [hit(GUARDED)], where="intended")
+    outcome, reason, findings, _ = decide(Expect.PRESENT, [hit(GUARDED)], where="intended")
     assert outcome == Outcome.PASS and findings[0].in_intended_region and findings[0].guarded
     assert "[intended region, guarded]" in reason
     half_guarded = Snapshot("procmem", Path("/x"), [HEAP, GUARD_BELOW, GUARDED])
     assert decide(Expect.PRESENT, [hit(GUARDED)], snapshot=half_guarded)[2][0].guarded is False
-    outcome, reason, _ = decide(Expect.PRESENT, [hit(HEAP)], where="intended")
+    outcome, reason, *_ = decide(Expect.PRESENT, [hit(HEAP)], where="intended")
     assert outcome == Outcome.FAIL and "not where expected" in reason
     assert decide(Expect.PRESENT, [hit(HEAP)], where="heap")[0] == Outcome.PASS
 
@@ -65,13 +65,13 @@ def test_present_missing_is_fail_unless_the_snapshot_was_blind():
 
 
 def test_intended_region_flags_are_checked():
-    outcome, reason, _ = decide(Expect.PRESENT, [hit(GUARDED)], flags={"locked": False})
+    outcome, reason, *_ = decide(Expect.PRESENT, [hit(GUARDED)], flags={"locked": False})
     assert outcome == Outcome.FAIL and "locked=True" in reason
     assert decide(Expect.PRESENT, [hit(GUARDED)], flags={"locked": True, "dont_dump": True})[0] == Outcome.PASS
 
 
 def test_observe_reports_without_judging():
-    outcome, reason, _ = decide(Expect.OBSERVE, [hit(HEAP)])
+    outcome, reason, *_ = decide(Expect.OBSERVE, [hit(HEAP)])
     assert outcome == Outcome.PASS and reason.startswith("observed 1 hit")
 
 
@@ -107,7 +107,7 @@ def test_interrupted_run_exits_130_unless_something_failed():
 def test_no_image_by_the_programs_policy_is_a_finding_not_an_error():
     none = Snapshot("kernel-core", Path("/x"), [], not_produced="no core produced: RLIMIT_CORE hard limit is 0",
                     not_produced_cause=NoImageCause.POLICY)
-    outcome, reason, findings = decide(Expect.ABSENT, snapshot=none, canary=False)
+    outcome, reason, findings, _ = decide(Expect.ABSENT, snapshot=none, canary=False)
     assert outcome == Outcome.PASS and reason.startswith("no core produced") and findings == []
     assert "the program's own policy" in reason
     assert decide(Expect.ABSENT, snapshot=none, canary=False, control=False)[0] == Outcome.INCONCLUSIVE
@@ -119,5 +119,5 @@ def test_no_image_the_program_did_not_choose_proves_nothing(cause):
     none = Snapshot("kernel-core", Path("/x"), [], not_produced="no core produced: /w is on a read-only mount",
                     not_produced_cause=cause)
     for expect in Expect:
-        outcome, reason, _ = decide(expect, snapshot=none, canary=False)
+        outcome, reason, *_ = decide(expect, snapshot=none, canary=False)
         assert outcome == Outcome.INCONCLUSIVE and "read-only mount" in reason and "proves nothing" in reason
