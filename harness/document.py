@@ -7,7 +7,7 @@ builds it, `to_json` gives the plain data every reporter renders and `results.js
 a DocumentError with one line naming the file and the key. A reader takes documents from older versions of
 remanence: a key a class gives a default may be missing (the default stands in; `ABSENT` marks keys that are
 then left out again). `merge` makes one document of several: the pytest plugin's scenarios and workers, and
-`remanence merge`'s shards (shard.merge_shards checks their plan first).
+`remanence merge`'s shards (shard.merge_documents checks their plan first).
 
 A verdict's `kind` (verdict.Kind) says what kind of outcome it is; documents written before it existed lack it,
 and `fallback_kind` is the one place that stands in for it.
@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import json
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from . import __version__
 from .command import program_file
@@ -52,33 +53,20 @@ ABSENT: Any = _Absent()
 
 # --- reading and writing the plain data, for every class below ---------------------------------------------------
 
-def _type_name(tp) -> str:
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not _Absent)
-    if tp is type(None):
-        return "null"
-    if dataclasses.is_dataclass(tp):
-        return "an object"
-    origin = typing.get_origin(tp) or tp
-    return {list: "a list", dict: "an object", float: "a number"}.get(origin, getattr(origin, "__name__", str(origin)))
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
 
 
 def _load(tp, value, where: str):
     """`value` (parsed JSON) as type `tp`, or DocumentError naming `where`."""
     origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        options = [a for a in typing.get_args(tp) if a is not _Absent]
+    if origin in (typing.Union, types.UnionType):     # the document's unions: one type, or null, or left out
+        options = typing.get_args(tp)
         if value is None and type(None) in options:
             return None
-        for option in (a for a in options if a is not type(None)):
-            try:
-                return _load(option, value, where)
-            except DocumentError:
-                if len(options) <= 2:       # one real type: its own message says more
-                    raise
-        raise DocumentError(f"{where}: expected {_type_name(tp)}, got {_json_type(value)}")
+        (one,) = (a for a in options if a not in (type(None), _Absent))
+        return _load(one, value, where)
     if dataclasses.is_dataclass(tp):
         return tp.from_json(value, where)
     if origin is list:
@@ -88,7 +76,7 @@ def _load(tp, value, where: str):
     if origin is dict or tp is dict:
         _expect(isinstance(value, dict), where, "an object", value)
         return dict(value)
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+    if issubclass(tp, enum.Enum):
         try:
             return tp(value)
         except ValueError:
@@ -123,14 +111,6 @@ class _Record:
     """A JSON object of the document: its keys are the dataclass's fields, in order. A field without a default
     is required; one defaulting to ABSENT is left out when absent."""
 
-    _hints: ClassVar[dict[type, dict[str, Any]]] = {}
-
-    @classmethod
-    def _types(cls) -> dict[str, Any]:
-        if cls not in _Record._hints:
-            _Record._hints[cls] = typing.get_type_hints(cls)
-        return _Record._hints[cls]
-
     @classmethod
     def _key(cls, where: str, key: str) -> str:
         return f"{where}.{key}"
@@ -138,7 +118,7 @@ class _Record:
     @classmethod
     def from_json(cls, data, where: str):
         _expect(isinstance(data, dict), where, "an object", data)
-        hints = cls._types()
+        hints = _field_types(cls)
         values = {}
         for f in dataclasses.fields(cls):
             if f.name in data:
