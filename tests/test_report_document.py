@@ -14,7 +14,7 @@ from remanence.results import Results, RunRecord
 from remanence.scan.context import HitContext
 from remanence.scenario import MethodExpectation, Scenario, SecretSpec
 from remanence.shard import merge_documents
-from remanence.verdict import ProcessView, Verdict, judge, judge_processes
+from remanence.verdict import ProcessView, Verdict, judge_processes
 
 HEAP = Region(0x5000_0000, 0x21000, "rw-p", RegionKind.HEAP, "[heap]", 4096, locked=False, dont_dump=False)
 STACK = Region(0x7ffe_0000, 0x21000, "rw-p", RegionKind.STACK, "[stack]", 0x22000)
