@@ -186,6 +186,12 @@ class HitEntry(_Record):
 
 
 @dataclass
+class ServedBy(_Record):
+    method: str
+    why: str
+
+
+@dataclass
 class SnapshotEntry(_Record):
     method: str = ""
     captured_bytes: int = 0
@@ -198,6 +204,7 @@ class SnapshotEntry(_Record):
     not_produced_cause: str | None = None
     pid: int | None = None
     command: str | None = None
+    served_by: ServedBy | _Absent = ABSENT    # only when another method's image served this one
 
 
 @dataclass
@@ -513,7 +520,8 @@ def _snapshot(s: Snapshot) -> SnapshotEntry:
     return SnapshotEntry(s.method, s.captured_bytes, round(s.duration_s, 4), [_region(r) for r in s.regions],
                          [_gap(g) for g in s.gaps], list(s.notes),
                          None if scratch.is_scratch(s.path) or not s.path.exists() else str(s.path),
-                         s.not_produced, s.not_produced_cause.value if s.not_produced_cause else None, s.pid, s.command)
+                         s.not_produced, s.not_produced_cause.value if s.not_produced_cause else None, s.pid, s.command,
+                         ServedBy(s.served_by, s.served_why) if s.served_by else ABSENT)
 
 
 def _verdict(v: Verdict, show_secrets: bool) -> VerdictEntry:

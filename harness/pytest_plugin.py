@@ -46,6 +46,7 @@ from .document import Document, HitEntry, VerdictEntry, merge
 from .entry import raise_interrupt
 from .model import Outcome
 from .snapshot import machine_facts
+from .schedule import MAX_JOBS, default_jobs
 from .scenario import COMMAND_TARGET, PROGRAM_TARGET, SNAPSHOT_METHODS, TARGET_KINDS, Scenario, ScenarioError, load_scenario
 
 log = logging.getLogger("remanence")
@@ -80,6 +81,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--remanence-keep-snapshots", action="store_true", default=False,
                     help="keep snapshot files (mode 0600, they hold the secret) under DIR/snapshots "
                          "(DIR/<worker>/snapshots under xdist); needs --remanence-out")
+    group.addoption("--remanence-jobs", metavar="N", type=int, default=None,
+                    help="a scenario's repetitions at once (default: the number of cores; 1 in an xdist worker, "
+                         "where xdist already runs scenario files side by side)")
     group.addoption("--remanence-allow-skip", action="store_true", default=None,
                     help="items whose verdicts are SKIP (checks this machine cannot do) are skipped instead of failed")
     parser.addini("remanence_allow_skip", type="bool", default=False,
@@ -98,6 +102,10 @@ class _State:
         self.allow_skip: bool = bool(config.getini("remanence_allow_skip") if option is None else option)
         workerinput = getattr(config, "workerinput", None)
         self.worker: str | None = workerinput.get("workerid") if workerinput else None
+        jobs = config.getoption("remanence_jobs")
+        if jobs is not None and not 1 <= jobs <= MAX_JOBS:
+            raise pytest.UsageError(f"--remanence-jobs {jobs} is out of range 1..{MAX_JOBS}")
+        self.jobs: int = jobs or (1 if self.worker else default_jobs())
         self.docs: list[Document] = []          # runs done by this process
         self.received: list[Document] = []      # runs done by xdist workers (controller only)
         self._machine: dict | None = None
@@ -209,7 +217,8 @@ class ScenarioFile(pytest.File):
         scenario = self.scenario
         chosen = [m for m in scenario.methods if m in methods]
         plan = make_plan([scenario], chosen)     # targets.py locks each cache entry: xdist workers build it once
-        options = RunOptions(out_dir=state.snapshot_dir if state.out else Path("."), keep_snapshots=state.keep_snapshots)
+        options = RunOptions(out_dir=state.snapshot_dir if state.out else Path("."), keep_snapshots=state.keep_snapshots,
+                             jobs=state.jobs)
         log.info("%s: running %d repetition(s) with %s", scenario.name, len(plan.runs), ", ".join(chosen))
         with _sigterm_as_interrupt():
             results = Runner(options, progress=log.info).run(plan)

@@ -515,9 +515,9 @@ class _Capture:
     def serving(self, method: str) -> _Capture:
         """This image as `method`'s too: same bytes, same hits, no second dump or scan."""
         why = self.snapshot.serves[method]
-        snapshot = replace(self.snapshot, method=method, serves={}, served_by=self.snapshot.method, duration_s=0.0,
-                           notes=[f"served by the {self.snapshot.method} dump taken a moment before: {why}",
-                                  *self.snapshot.notes])
+        snapshot = replace(self.snapshot, method=method, serves={}, served_by=self.snapshot.method, served_why=why,
+                           duration_s=0.0, notes=[f"served by the {self.snapshot.method} dump taken a moment before: {why}",
+                                                  *self.snapshot.notes])
         return _Capture(snapshot, replace(self.scan, duration_s=0.0), self.canary_seen, self.contexts, self)
 
 
