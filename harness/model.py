@@ -123,6 +123,9 @@ class Snapshot:
     not_produced_cause: NoImageCause | None = None
     pid: int | None = None           # the process it was taken of (None for a core file given to `scan`)
     command: str = ""                # that process's command line, secret material masked
+    # The regions were read straight from the stopped process (path was /proc/PID/mem, file offset = address) while
+    # it was held; nothing holds its bytes afterwards, and `path` then names no file.
+    streamed: bool = False
 
     @property
     def captured_bytes(self) -> int:

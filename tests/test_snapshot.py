@@ -17,8 +17,11 @@ from pathlib import Path
 import pytest
 from target_driver import read_stdout_line
 
-from remanence.model import GapKind, RegionKind, iter_region_chunks
-from remanence.snapshot import LIVE_METHODS, METHODS, SnapshotError, method_unavailable, take_snapshot
+from remanence.model import GapKind, RegionKind, Secret, iter_region_chunks
+from remanence.scan.context import hit_context, secret_material
+from remanence.scan.engine import scan_snapshot
+from remanence.snapshot import LIVE_METHODS, METHODS, SnapshotError, dispose_snapshot, held_still, method_unavailable, \
+    scratch, take_snapshot
 from remanence.snapshot import gcore as gcore_module
 from remanence.snapshot import procmem as procmem_module
 from remanence.snapshot.elfcore import CoreFormatError, read_core_layout, snapshot_from_core
@@ -238,6 +241,93 @@ def test_procmem_resumes_target_and_removes_file_when_reading_fails(target, tmp_
     with pytest.raises(RuntimeError, match="simulated"):
         take_snapshot("procmem", target.pid)
     assert open_memory_files() == before
+    assert target.responds()
+
+
+def open_descriptors() -> dict[str, str]:
+    """What every descriptor of this process points at (a streamed capture must leave none open)."""
+    found = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found[fd] = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:     # the descriptor listdir itself used
+            pass
+    return found
+
+
+def layout(snap):
+    return [(r.start, r.size, r.name) for r in snap.regions], [(g.start, g.size, g.kind, g.reason) for g in snap.gaps]
+
+
+def test_streamed_capture_scans_the_stopped_process_in_place(target):
+    marker = Secret("marker", target.marker)
+    before = open_descriptors()
+    seen = {}
+
+    def inspect(snap):
+        seen["state"] = target.state()
+        seen["path"] = snap.path
+        seen["in_place"] = all(r.file_offset == r.start for r in snap.regions)
+        result = scan_snapshot(snap, [marker])
+        hit = next(h for h in result.hits if h.address == target.no_access)
+        seen["context"] = hit_context(snap, hit, secret_material(marker)).data
+        return result
+
+    snap, result = procmem_module.capture_procmem(target.pid, inspect)
+    assert seen["state"] == "T"
+    assert seen["path"] == Path(f"/proc/{target.pid}/mem") and seen["in_place"]
+    # heap, MADV_DONTDUMP and PROT_NONE copies, each at its own address
+    assert {h.address for h in result.hits if h.full} == {target.heap, target.dont_dump, target.no_access}
+    assert target.marker in seen["context"]
+    assert snap.region_at(target.no_access).perms == "---p"
+    region = snap.region_at(target.partial)          # the file's one page reads; the two past its end do not
+    assert (region.start, region.size) == (target.partial, PAGE)
+    gap = gap_at(snap, target.partial + PAGE)[0]
+    assert (gap.start, gap.size, gap.kind, gap.reason) == (
+        target.partial + PAGE, 2 * PAGE, GapKind.UNREADABLE, f"EIO reading /proc/{target.pid}/mem")
+    assert [g.kind for g in snap.gaps if g.name == "[vvar]"] == [GapKind.KERNEL]
+    assert snap.streamed and snap.pid == target.pid and "streamed" in snap.notes[-1]
+    # The process runs again, nothing of the capture stays open, and the snapshot no longer reads the process.
+    assert target.state() != "T" and target.responds()
+    assert open_descriptors() == before
+    assert not snap.path.exists()
+    with pytest.raises(OSError):
+        list(iter_region_chunks(snap.path, region, PAGE))
+    dispose_snapshot(snap, None, "")                 # frees nothing, removes nothing
+    assert Path(f"/proc/{target.pid}/mem").exists() and target.responds()
+
+
+def test_streamed_and_copied_capture_agree(target):
+    marker = Secret("marker", target.marker)
+    streamed, streamed_hits = procmem_module.capture_procmem(target.pid, lambda s: scan_snapshot(s, [marker]).hits)
+    kept, kept_hits = procmem_module.capture_procmem(target.pid, lambda s: scan_snapshot(s, [marker]).hits, keep=True)
+    try:
+        assert layout(streamed) == layout(kept)
+        assert not kept.streamed and scratch.is_scratch(kept.path) and "kept snapshot" in kept.notes[-1]
+        assert [(h.address, h.encoding) for h in streamed_hits] == [(h.address, h.encoding) for h in kept_hits]
+        assert marker_addresses(kept, target.marker) == {target.heap, target.dont_dump, target.no_access}
+    finally:
+        dispose_snapshot(kept, None, "")
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_capture_resumes_and_frees_everything_when_inspect_fails(target, keep):
+    before = open_descriptors()
+
+    def failing(snap):
+        raise RuntimeError("simulated failure while scanning")
+
+    with pytest.raises(RuntimeError, match="simulated"):
+        procmem_module.capture_procmem(target.pid, failing, keep=keep)
+    assert open_descriptors() == before
+    assert target.responds()
+
+
+def test_held_capture_leaves_the_process_stopped(target):
+    with held_still(target.pid):
+        snap, state = procmem_module.capture_procmem(target.pid, lambda s: target.state(), held=True)
+        assert state == "T" and target.state() == "T"
+        assert "stopped by the caller" in snap.notes[0]
     assert target.responds()
 
 
