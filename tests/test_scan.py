@@ -1,4 +1,5 @@
 import base64
+import contextlib
 import os
 import random
 import threading
@@ -96,19 +97,19 @@ def test_chunks_stay_bounded(tmp_path, monkeypatch, threads):
     image = FakeImage(1 << 20)
     region = image.region("[heap]", 0x1000_0000, 1 << 20, 0)
     image.plant(region, 5000, SECRET.value)
-    sizes, buffers = [], set()
+    sizes = []
 
-    def recording(source, path, job, buffer):
-        sizes.append(job.size)
-        buffers.add(id(buffer))
-        return original(source, path, job, buffer)
+    @contextlib.contextmanager
+    def recording(*args):
+        with original(*args) as data:
+            sizes.append(len(data))
+            yield data
 
-    original = engine.read_chunk
-    monkeypatch.setattr(engine, "read_chunk", recording)
+    original = engine.chunk_bytes
+    monkeypatch.setattr(engine, "chunk_bytes", recording)
     result = scan_snapshot(image.snapshot(tmp_path), [SECRET], chunk_size=8192, threads=threads)
     max_needle = max(len(p.needle) for p in patterns_for(SECRET))
     assert len(sizes) == 128 and max(sizes) == 8192 + max_needle - 1
-    assert len(buffers) <= threads      # one reused read buffer per thread, not one per chunk
     assert [h.address for h in result.hits] == [0x1000_0000 + 5000]
 
 
@@ -139,7 +140,7 @@ def test_two_threads_find_exactly_what_one_finds(tmp_path, monkeypatch):
     snapshot = image.snapshot(tmp_path)
     threads_seen = set()
     both_started = threading.Barrier(2, timeout=10)   # each thread's first chunk waits for the other thread
-    original = engine.read_chunk
+    original = engine.chunk_bytes
 
     def recording(*args):
         if threading.get_ident() not in threads_seen:
@@ -149,7 +150,7 @@ def test_two_threads_find_exactly_what_one_finds(tmp_path, monkeypatch):
 
     one = scan_snapshot(snapshot, [SECRET, CANARY, long_secret], chunk_size=chunk, threads=1)
     assert one.hits == scan_snapshot(snapshot, [SECRET, CANARY, long_secret], threads=1).hits   # 16 MiB chunks
-    monkeypatch.setattr(engine, "read_chunk", recording)
+    monkeypatch.setattr(engine, "chunk_bytes", recording)
     two = scan_snapshot(snapshot, [SECRET, CANARY, long_secret], chunk_size=chunk, threads=2)
     assert len(threads_seen) == 2
     assert two.hits == one.hits
@@ -260,3 +261,12 @@ def test_secret_longer_than_hyperscan_pattern_limit(tmp_path):
     result = scan_snapshot(image.snapshot(tmp_path), [secret], chunk_size=4096)
     assert [(h.encoding, h.address, h.length) for h in result.hits] == [
         ("utf16le:hex-lower", 0x4000_0000 + 1000, 6000), ("raw", 0x4000_0000 + 40_000, 1500)]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_region_past_the_end_of_the_file_is_reported_truncated(tmp_path, threads):
+    image = FakeImage(50_000)
+    image.region("[heap]", 0x4000_0000, 40_000, 0)
+    image.region("cut", 0x5000_0000, 40_000, 30_000)                 # its last 20 000 bytes are not in the file
+    with pytest.raises(EOFError, match="region cut at file offset .* is truncated"):
+        scan_snapshot(image.snapshot(tmp_path), [SECRET], chunk_size=8192, threads=threads)
