@@ -610,7 +610,7 @@ def test_procmem_waits_until_every_thread_reports_stopped(target, tmp_path, monk
 
     monkeypatch.setattr(procmem_module, "thread_states", slow_thread_states)
     snap = procmem_module.take_procmem(target.pid)
-    assert len(polls) == 4 and snap.regions
+    assert len(polls) >= 4 and snap.regions   # more when the real threads are slow to stop (a busy machine)
     assert target.responds()
 
 
