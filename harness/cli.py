@@ -25,6 +25,7 @@ from .report.terminal import print_verdicts
 from .results import EXIT_FAIL, EXIT_USAGE
 from .probe import ProbeRequest, probe_scenario
 from .runner import RunOptions, Runner
+from .schedule import MAX_JOBS, default_jobs
 from .scenario import (LANGUAGES, LIVE_METHODS, MAX_REPEAT, SECRET_LENGTHS, SNAPSHOT_METHODS, Scenario,
                        ScenarioError, load_scenarios, seconds_problem)
 from .shard import ShardError, load_shard, merge_documents, parse_shard, shard_inputs, shard_slice
@@ -129,6 +130,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="repetitions per scenario (overrides the scenario files)")
     run.add_argument("--timeout", type=_seconds, default=None,
                      help=f"seconds to wait for each checkpoint (overrides the files); {TIMEOUT_RULE}")
+    run.add_argument("-j", "--jobs", type=_bounded_int(1, MAX_JOBS), default=None, metavar="N",
+                     help=f"runs at once (default: the number of cores, {default_jobs()} here); a further run starts "
+                          "only while free memory leaves room for the largest checkpoint so far")
     run.add_argument("--out", type=Path, default=None, help=f"output folder (default: {DEFAULT_OUT})")
     run.add_argument("--shard", default=None, metavar="I/N",
                      help="run only shard I of N (1-based): run k of the plan goes to shard (k mod N)+1")
@@ -445,7 +449,9 @@ def _run(args) -> int:
         mine = set(shard_slice(planned, *shard))
         plan = Plan(tuple(r for r in plan.runs if r.run_id in mine))
         reporting.progress(f"shard {shard[0]}/{shard[1]}: {len(plan.runs)} of {len(planned)} planned run(s)")
-    results = Runner(RunOptions(reporting.out, args.keep_snapshots, timeout, args.follow), reporting.progress).run(plan)
+    jobs = args.jobs or defaults.jobs or default_jobs()
+    results = Runner(RunOptions(reporting.out, args.keep_snapshots, timeout, args.follow, jobs),
+                     reporting.progress).run(plan)
     results.machine = machine_facts()
     doc = results_document(results, show_secrets=args.show_secrets)
     if shard:

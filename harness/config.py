@@ -9,6 +9,7 @@ file (out, scenarios, baseline, formats' NAME=PATH) are relative to the file's f
     methods = ["procmem", "gcore"]
     repeat = 3
     timeout = 30                            # seconds per checkpoint
+    jobs = 2                                # runs at once (default: the number of cores)
     out = "reports"
     formats = ["json", "sarif", "md=-"]     # like --format: NAME or NAME=PATH, PATH "-" = stdout
     baseline = "ci/baseline.json"           # like --baseline
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .scenario import MAX_REPEAT, SNAPSHOT_METHODS, seconds_problem
+from .schedule import MAX_JOBS
 from .suggest import unknown
 from .tomltable import TomlTable, load_toml
 
@@ -99,6 +101,7 @@ class RunDefaults:
     methods: tuple[str, ...] | None = None
     repeat: int | None = None
     timeout: float | None = None
+    jobs: int | None = None
     out: Path | None = None
     formats: tuple[FormatSpec, ...] | None = None
     baseline: Path | None = None
@@ -166,7 +169,7 @@ def _method_pattern(t: TomlTable, name: str, value: str) -> None:
 
 
 def _run_defaults(t: TomlTable, base: Path, known_formats: list[str]) -> RunDefaults:
-    t.reject_unknown(("scenarios", "methods", "repeat", "timeout", "out", "formats", "baseline", "allow_skip"))
+    t.reject_unknown(("scenarios", "methods", "repeat", "timeout", "jobs", "out", "formats", "baseline", "allow_skip"))
     methods = t.string_list("methods")
     if methods is not None:
         if not methods:
@@ -180,6 +183,9 @@ def _run_defaults(t: TomlTable, base: Path, known_formats: list[str]) -> RunDefa
     timeout = t.get("timeout", (int, float))
     if timeout is not None and (problem := seconds_problem(timeout)):
         raise t.fail("timeout", problem)
+    jobs = t.get("jobs", int)
+    if jobs is not None and not 1 <= jobs <= MAX_JOBS:
+        raise t.fail("jobs", f"{jobs} is out of range 1..{MAX_JOBS}")
     paths = {}
     for key in ("scenarios", "out", "baseline"):
         value = t.get(key, str)
@@ -189,7 +195,7 @@ def _run_defaults(t: TomlTable, base: Path, known_formats: list[str]) -> RunDefa
     formats = t.string_list("formats")
     specs = None if formats is None else tuple(parse_formats(formats, known_formats, base, t.path, f"{t.prefix}formats"))
     return RunDefaults(paths["scenarios"], tuple(methods) if methods else None, repeat,
-                       None if timeout is None else float(timeout), paths["out"], specs, paths["baseline"],
+                       None if timeout is None else float(timeout), jobs, paths["out"], specs, paths["baseline"],
                        t.get("allow_skip", bool, False))
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .results import EXIT_INCONCLUSIVE, EXIT_OK
 from .snapshot import CAP_SYS_PTRACE, CAP_SYS_RESOURCE, METHODS, has_capability, method_unavailable, ptrace_scope
+from .snapshot.methods import method as snapshot_method
 from .targets import (MIN_GO, RUNTIME_SECRET_PLATFORMS, TargetUnavailable, _go_problem, _node_problem, build_target,
                       go_tool)
 
@@ -65,9 +66,8 @@ def check_ptrace() -> Check:
         else f"Yama ptrace_scope={scope}"
     detail = f"{yama}; CAP_SYS_PTRACE {'yes' if privileged else 'no'}"
     if procmem or exit_:
-        lost = {m for m in METHODS if (r := method_unavailable(m)) and ("ptrace" in r or "/proc" in r)}
-        lost |= {"gcore", "gcore-all"}   # gdb attaches with ptrace too
-        return _check("ptrace", MISSING, f"{detail}: {procmem or exit_}", [f"method:{m}" for m in METHODS if m in lost])
+        lost = [m for m in METHODS if "ptrace" in snapshot_method(m).needs and method_unavailable(m)]
+        return _check("ptrace", MISSING, f"{detail}: {procmem or exit_}", [f"method:{m}" for m in lost])
     if scope >= 1 and not privileged:
         return _check("ptrace", LIMITED, f"{detail}: the harness may read its own children, but gdb cannot attach "
                       "to a process it did not start (run as root or grant CAP_SYS_PTRACE)",

@@ -123,6 +123,9 @@ class Snapshot:
     not_produced_cause: NoImageCause | None = None
     pid: int | None = None           # the process it was taken of (None for a core file given to `scan`)
     command: str = ""                # that process's command line, secret material masked
+    # Other methods this very image is, by their own rules, identical to, and why (one gdb dump serving both gcores).
+    serves: dict[str, str] = field(default_factory=dict)
+    served_by: str | None = None     # set on an image another method's dump served: that method
     # The regions were read straight from the stopped process (path was /proc/PID/mem, file offset = address) while
     # it was held; nothing holds its bytes afterwards, and `path` then names no file.
     streamed: bool = False

@@ -2,25 +2,29 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 from .command import CANARY_ENV, CommandProcess, CommandUnavailable
-from .model import Expect, Outcome, ScanResult, Secret, Snapshot
+from .model import Expect, Hit, Outcome, ScanResult, Secret, Snapshot
 from .paths import inside
 from .plan import Plan, PlannedRun
 from .process import TargetError, TargetProcess, command_line, describe_status
 from .results import Results, RunRecord, utc_now
-from .scan.context import hit_context, mask_secret, secret_material
+from .schedule import MemoryGauge, run_all
+from .scan.context import HitContext, hit_context, mask_secret, secret_material
 from .scan.engine import ScanError, scan_snapshot
-from .scenario import LIVE_METHODS, CheckpointSpec
+from .scenario import CheckpointSpec
 from .secretgen import make_canary, make_secret
-from .snapshot import SnapshotError, dispose_snapshot, held_still, resume, scratch, take_snapshot
+from .snapshot import SnapshotError, dispose_snapshot, held_still, resume
 from .snapshot.exitstop import ExitStop
-from .snapshot.kernelcore import take_kernel_core
+from .snapshot.methods import Occasion, method as snapshot_method
 from .verdict import ProcessView, Verdict, judge_processes, process_name
 from .workspace import workspace
 
@@ -36,6 +40,7 @@ class RunOptions:
     keep_snapshots: bool = False
     timeout_s: float | None = None       # overrides each scenario's timeout
     follow: bool = False                 # snapshot every process of each target's tree (as `follow = true` does)
+    jobs: int = 1                        # runs at once (schedule.run_all bounds them by memory too)
 
 
 class _Control:
@@ -61,20 +66,40 @@ class _Control:
 class Runner:
     def __init__(self, options: RunOptions, progress: Progress = lambda message: None):
         self.options = options
-        self.progress = progress
+        self._progress_lock = threading.Lock()
+        self._report = progress
+        self.gauge = MemoryGauge()
+        self.stopping = False             # interrupted: running runs give up, no new one starts
+        self._active: dict[str, TargetProcess | CommandProcess] = {}
+
+    def progress(self, message: str) -> None:
+        with self._progress_lock:       # runs on several threads: one line at a time
+            self._report(message)
 
     def run(self, plan: Plan) -> Results:
         results = Results(runs=[])
-        try:
+        workspace()   # its sentinel is forked now: before any run's thread, and before any secret exists
+
+        def started():
             for planned in plan.runs:
                 record = RunRecord(planned.scenario, planned.repetition, planned.scenario.secret)
-                results.runs.append(record)
-                self._run_one(planned, record)
+                results.runs.append(record)   # in plan order, whatever order the runs end in
+                yield planned, record
+        try:
+            run_all(started(), lambda item: self._run_one(*item), self.options.jobs, self.gauge,
+                    on_wait=self.progress, stop=self._stop)
         except KeyboardInterrupt:
             results.interrupted = True
             self.progress("interrupted: target killed, writing what we have")
         results.finished_at = utc_now()
         return results
+
+    def _stop(self) -> None:
+        """Interrupted with runs on other threads: kill their targets, so each run ends at once and says why."""
+        self.stopping = True
+        for target in list(self._active.values()):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(target.pid, signal.SIGKILL)
 
     # --- one run -----------------------------------------------------------
 
@@ -104,15 +129,17 @@ class Runner:
         try:
             with self._start(planned, secret, canary, workdir, cgroup, follow) as target:
                 record.pid = target.pid
+                self._active[planned.run_id] = target
                 run = (_CommandRun if scenario.command else _Run)(self, planned, record, target, secret, canary,
                                                                    workdir, pending)
                 try:
                     run.carry_out()
                 except (TargetError, SnapshotError) as e:
-                    record.error = str(e)
+                    record.error = None if self.stopping else str(e)
                 except (OSError, ValueError, RuntimeError) as e:   # a fault of this run must not end the plan
-                    record.error = f"internal error: {type(e).__name__}: {e}"
+                    record.error = None if self.stopping else f"internal error: {type(e).__name__}: {e}"
                 finally:
+                    self._active.pop(planned.run_id, None)
                     run.disarm()
                     target.kill()
                     record.exit = None if target.status is None else describe_status(target.status)
@@ -121,7 +148,7 @@ class Runner:
                         record.notes.append(f"{len(target.escaped)} process(es) the target started outside its process "
                                             "group (daemons) were still running at the end of the run: killed")
         except TargetError as e:    # it could not even start
-            record.error = str(e)
+            record.error = None if self.stopping else str(e)
         finally:
             record.duration_s = time.monotonic() - started
             if record.exit and record.error:   # a snapshot that failed because the target died says how it died
@@ -259,17 +286,6 @@ class _Run:
         self.record.verdicts += self._checkpoint(spec, None)
         self.disarm()
 
-    def _take(self, method: str, pid: int) -> Snapshot:
-        if method == "kernel-core":   # the abort must be delivered: let the target run again if it is held
-            resume(self.target.pid)
-            snapshot = take_kernel_core(self.target.pid, self.workdir, self.target.wait_exit)
-            if snapshot.not_produced is None:   # off the disk at once: from here on it lives as long as we do
-                snapshot.path = scratch.adopt(snapshot.path)
-            return snapshot
-        if method == "exit":
-            return self.exit_stop.snapshot()
-        return take_snapshot(method, pid, held=self.holding)
-
     @property
     def following(self) -> bool:
         return self.planned.scenario.follow or self.runner.options.follow
@@ -287,18 +303,30 @@ class _Run:
             return contextlib.nullcontext([self.target.pid])
         return held_still(self.target.pid, self.target.processes if self.following else None)
 
-    def _capture(self, method: str, pid: int, command: str) -> _Capture:
-        snapshot = self._take(method, pid)
-        snapshot.pid, snapshot.command = pid, command
-        try:
-            scan = scan_snapshot(snapshot, [self.secret, self.canary, *self.derived.values()]) \
-                if snapshot.not_produced is None else ScanResult([], 0, 0.0, 0)
-        except BaseException:
-            dispose_snapshot(snapshot, None, "")
-            raise
+    def _capture(self, method: str, pid: int, command: str, earlier: list[_Capture]) -> _Capture:
+        """`method`'s snapshot of `pid`, scanned; an image taken earlier at this checkpoint that is identical by
+        `method`'s own rules serves it instead of a second one."""
+        for capture in earlier:
+            if capture.snapshot.pid == pid and method in capture.snapshot.serves:
+                return capture.serving(method)
+        occasion = Occasion(pid, held=self.holding, keep=self.runner.options.keep_snapshots, workdir=self.workdir,
+                            wait_exit=self.target.wait_exit, resume_target=lambda: resume(self.target.pid),
+                            exit_stop=self.exit_stop)
+
+        def inspect(snapshot: Snapshot) -> tuple[ScanResult, dict]:
+            """Scan, and read each finding's surroundings, while the image is as captured."""
+            snapshot.pid, snapshot.command = pid, command
+            if snapshot.not_produced is not None:
+                return ScanResult([], 0, 0.0, 0), {}
+            scan = scan_snapshot(snapshot, [self.secret, self.canary, *self.derived.values()])
+            contexts = {hit: hit_context(snapshot, hit, self.secret_material)
+                        for hit in scan.hits if hit.secret != self.canary.label}
+            return scan, contexts
+
+        snapshot, (scan, contexts) = snapshot_method(method).capture(occasion, inspect)
         # Only a canary in memory proves the memory was captured (a note holds no heap or stack).
         canary_seen = any(h.secret == self.canary.label and h.full and h.address is not None for h in scan.hits)
-        return _Capture(snapshot, scan, canary_seen)
+        return _Capture(snapshot, scan, canary_seen, contexts)
 
     def _command(self, pid: int) -> str:
         """The process's command line for reports, with anything of the secret (or a derived value) masked."""
@@ -311,7 +339,11 @@ class _Run:
         with self._hold(spec) as held:
             processes = held if self.following and not spec.is_exit else self.target.processes()
             commands = {pid: self._command(pid) for pid in processes}
-            taken = [self._take_all(spec, method, processes, commands, address) for method in _methods_at(planned, spec)]
+            taken: list[_Taken] = []
+            for method in _methods_at(planned, spec):
+                taken.append(self._take_all(spec, method, processes, commands, address,
+                                            [c for t in taken for c in t.captures]))
+        self.runner.gauge.observe(sum(c.snapshot.captured_bytes for t in taken for c in t.captures if c.served_from is None))
         missing = _missing_notes(spec.require_notes, self.record.notes)
         verdicts = []
         for t in taken:
@@ -327,17 +359,22 @@ class _Run:
                     verdict.reason = f"the target did not note {', '.join(missing)} (its notes: {'; '.join(self.record.notes) or 'none'}); " + verdict.reason
             verdicts.append(verdict)
             verdicts += self._derived_verdicts(spec, t)
+        for t in taken:
             for capture in t.captures:
+                if capture.served_from is not None:   # its image is the other method's: freed or kept with it
+                    capture.snapshot.path = capture.served_from.snapshot.path
+                    continue
                 self._dispose(capture.snapshot, spec.name if capture is t.captures[0]
                               else f"{spec.name}.pid{capture.snapshot.pid}")
         return verdicts
 
     def _take_all(self, spec: CheckpointSpec, method: str, processes: list[int], commands: dict[int, str],
-                  address: int | None) -> _Taken:
+                  address: int | None, earlier: list[_Capture]) -> _Taken:
         """One method's snapshots at a checkpoint: of every process when following (a live method), else of the
-        target alone; `processes` beyond the target, when not snapshotted, are noted in the verdicts."""
+        target alone; `processes` beyond the target, when not snapshotted, are noted in the verdicts. `earlier`:
+        this checkpoint's captures so far, whose images may serve this method too."""
         planned, progress = self.planned, self.runner.progress
-        followed = processes if self.following and method in LIVE_METHODS else processes[:1]
+        followed = processes if self.following and snapshot_method(method).live else processes[:1]
         t = _Taken(method, unfollowed=[(pid, commands[pid]) for pid in processes if pid not in followed])
         if method in planned.method_skips:
             t.problem = planned.method_skips[method]
@@ -346,7 +383,7 @@ class _Run:
             who = "" if pid == self.target.pid else f" of {process_name(pid, commands[pid])}"
             progress(f"{planned.run_id}: {spec.name}: {method} snapshot{who}")
             try:
-                capture = self._capture(method, pid, commands[pid])
+                capture = self._capture(method, pid, commands[pid], earlier)
             except (SnapshotError, ScanError, EOFError) as e:
                 for earlier in t.captures:
                     dispose_snapshot(earlier.snapshot, None, "")
@@ -359,9 +396,11 @@ class _Run:
                 self.control.observe(method, spec.name, snapshot, secret_hits, address)
             for label, control in self.derived_controls.items():
                 control.observe(method, spec.name, snapshot, [h for h in scan.hits if h.secret == DERIVED_PREFIX + label], None)
-            progress(f"{planned.run_id}: {spec.name}: {method}{who}: "
-                     + (snapshot.not_produced or f"{scan.bytes_scanned / (1 << 20):.1f} MiB scanned in "
-                        f"{scan.duration_s:.2f} s, {len(secret_hits)} hit(s)"))
+            progress(f"{planned.run_id}: {spec.name}: {method}{who}: " + (
+                snapshot.not_produced or
+                (f"the {snapshot.served_by} image serves it, " if snapshot.served_by else
+                 f"{scan.bytes_scanned / (1 << 20):.1f} MiB scanned in {scan.duration_s:.2f} s, ")
+                + f"{len(secret_hits)} hit(s)"))
         return t
 
     def _establish_control(self, spec: CheckpointSpec) -> None:
@@ -391,9 +430,8 @@ class _Run:
         verdict.outcome, verdict.reason, findings = judge_processes(
             expectation=expectation, views=views, intended_address=address, control_established=control.established,
             control_note=control.note, intended_flags=flags)
-        snapshots = {view.snapshot.pid: view.snapshot for view in views}
-        verdict.findings = [replace(f, context=hit_context(snapshots[f.hit.pid], f.hit, self.secret_material))
-                            for f in findings]
+        contexts = {hit: context for c in t.captures for hit, context in c.contexts.items()}
+        verdict.findings = [replace(f, context=contexts[f.hit]) for f in findings]
         verdict.snapshot = t.snapshot
         verdict.scan_bytes = sum(c.scan.bytes_scanned for c in t.captures)
         verdict.scan_duration_s = sum(c.scan.duration_s for c in t.captures)
@@ -407,7 +445,7 @@ class _Run:
         if not t.unfollowed:
             return
         names = ", ".join(process_name(pid, command) for pid, command in t.unfollowed)
-        if t.method not in LIVE_METHODS:
+        if not snapshot_method(t.method).live:
             verdict.reason += f" ({t.method} covers the target process only, not its {len(t.unfollowed)} other process(es): {names})"
             return
         verdict.reason += f"; the target's other process(es) were not snapshotted: {names} (follow = true, or --follow, snapshots them)"
@@ -466,11 +504,21 @@ class _CommandRun(_Run):
 
 @dataclass
 class _Capture:
-    """One process's snapshot by one method and what its scan found."""
+    """One process's snapshot by one method, what its scan found and the surroundings of the subjects' hits."""
 
     snapshot: Snapshot
     scan: ScanResult
     canary_seen: bool
+    contexts: dict[Hit, HitContext]
+    served_from: _Capture | None = None   # the capture whose image this one is (one dump serving two methods)
+
+    def serving(self, method: str) -> _Capture:
+        """This image as `method`'s too: same bytes, same hits, no second dump or scan."""
+        why = self.snapshot.serves[method]
+        snapshot = replace(self.snapshot, method=method, serves={}, served_by=self.snapshot.method, duration_s=0.0,
+                           notes=[f"served by the {self.snapshot.method} dump taken a moment before: {why}",
+                                  *self.snapshot.notes])
+        return _Capture(snapshot, replace(self.scan, duration_s=0.0), self.canary_seen, self.contexts, self)
 
 
 @dataclass

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .model import Expect
+from .snapshot import methods as snapshot_methods
+from .snapshot.methods import Timing
 from .tomltable import TomlTable, load_toml
 
 LANGUAGES = ("c", "go", "node", "python")
@@ -24,9 +26,9 @@ SECRET_FILE_PLACEHOLDER = "{secret_file}"
 DERIVED_LABEL = re.compile(r"[a-z0-9_]{1,64}")
 # Scenario and checkpoint names become file and folder names (kept snapshots, probe files): no separators, no "..".
 NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
-SNAPSHOT_METHODS = ("procmem", "gcore", "gcore-all", "kernel-core", "exit")
+SNAPSHOT_METHODS = snapshot_methods.names()
 # The methods that leave the target running; kernel-core kills it, exit happens only at its end.
-LIVE_METHODS = ("procmem", "gcore", "gcore-all")
+LIVE_METHODS = snapshot_methods.live_names()
 EXIT_CHECKPOINT = "exit"
 SECRET_FORMS = ("binary", "password")
 MAX_SECONDS = 3600          # the longest timeout or trigger wait
@@ -164,10 +166,19 @@ def _expectation(r: TomlTable, inherit: MethodExpectation | None) -> MethodExpec
     return MethodExpectation(Expect(expect), why.strip(), where)
 
 
+def _timing_problem(method: str, name: str, last: bool) -> str | None:
+    """Why `method` cannot be taken at checkpoint `name` (the last one the target announces if `last`), if it cannot."""
+    timing = snapshot_methods.method(method).timing
+    if (timing is Timing.AT_EXIT) != (name == EXIT_CHECKPOINT):
+        return f"the {method} method belongs to the checkpoint named {EXIT_CHECKPOINT!r} and only there" \
+            if timing is Timing.AT_EXIT else f"the {EXIT_CHECKPOINT!r} checkpoint takes only the methods taken at exit"
+    if timing is Timing.ENDS_TARGET and not last:
+        return f"{method} ends the target, so it is only allowed at the last checkpoint"
+    return None
+
+
 def _default_methods(name: str, methods: tuple[str, ...], last: bool) -> tuple[str, ...]:
-    if name == EXIT_CHECKPOINT:
-        return ("exit",) if "exit" in methods else ()
-    return tuple(m for m in methods if m in LIVE_METHODS or (m == "kernel-core" and last))
+    return tuple(m for m in methods if not _timing_problem(m, name, last))
 
 
 def _trigger(r: TomlTable, name: str) -> Trigger | None:
@@ -205,10 +216,8 @@ def _checkpoint(r: TomlTable, methods: tuple[str, ...], last: bool, command: boo
     for i, method in enumerate(at):
         if method not in methods:
             raise r.fail(f"methods[{i}]", f"{method!r} is not in this scenario's methods ({', '.join(methods)})")
-        if (method == "exit") != (name == EXIT_CHECKPOINT):
-            raise r.fail(f"methods[{i}]", f"the exit method belongs to the checkpoint named {EXIT_CHECKPOINT!r} and only there")
-        if method == "kernel-core" and not last:
-            raise r.fail(f"methods[{i}]", "kernel-core ends the target, so it is only allowed at the last checkpoint")
+        if problem := _timing_problem(method, name, last):
+            raise r.fail(f"methods[{i}]", problem)
     if not at:
         raise r.fail("methods", "no snapshot method applies at this checkpoint")
     default = _expectation(r.child({k: v for k, v in r.table.items() if k in ("expect", "why", "where")}, r.prefix), None)

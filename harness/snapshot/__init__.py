@@ -1,14 +1,8 @@
 """Snapshot methods: copy a live target's memory into a scratch file (memory, never disk: scratch.py)
 described by a `Snapshot`.
 
-procmem    /proc/PID/mem under SIGSTOP: everything readable, including PROT_NONE and MADV_DONTDUMP pages.
-gcore      gdb's gcore with gdb's defaults: honours MADV_DONTDUMP and the target's coredump_filter.
-gcore-all  gcore with excluded mappings dumped too (what an attacker with gdb would get).
-kernel-core  the kernel's own core dump of the target (SIGABRT); ends the target.
-exit       /proc/PID/mem at the target's final exit_group, after its exit-time wipes (ptrace exit stop).
-
-kernel-core and exit need the target's lifecycle, so the runner drives them (kernelcore.py, exitstop.py);
-take_snapshot covers the live methods.
+Each is registered once in methods.py. kernel-core and exit need the target's lifecycle, so the runner drives
+them through an Occasion; take_snapshot covers the live methods.
 """
 from __future__ import annotations
 
@@ -23,14 +17,15 @@ from typing import Callable
 
 from ..model import Snapshot
 from ..process import alive
+from .methods import Occasion, live_names, method, names
+
+LIVE_METHODS = live_names()
+METHODS = names()
 
 
 class SnapshotError(Exception):
     """The snapshot could not be taken (target gone, access denied, gdb failed, ...)."""
 
-
-LIVE_METHODS = ("procmem", "gcore", "gcore-all")
-METHODS = (*LIVE_METHODS, "kernel-core", "exit")
 
 CAP_SYS_PTRACE = 19
 CAP_SYS_RESOURCE = 24
@@ -55,32 +50,9 @@ def has_capability(bit: int) -> bool:
     return False
 
 
-def method_unavailable(method: str) -> str | None:
-    """None if this machine can run `method`, else why not."""
-    if method not in METHODS:
-        raise ValueError(f"unknown snapshot method {method!r}; known: {', '.join(METHODS)}")
-    if not os.path.exists("/proc/self/mem"):
-        return "/proc is not mounted (no /proc/PID/mem)"
-    scope = ptrace_scope()
-    if scope >= 3:
-        return "Yama ptrace_scope=3 forbids all ptrace access, /proc/PID/mem and gdb attach included"
-    privileged = has_capability(CAP_SYS_PTRACE)
-    if method == "kernel-core":
-        from .kernelcore import kernel_core_unavailable
-        return kernel_core_unavailable()
-    if method == "exit":
-        from .exitstop import exit_unavailable
-        return exit_unavailable()
-    if method == "procmem":
-        # ptrace_scope 1 still lets the harness read its own children's memory; 2 needs the capability.
-        if scope == 2 and not privileged:
-            return "Yama ptrace_scope=2 requires CAP_SYS_PTRACE to read /proc/PID/mem"
-        return None
-    if shutil.which("gdb") is None:
-        return "gdb not found on PATH"
-    if scope >= 1 and not privileged:
-        return f"Yama ptrace_scope={scope}: gdb cannot attach to a process it did not start without CAP_SYS_PTRACE"
-    return None
+def method_unavailable(name: str) -> str | None:
+    """None if this machine can take snapshots with method `name`, else why not."""
+    return method(name).unavailable()
 
 
 def resume(pid: int) -> None:
@@ -117,7 +89,6 @@ def held_still(pid: int, members: Callable[[], list[int]] | None = None):
             resume(member)
 
 
-SNAPSHOT_SUFFIXES = {"procmem": ".raw", "exit": ".raw"}    # the others are ELF cores
 
 
 def dispose_snapshot(snapshot: Snapshot, keep_in: Path | None, stem: str) -> None:
@@ -129,7 +100,7 @@ def dispose_snapshot(snapshot: Snapshot, keep_in: Path | None, stem: str) -> Non
         return
     keep_in.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(keep_in.parent, 0o700)
-    kept = keep_in / f"{stem}.{snapshot.method}{SNAPSHOT_SUFFIXES.get(snapshot.method, '.core')}"
+    kept = keep_in / f"{stem}.{snapshot.method}{method(snapshot.method).kept_suffix}"
     with open(snapshot.path, "rb") as source, open(os.open(kept, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as copy:
         shutil.copyfileobj(source, copy, 8 << 20)
     os.chmod(kept, 0o600)
@@ -137,21 +108,16 @@ def dispose_snapshot(snapshot: Snapshot, keep_in: Path | None, stem: str) -> Non
     snapshot.path = kept
 
 
-def take_snapshot(method: str, pid: int, *, held: bool = False) -> Snapshot:
-    """Snapshot process `pid` with a live method (procmem, gcore, gcore-all) into a scratch file.
+def take_snapshot(name: str, pid: int, *, held: bool = False) -> Snapshot:
+    """Snapshot process `pid` with a live method into a scratch file (the CLI's `scan --pid`, tests).
     `held`: the caller keeps the process stopped (held_still) and resumes it itself."""
-    reason = method_unavailable(method)
-    if reason:
-        raise SnapshotError(f"{method} unavailable: {reason}")
+    chosen = method(name)
+    if not chosen.live:
+        raise ValueError(f"{name} is driven by the runner, not take_snapshot")
+    if reason := chosen.unavailable():
+        raise SnapshotError(f"{name} unavailable: {reason}")
     started = time.monotonic()
-    if method in ("kernel-core", "exit"):
-        raise ValueError(f"{method} is driven by the runner, not take_snapshot")
-    if method == "procmem":
-        from .procmem import take_procmem
-        snapshot = take_procmem(pid, held=held)
-    else:
-        from .gcore import take_gcore
-        snapshot = take_gcore(pid, dump_all=method == "gcore-all")
+    snapshot = chosen.take(Occasion(pid, held=held, keep=True))
     snapshot.duration_s = time.monotonic() - started
     snapshot.pid = pid
     return snapshot

@@ -48,6 +48,18 @@ def gdb_settings(dump_all: bool, target_filter: int | None) -> list[str]:
     return settings
 
 
+def identical_dumps(live, target_filter: int | None) -> str | None:
+    """Why gcore and gcore-all write the same image of this process, or None if they may not: they differ only in
+    MADV_DONTDUMP mappings and, where the target's coredump_filter lacks gdb's own 0x33 bits, in the filter. gdb
+    never dumps an I/O mapping (VmFlags "io": [vvar], which the kernel also marks "dd"), excluded or not."""
+    if any(m.dont_dump and "io" not in m.vm_flags for m in live):
+        return None
+    if target_filter is None or target_filter & _DEFAULT_FILTER != _DEFAULT_FILTER:
+        return None
+    return (f"no mapping is MADV_DONTDUMP (smaps VmFlags) and the coredump_filter {target_filter:#x} has gdb's "
+            f"{_DEFAULT_FILTER:#x} bits, so gdb dumps the same with dump-excluded-mappings on or off")
+
+
 def take_gcore(pid: int, dump_all: bool, timeout: float = GDB_TIMEOUT_S) -> Snapshot:
     method = "gcore-all" if dump_all else "gcore"
     gdb = shutil.which("gdb")
@@ -83,6 +95,8 @@ def take_gcore(pid: int, dump_all: bool, timeout: float = GDB_TIMEOUT_S) -> Snap
     except BaseException:
         scratch.discard(core)  # never keep a partial copy of the target's memory
         raise
+    if why := identical_dumps(live, target_filter):
+        snapshot.serves = {"gcore" if dump_all else "gcore-all": why}
     snapshot.notes[:0] = [version, "gdb settings: " + ("; ".join(settings) or "defaults"),
                           f"target coredump_filter: {target_filter:#x}" if target_filter is not None else
                           "target coredump_filter: unknown"]

@@ -1,0 +1,144 @@
+"""The scheduler: runs at once up to -j, bounded by memory, results in plan order, interrupts end every run."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from remanence.schedule import MIN_HEADROOM, MemoryGauge, run_all
+
+
+class Recorder:
+    """A stand-in for runs: each takes `hold` seconds and records how many were running at once."""
+
+    def __init__(self, hold: float = 0.05):
+        self.lock = threading.Lock()
+        self.running = 0
+        self.most = 0
+        self.started: list[int] = []
+        self.threads: set[str] = set()
+        self.hold = hold
+
+    def __call__(self, item: int) -> None:
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+            self.started.append(item)
+            self.threads.add(threading.current_thread().name)
+        time.sleep(self.hold)
+        with self.lock:
+            self.running -= 1
+
+
+def test_runs_start_in_plan_order_and_at_most_jobs_run_at_once():
+    work = Recorder()
+    run_all(range(12), work, jobs=3, gauge=MemoryGauge(), memory=lambda: 1 << 40)
+    assert work.started == list(range(12))
+    assert work.most == 3
+
+
+def test_one_job_runs_everything_on_the_calling_thread():
+    work = Recorder(hold=0)
+    run_all(range(4), work, jobs=1, gauge=MemoryGauge())
+    assert work.threads == {threading.current_thread().name} and work.most == 1
+
+
+def test_short_memory_lets_only_one_run_at_a_time_and_says_why():
+    gauge, told = MemoryGauge(), []
+    gauge.observe(3 << 30)        # a checkpoint held 3 GiB of images: the next run wants 6 GiB free
+    work = Recorder()
+    run_all(range(5), work, jobs=4, gauge=gauge, memory=lambda: 5 << 30, on_wait=told.append)
+    assert work.most == 1 and work.started == list(range(5))
+    assert len(told) == 1 and "5120 MiB available, 6144 MiB wanted" in told[0]
+
+
+def test_the_headroom_follows_the_largest_checkpoint_seen():
+    gauge = MemoryGauge()
+    assert gauge.headroom() == MIN_HEADROOM
+    gauge.observe(2 << 30)
+    gauge.observe(1 << 20)
+    assert gauge.headroom() == 4 << 30
+
+
+def test_a_failing_run_stops_the_others_and_is_raised():
+    stopped = threading.Event()
+    started = []
+
+    def work(item: int) -> None:
+        started.append(item)
+        if item == 1:
+            raise RuntimeError("run 1 broke")
+        stopped.wait(5)
+
+    with pytest.raises(RuntimeError, match="run 1 broke"):
+        run_all(range(10), work, jobs=2, gauge=MemoryGauge(), memory=lambda: 1 << 40, stop=stopped.set)
+    assert stopped.is_set() and len(started) < 10
+
+
+@pytest.mark.e2e
+def test_parallel_suite_gives_the_same_verdicts_in_plan_order(tmp_path):
+    """-j 2 and -j 1 on the same scenarios: the same verdicts (scenario, checkpoint, method, outcome) in the same order."""
+    documents = []
+    for jobs in (1, 2):
+        out = tmp_path / f"j{jobs}"
+        run = subprocess.run([sys.executable, "-m", "remanence", "run", "malloc.*", "stack.*", "--method", "procmem,gcore",
+                              "--repeat", "2", "-j", str(jobs), "--out", str(out), "--format", "json"],
+                             capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-2000:]
+        documents.append(json.loads((out / "results.json").read_text()))
+    sequential, parallel = ([(v["scenario"], v["repetition"], v["checkpoint"], v["method"], v["outcome"])
+                             for v in d["verdicts"]] for d in documents)
+    assert parallel == sequential and len(parallel) >= 8
+    assert [r["scenario"] for r in documents[1]["runs"]] == [r["scenario"] for r in documents[0]["runs"]]
+
+
+@pytest.mark.e2e
+def test_an_interrupt_with_two_runs_going_kills_both_targets_and_exits_130(tmp_path):
+    harness = subprocess.Popen([sys.executable, "-m", "remanence", "run", "secret.*", "-j", "2", "--method", "procmem",
+                                "--out", str(tmp_path), "--format", "json"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    targets = set()
+    for line in harness.stderr:
+        if "starting go target" in line:
+            targets.add(line.split(":")[0])
+        if len(targets) == 2:
+            break
+    assert len(targets) == 2, "two runs never went at once"
+    time.sleep(0.3)
+    children = _descendants(harness.pid)
+    harness.send_signal(signal.SIGINT)
+    harness.communicate(timeout=120)
+    assert harness.returncode == 130
+    assert [pid for pid in children if _alive(pid)] == []
+    document = json.loads((tmp_path / "results.json").read_text())
+    assert document["interrupted"] and 2 <= len(document["runs"]) < 10
+    reasons = {v["reason"] for v in document["verdicts"] if v["outcome"] == "ERROR"}
+    assert reasons and all("interrupted" in r for r in reasons), reasons
+
+
+def _descendants(pid: int) -> list[int]:
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        for task in os.listdir(f"/proc/{parent}/task"):
+            try:
+                children = open(f"/proc/{parent}/task/{task}/children").read().split()
+            except OSError:
+                continue
+            found += map(int, children)
+            frontier += map(int, children)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
