@@ -10,6 +10,7 @@ import remanence.scan.engine as engine
 from remanence.model import Region, RegionKind, Secret, Snapshot
 from remanence.scan.encodings import patterns_for
 from remanence.scan.engine import ScanError, scan_snapshot
+from remanence.snapshot import scratch
 
 rng = random.Random(1234)
 SECRET = Secret("secret", bytes(rng.randrange(256) for _ in range(32)))
@@ -270,3 +271,22 @@ def test_region_past_the_end_of_the_file_is_reported_truncated(tmp_path, threads
     image.region("cut", 0x5000_0000, 40_000, 30_000)                 # its last 20 000 bytes are not in the file
     with pytest.raises(EOFError, match="region cut at file offset .* is truncated"):
         scan_snapshot(image.snapshot(tmp_path), [SECRET], chunk_size=8192, threads=threads)
+
+
+def test_scanning_a_scratch_copy_leaves_its_holes_unallocated():
+    """procmem's copies keep never-touched memory as holes of a memfd; reading one by mapping it would allocate it."""
+    image = FakeImage(1 << 20)
+    heap = image.region("[heap]", 0x4000_0000, 8 << 20, 0)
+    path = scratch.create("test")
+    try:
+        with open(path, "r+b") as f:
+            f.write(bytes(image.data))                                # 1 MiB of data, then 7 MiB of hole
+            f.seek(6 << 20)
+            f.write(SECRET.value)                                     # data again inside the hole's range
+            f.truncate(8 << 20)
+        allocated = os.stat(path).st_blocks
+        result = scan_snapshot(Snapshot("fake", path, [heap]), [SECRET], chunk_size=1 << 20)
+        assert [h.address for h in result.hits] == [0x4000_0000 + (6 << 20)]
+        assert os.stat(path).st_blocks == allocated
+    finally:
+        scratch.discard(path)

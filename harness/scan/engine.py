@@ -163,9 +163,10 @@ def chunk_jobs(regions: list[Region], chunk_size: int, overlap: int) -> Iterator
 def chunk_bytes(source: BinaryIO, file_size: int, path: Path, job: ChunkJob, buffer: bytearray) -> Iterator[memoryview]:
     """The chunk's bytes, for the block. A file that holds them (a scratch copy, a core) is mapped, not copied: a
     quarter less time than reading into `buffer`, and unmapped after the block, so memory stays bounded. Live memory
-    (/proc/PID/mem, whose size is 0) and a truncated file are read into `buffer`."""
+    (/proc/PID/mem, whose size is 0), a truncated file and a chunk with a hole are read into `buffer`: mapping a hole
+    of a scratch file (memfd) would allocate it, and procmem's copies leave never-touched memory as holes."""
     offset = job.region.file_offset + job.start
-    if offset + job.size > file_size:
+    if offset + job.size > file_size or not holds_every_byte(source, offset, job.size):
         yield read_chunk(source, path, job, buffer)
         return
     aligned = offset - offset % mmap.ALLOCATIONGRANULARITY
@@ -173,6 +174,14 @@ def chunk_bytes(source: BinaryIO, file_size: int, path: Path, job: ChunkJob, buf
                    prot=mmap.PROT_READ, offset=aligned) as mapped, memoryview(mapped) as whole, \
             whole[offset - aligned:] as data:
         yield data
+
+
+def holds_every_byte(source: BinaryIO, offset: int, size: int) -> bool:
+    """No hole in [offset, offset + size) of the file (the file's offset moves; every read here is positional)."""
+    try:
+        return os.lseek(source.fileno(), offset, os.SEEK_HOLE) >= offset + size
+    except OSError:
+        return False
 
 
 def read_chunk(source: BinaryIO, path: Path, job: ChunkJob, buffer: bytearray) -> memoryview:
