@@ -19,7 +19,7 @@ from target_driver import read_stdout_line
 
 from remanence.model import GapKind, RegionKind, Secret, iter_region_chunks
 from remanence.scan.context import hit_context, secret_material
-from remanence.scan.engine import scan_snapshot
+from remanence.scan.engine import ScanError, scan_snapshot
 from remanence.snapshot import LIVE_METHODS, METHODS, SnapshotError, dispose_snapshot, held_still, method_unavailable, \
     scratch, take_snapshot
 from remanence.snapshot import gcore as gcore_module
@@ -308,6 +308,17 @@ def test_streamed_and_copied_capture_agree(target):
         assert marker_addresses(kept, target.marker) == {target.heap, target.dont_dump, target.no_access}
     finally:
         dispose_snapshot(kept, None, "")
+
+
+def test_streamed_memory_that_fails_to_read_during_the_scan_is_a_scan_error(target, monkeypatch):
+    """Memory taken as readable without a probe that then fails (here: pretending the pages past the mapped file's
+    end always read) makes the scan fail with the place named, never a silent hole in the scan."""
+    monkeypatch.setattr(procmem_module, "_surely_readable", lambda m: True)
+    before = open_descriptors()
+    with pytest.raises(ScanError, match=rf"cannot read region {target.file} at offset {target.partial + PAGE:#x}"):
+        procmem_module.capture_procmem(target.pid, lambda s: scan_snapshot(s, [Secret("marker", target.marker)]))
+    assert open_descriptors() == before
+    assert target.responds()
 
 
 @pytest.mark.parametrize("keep", [False, True])
