@@ -311,14 +311,63 @@ def test_streamed_and_copied_capture_agree(target):
 
 
 def test_streamed_memory_that_fails_to_read_during_the_scan_is_a_scan_error(target, monkeypatch):
-    """Memory taken as readable without a probe that then fails (here: pretending the pages past the mapped file's
-    end always read) makes the scan fail with the place named, never a silent hole in the scan."""
-    monkeypatch.setattr(procmem_module, "_surely_readable", lambda m: True)
+    """Memory found readable at the capture that then fails (here: a probe pretending the pages past the mapped file's
+    end read) makes the scan fail with the place named, never a silent hole in the scan."""
+    monkeypatch.setattr(procmem_module, "_read_span", lambda mem_fd, out, pid, start, end, buffer: [(start, end, start, None)])
     before = open_descriptors()
     with pytest.raises(ScanError, match=rf"cannot read region {target.file} at offset {target.partial + PAGE:#x}"):
         procmem_module.capture_procmem(target.pid, lambda s: scan_snapshot(s, [Secret("marker", target.marker)]))
     assert open_descriptors() == before
     assert target.responds()
+
+
+# A private anonymous mapping of 64 pages: pages 10 and 40 touched, the others never. A marker ending in 4 zero bytes
+# is written so that its zeros fall into the untouched page 11, and a whole one inside page 40.
+SPARSE_HOLDER = r"""
+import ctypes, mmap, sys
+page = mmap.PAGESIZE
+area = mmap.mmap(-1, 64 * page, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+marker = sys.stdin.buffer.read(32)
+area[11 * page - 28:11 * page] = marker[:28]
+area[40 * page + 100:40 * page + 132] = marker
+print(hex(ctypes.addressof(ctypes.c_char.from_buffer(area))), flush=True)
+sys.stdin.buffer.read()
+"""
+
+
+def pages_present(pid: int, start: int, count: int) -> list[bool]:
+    with open(f"/proc/{pid}/pagemap", "rb") as f:
+        f.seek(8 * (start // PAGE))
+        entries = f.read(8 * count)
+    return [bool(int.from_bytes(entries[i:i + 8], "little") >> 62) for i in range(0, len(entries), 8)]
+
+
+def test_streamed_scan_fills_untouched_pages_with_zeros_without_reading_them():
+    marker = Secret("marker", os.urandom(28) + bytes(4))
+    holder = subprocess.Popen([sys.executable, "-c", SPARSE_HOLDER], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        holder.stdin.write(marker.value)
+        holder.stdin.flush()
+        area = int(holder.stdout.readline(), 16)
+
+        def inspect(snap):
+            region = snap.region_at(area)
+            hits = scan_snapshot(snap, [marker]).hits
+            present_after_scan = pages_present(holder.pid, area, 64)
+            streamed = b"".join(data for _, data in iter_region_chunks(snap.path, region, 1 << 20))
+            return region, hits, present_after_scan, streamed
+
+        snap, (region, hits, present, read_through_proc) = procmem_module.capture_procmem(holder.pid, inspect)
+        assert (region.start, region.size) == (area, 64 * PAGE)
+        # the copy whose zero tail lies in the untouched page is whole, as a read of that page would make it
+        assert [(h.address, h.full) for h in hits if region.contains(h.address)] == [
+            (area + 11 * PAGE - 28, True), (area + 40 * PAGE + 100, True)]
+        # the scan faulted nothing into the target: the untouched pages are still neither resident nor swapped
+        assert [i for i, p in enumerate(present) if p] == [10, 40]
+        assert read_through_proc[11 * PAGE - 28:11 * PAGE + 4] == marker.value   # and reading them gives zeros too
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=10)
 
 
 @pytest.mark.parametrize("keep", [False, True])

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 import hyperscan
 
@@ -86,7 +86,7 @@ def scan_snapshot(snapshot: Snapshot, secrets: list[Secret], chunk_size: int = 1
         def on_match(pattern_id, _from, to, _flags, _context):
             if job.start + to > job.owned_from:   # one ending in the overlap was the previous chunk's
                 matches.append((pattern_id, job.start + to))
-        with chunk_bytes(source, file_size, snapshot.path, job, per_thread.buffer) as data:
+        with chunk_bytes(source, file_size, snapshot, job, per_thread.buffer) as data:
             try:
                 database.scan(data, match_event_handler=on_match, scratch=per_thread.scratch)
             except hyperscan.error as exc:
@@ -160,14 +160,15 @@ def chunk_jobs(regions: list[Region], chunk_size: int, overlap: int) -> Iterator
 
 
 @contextmanager
-def chunk_bytes(source: BinaryIO, file_size: int, path: Path, job: ChunkJob, buffer: bytearray) -> Iterator[memoryview]:
+def chunk_bytes(source: BinaryIO, file_size: int, snapshot: Snapshot, job: ChunkJob,
+                buffer: bytearray) -> Iterator[memoryview]:
     """The chunk's bytes, for the block. A file that holds them (a scratch copy, a core) is mapped, not copied: a
     quarter less time than reading into `buffer`, and unmapped after the block, so memory stays bounded. Live memory
     (/proc/PID/mem, whose size is 0), a truncated file and a chunk with a hole are read into `buffer`: mapping a hole
     of a scratch file (memfd) would allocate it, and procmem's copies leave never-touched memory as holes."""
     offset = job.region.file_offset + job.start
-    if offset + job.size > file_size or not holds_every_byte(source, offset, job.size):
-        yield read_chunk(source, path, job, buffer)
+    if snapshot.read_at or offset + job.size > file_size or not holds_every_byte(source, offset, job.size):
+        yield read_chunk(source, snapshot.path, job, buffer, snapshot.read_at)
         return
     aligned = offset - offset % mmap.ALLOCATIONGRANULARITY
     with mmap.mmap(source.fileno(), offset + job.size - aligned, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE,
@@ -184,14 +185,16 @@ def holds_every_byte(source: BinaryIO, offset: int, size: int) -> bool:
         return False
 
 
-def read_chunk(source: BinaryIO, path: Path, job: ChunkJob, buffer: bytearray) -> memoryview:
-    """The chunk's bytes, read into `buffer` (positional reads: the threads share `source`)."""
+def read_chunk(source: BinaryIO, path: Path, job: ChunkJob, buffer: bytearray,
+               read_at: Callable[[int, memoryview], int] | None = None) -> memoryview:
+    """The chunk's bytes, read into `buffer` by `read_at` (Snapshot.read_at) or from `source` (positional reads: the
+    threads share it)."""
     view = memoryview(buffer)[:job.size]
     offset = job.region.file_offset + job.start
     got = 0
     while got < job.size:
         try:
-            count = os.preadv(source.fileno(), [view[got:]], offset + got)
+            count = read_at(offset + got, view[got:]) if read_at else os.preadv(source.fileno(), [view[got:]], offset + got)
         except OSError as exc:    # live memory (/proc/PID/mem) that became unreadable after the capture
             raise ScanError(f"{path}: cannot read region {job.region.name} at offset {offset + got:#x}: "
                             f"{exc.strerror}") from exc

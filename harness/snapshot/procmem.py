@@ -7,8 +7,10 @@ way (the exit method reads it in its ptrace exit stop). Pages read as all zeros 
 file."""
 from __future__ import annotations
 
+import bisect
 import errno
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -26,16 +28,24 @@ _zeros = memoryview(b"")
 # Private anonymous memory always reads through /proc/PID/mem (a page never touched reads as zeros, PROT_NONE is
 # forced), unless the driver behind it is special: VM_IO or VM_PFNMAP ("io", "pf"), which the kernel refuses.
 _REFUSED_FLAGS = frozenset({"io", "pf"})
+# /proc/PID/pagemap: one 64-bit entry per page; its top byte holds bit 63 (present), 62 (swapped out) and 58 (a guard
+# marker: reading fails). Translated to b"0" where a page is none of them: private anonymous memory reads as zeros there.
+_NOTHING_TO_READ = bytes(ord("1") if top & 0xC4 else ord("0") for top in range(256))
+_ABSENT_RUNS = re.compile(b"0+")
 
 T = TypeVar("T")
 
 
-def _all_zero(buffer: bytearray, count: int) -> bool:
-    """buffer[:count] is all zero bytes (a memcmp, no copy)."""
+def _zero_bytes(count: int) -> memoryview:
     global _zeros
     if len(_zeros) < count:
         _zeros = memoryview(bytes(max(count, CHUNK_SIZE)))   # calloc'd: costs no memory until read
-    return buffer.startswith(_zeros[:count])
+    return _zeros[:count]
+
+
+def _all_zero(buffer: bytearray, count: int) -> bool:
+    """buffer[:count] is all zero bytes (a memcmp, no copy)."""
+    return buffer.startswith(_zero_bytes(count))
 
 
 def thread_states(pid: int) -> dict[int, str]:
@@ -172,14 +182,15 @@ def _copy_mapping(mem_fd: int, out, pid: int, m: LiveMapping, buffer: bytearray,
             gaps.append(Gap(a, b - a, m.name, GapKind.UNREADABLE, error, m.dont_dump, m.perms))
 
 
-def open_mem(pid: int) -> int:
-    """Open /proc/PID/mem read-only; SnapshotError when the process is gone or access is denied."""
+def open_mem(pid: int, name: str = "mem") -> int:
+    """Open /proc/PID/mem (or another of its files as private, /proc/PID/pagemap) read-only; SnapshotError when the
+    process is gone or access is denied."""
     try:
-        return os.open(f"/proc/{pid}/mem", os.O_RDONLY)
+        return os.open(f"/proc/{pid}/{name}", os.O_RDONLY)
     except (FileNotFoundError, ProcessLookupError) as exc:
         raise SnapshotError(f"process {pid} does not exist (exited?)") from exc
     except PermissionError as exc:
-        raise SnapshotError(f"cannot open /proc/{pid}/mem: permission denied "
+        raise SnapshotError(f"cannot open /proc/{pid}/{name}: permission denied "
                             "(different uid, not dumpable, or Yama; needs CAP_SYS_PTRACE)") from exc
 
 
@@ -222,19 +233,54 @@ def copy_stopped_memory(pid: int, method: str, mem_fd: int | None = None,
     return Snapshot(method=method, path=raw_path, regions=regions, gaps=gaps), mappings
 
 
-def stopped_memory_in_place(pid: int, method: str, mem_fd: int,
+class _LiveMemory:
+    """Reads a stopped process's memory for a scan. Pages of private anonymous memory neither resident nor swapped out
+    (by /proc/PID/pagemap) are zeros by definition, so they are filled in rather than read: reading them would fault
+    the zero page into the target page by page, many times slower (a Go heap is mostly such pages). Everything else
+    is read through /proc/PID/mem."""
+
+    def __init__(self, mem_fd: int, pagemap_fd: int, mappings: list[LiveMapping]):
+        self.mem_fd, self.pagemap_fd = mem_fd, pagemap_fd
+        fillable = [m for m in mappings if _surely_readable(m)]
+        self.starts, self.ends = [m.start for m in fillable], [m.end for m in fillable]
+
+    def read_at(self, address: int, view: memoryview) -> int:
+        """Bytes from `address` into `view`; fewer than asked where a read stops short (the next call goes on)."""
+        at = bisect.bisect_right(self.starts, address) - 1
+        if at < 0 or address >= self.ends[at]:
+            return os.preadv(self.mem_fd, [view], address)
+        end = min(address + len(view), self.ends[at])
+        first = address // PAGE_SIZE
+        entries = os.pread(self.pagemap_fd, 8 * ((end - 1) // PAGE_SIZE + 1 - first), 8 * first)
+        done = address
+        for run in _ABSENT_RUNS.finditer(entries[7::8].translate(_NOTHING_TO_READ)):
+            zeros_from, zeros_to = max(address, (first + run.start()) * PAGE_SIZE), min(end, (first + run.end()) * PAGE_SIZE)
+            if done < zeros_from:
+                count = os.preadv(self.mem_fd, [view[done - address:zeros_from - address]], done)
+                if done + count < zeros_from:
+                    return done + count - address
+            view[zeros_from - address:zeros_to - address] = _zero_bytes(zeros_to - zeros_from)
+            done = zeros_to
+        if done < end:
+            done += os.preadv(self.mem_fd, [view[done - address:end - address]], done)
+        return done - address
+
+
+def stopped_memory_in_place(pid: int, method: str, mem_fd: int, pagemap_fd: int,
                             chunk_size: int = CHUNK_SIZE) -> tuple[Snapshot, list[LiveMapping]]:
     """The stopped process's memory itself as a Snapshot: path /proc/PID/mem, each region at file offset = its
-    address, so every reader of snapshot files reads the live memory. Found unreadable and untouched ranges are
-    gaps as in copy_stopped_memory; the readability of memory that may fail (file-backed, shared, device) is found
-    by reading it, private anonymous memory always reads. Valid only while the caller keeps the process stopped."""
+    address, so every reader of snapshot files reads the live memory (a scan reads it through _LiveMemory). Found
+    unreadable and untouched ranges are gaps as in copy_stopped_memory; the readability of memory that may fail
+    (file-backed, shared, device) is found by reading it, private anonymous memory always reads. Valid only while the
+    caller keeps the process stopped and the descriptors open."""
     regions: list[Region] = []
     gaps: list[Gap] = []
     buffer = _page_buffer(chunk_size)
     mappings = _mappings(pid)
     for m in mappings:
         _copy_mapping(mem_fd, None, pid, m, buffer, regions, gaps)
-    return Snapshot(method=method, path=Path(f"/proc/{pid}/mem"), regions=regions, gaps=gaps, streamed=True), mappings
+    return Snapshot(method=method, path=Path(f"/proc/{pid}/mem"), regions=regions, gaps=gaps, streamed=True,
+                    read_at=_LiveMemory(mem_fd, pagemap_fd, mappings).read_at), mappings
 
 
 def capture_procmem(pid: int, inspect: Callable[[Snapshot], T], *, held: bool = False, keep: bool = False,
@@ -251,12 +297,17 @@ def capture_procmem(pid: int, inspect: Callable[[Snapshot], T], *, held: bool = 
     every thread) and resumed (SIGCONT) here, whatever happens."""
     began = time.monotonic()
     mem_fd = open_mem(pid)
+    pagemap_fd = None
     try:
+        if not keep:
+            pagemap_fd = open_mem(pid, "pagemap")
         try:
             waited = freeze(pid, stop_timeout)
             frozen_at = time.monotonic()
-            take = copy_stopped_memory if keep else stopped_memory_in_place
-            snapshot, mappings = take(pid, "procmem", mem_fd, chunk_size)
+            if keep:
+                snapshot, mappings = copy_stopped_memory(pid, "procmem", mem_fd, chunk_size)
+            else:
+                snapshot, mappings = stopped_memory_in_place(pid, "procmem", mem_fd, pagemap_fd, chunk_size)
             snapshot.pid = pid
             snapshot.duration_s = time.monotonic() - began
             try:
@@ -266,14 +317,16 @@ def capture_procmem(pid: int, inspect: Callable[[Snapshot], T], *, held: bool = 
                     scratch.discard(snapshot.path)   # never keep a copy of the target's memory nobody will dispose of
                 raise
             finally:
-                if not keep:
-                    snapshot.path = Path(f"/proc/{pid}/mem (released)")   # it runs again: nothing more to read
+                if not keep:    # it runs again: nothing more to read
+                    snapshot.path, snapshot.read_at = Path(f"/proc/{pid}/mem (released)"), None
             frozen_for = time.monotonic() - frozen_at
         finally:
             if not held:
                 resume(pid)
     finally:
         os.close(mem_fd)
+        if pagemap_fd is not None:
+            os.close(pagemap_fd)
     how = ("copied into a scratch file while the process was stopped (kept snapshot)" if keep else
            "read straight from /proc/PID/mem while the process was stopped (streamed: no copy made)")
     snapshot.notes = [f"all threads stopped after {waited:.4f}s; held stopped {frozen_for:.3f}s"
