@@ -163,9 +163,9 @@ def chunk_jobs(regions: list[Region], chunk_size: int, overlap: int) -> Iterator
 def chunk_bytes(source: BinaryIO, file_size: int, snapshot: Snapshot, job: ChunkJob,
                 buffer: bytearray) -> Iterator[memoryview]:
     """The chunk's bytes, for the block. A file that holds them (a scratch copy, a core) is mapped, not copied: a
-    quarter less time than reading into `buffer`, and unmapped after the block, so memory stays bounded. Live memory
-    (/proc/PID/mem, whose size is 0), a truncated file and a chunk with a hole are read into `buffer`: mapping a hole
-    of a scratch file (memfd) would allocate it, and procmem's copies leave never-touched memory as holes."""
+    quarter less time than reading into `buffer`, and unmapped after the block, so memory stays bounded. A snapshot
+    with its own `read_at` (live memory), a truncated file and a chunk with a hole are read into `buffer`: mapping a
+    hole of a scratch file (memfd) would allocate it, and procmem's copies leave never-touched memory as holes."""
     offset = job.region.file_offset + job.start
     if snapshot.read_at or offset + job.size > file_size or not holds_every_byte(source, offset, job.size):
         yield read_chunk(source, snapshot.path, job, buffer, snapshot.read_at)
@@ -195,7 +195,7 @@ def read_chunk(source: BinaryIO, path: Path, job: ChunkJob, buffer: bytearray,
     while got < job.size:
         try:
             count = read_at(offset + got, view[got:]) if read_at else os.preadv(source.fileno(), [view[got:]], offset + got)
-        except OSError as exc:    # live memory (/proc/PID/mem) that became unreadable after the capture
+        except OSError as exc:    # live memory that fails to read although the capture found it readable
             raise ScanError(f"{path}: cannot read region {job.region.name} at offset {offset + got:#x}: "
                             f"{exc.strerror}") from exc
         if count == 0:
