@@ -297,8 +297,16 @@ def test_streamed_capture_scans_the_stopped_process_in_place(target):
     assert Path(f"/proc/{target.pid}/mem").exists() and target.responds()
 
 
-def test_streamed_and_copied_capture_agree(target):
+@pytest.mark.parametrize("vm_readv", ["used", "refusing"])
+def test_streamed_and_copied_capture_agree(target, monkeypatch, vm_readv):
+    """Readable mappings are read with process_vm_readv; where it refuses, /proc/PID/mem gives the same bytes."""
     marker = Secret("marker", target.marker)
+    real, calls = procmem_module._process_vm_readv, []
+
+    def recording(*args):
+        calls.append(args)
+        return real(*args) if vm_readv == "used" else -1
+    monkeypatch.setattr(procmem_module, "_process_vm_readv", recording)
     streamed, streamed_hits = procmem_module.capture_procmem(target.pid, lambda s: scan_snapshot(s, [marker]).hits)
     kept, kept_hits = procmem_module.capture_procmem(target.pid, lambda s: scan_snapshot(s, [marker]).hits, keep=True)
     try:
@@ -306,6 +314,7 @@ def test_streamed_and_copied_capture_agree(target):
         assert not kept.streamed and scratch.is_scratch(kept.path) and "kept snapshot" in kept.notes[-1]
         assert [(h.address, h.encoding) for h in streamed_hits] == [(h.address, h.encoding) for h in kept_hits]
         assert marker_addresses(kept, target.marker) == {target.heap, target.dont_dump, target.no_access}
+        assert calls
     finally:
         dispose_snapshot(kept, None, "")
 

@@ -8,6 +8,7 @@ file."""
 from __future__ import annotations
 
 import bisect
+import ctypes
 import errno
 import os
 import re
@@ -233,37 +234,69 @@ def copy_stopped_memory(pid: int, method: str, mem_fd: int | None = None,
     return Snapshot(method=method, path=raw_path, regions=regions, gaps=gaps), mappings
 
 
+class _IoVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("length", ctypes.c_size_t)]
+
+
+def _vm_readv_function():
+    """libc's process_vm_readv, or None where it is missing."""
+    try:
+        function = ctypes.CDLL(None, use_errno=True).process_vm_readv
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.POINTER(_IoVec), ctypes.c_ulong, ctypes.POINTER(_IoVec), ctypes.c_ulong,
+                         ctypes.c_ulong]
+    function.restype = ctypes.c_ssize_t
+    return function
+
+
+_process_vm_readv = _vm_readv_function()
+
+
 class _LiveMemory:
     """Reads a stopped process's memory for a scan. Pages of private anonymous memory neither resident nor swapped out
     (by /proc/PID/pagemap) are zeros by definition, so they are filled in rather than read: reading them would fault
-    the zero page into the target page by page, many times slower (a Go heap is mostly such pages). Everything else
-    is read through /proc/PID/mem."""
+    the zero page into the target page by page, many times slower (a Go heap is mostly such pages). Mappings the
+    process may read itself are read with process_vm_readv (one copy, against two through /proc/PID/mem: about twice
+    as fast); the rest (PROT_NONE), and whatever process_vm_readv refuses, through /proc/PID/mem, which forces it."""
 
-    def __init__(self, mem_fd: int, pagemap_fd: int, mappings: list[LiveMapping]):
-        self.mem_fd, self.pagemap_fd = mem_fd, pagemap_fd
-        fillable = [m for m in mappings if _surely_readable(m)]
-        self.starts, self.ends = [m.start for m in fillable], [m.end for m in fillable]
+    def __init__(self, pid: int, mem_fd: int, pagemap_fd: int, mappings: list[LiveMapping]):
+        self.pid, self.mem_fd, self.pagemap_fd = pid, mem_fd, pagemap_fd
+        self.mappings = [m for m in mappings if m.kind != RegionKind.KERNEL]
+        self.starts = [m.start for m in self.mappings]
 
     def read_at(self, address: int, view: memoryview) -> int:
         """Bytes from `address` into `view`; fewer than asked where a read stops short (the next call goes on)."""
         at = bisect.bisect_right(self.starts, address) - 1
-        if at < 0 or address >= self.ends[at]:
+        if at < 0 or address >= self.mappings[at].end:
             return os.preadv(self.mem_fd, [view], address)
-        end = min(address + len(view), self.ends[at])
+        m = self.mappings[at]
+        end = min(address + len(view), m.end)
+        if not _surely_readable(m):
+            return self._read(m, address, view[:end - address])
         first = address // PAGE_SIZE
         entries = os.pread(self.pagemap_fd, 8 * ((end - 1) // PAGE_SIZE + 1 - first), 8 * first)
         done = address
         for run in _ABSENT_RUNS.finditer(entries[7::8].translate(_NOTHING_TO_READ)):
             zeros_from, zeros_to = max(address, (first + run.start()) * PAGE_SIZE), min(end, (first + run.end()) * PAGE_SIZE)
             if done < zeros_from:
-                count = os.preadv(self.mem_fd, [view[done - address:zeros_from - address]], done)
+                count = self._read(m, done, view[done - address:zeros_from - address])
                 if done + count < zeros_from:
                     return done + count - address
             view[zeros_from - address:zeros_to - address] = _zero_bytes(zeros_to - zeros_from)
             done = zeros_to
         if done < end:
-            done += os.preadv(self.mem_fd, [view[done - address:end - address]], done)
+            done += self._read(m, done, view[done - address:end - address])
         return done - address
+
+    def _read(self, m: LiveMapping, address: int, view: memoryview) -> int:
+        if _process_vm_readv is not None and m.perms.startswith("r"):
+            local = _IoVec(ctypes.addressof(ctypes.c_char.from_buffer(view)), len(view))
+            remote = _IoVec(address, len(view))
+            count = _process_vm_readv(self.pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+            if count > 0:
+                return count
+        return os.preadv(self.mem_fd, [view], address)
 
 
 def stopped_memory_in_place(pid: int, method: str, mem_fd: int, pagemap_fd: int,
@@ -280,7 +313,7 @@ def stopped_memory_in_place(pid: int, method: str, mem_fd: int, pagemap_fd: int,
     for m in mappings:
         _copy_mapping(mem_fd, None, pid, m, buffer, regions, gaps)
     return Snapshot(method=method, path=Path(f"/proc/{pid}/mem"), regions=regions, gaps=gaps, streamed=True,
-                    read_at=_LiveMemory(mem_fd, pagemap_fd, mappings).read_at), mappings
+                    read_at=_LiveMemory(pid, mem_fd, pagemap_fd, mappings).read_at), mappings
 
 
 def capture_procmem(pid: int, inspect: Callable[[Snapshot], T], *, held: bool = False, keep: bool = False,
