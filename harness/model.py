@@ -9,7 +9,7 @@ import enum
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 
 class Expect(str, enum.Enum):
@@ -127,6 +127,12 @@ class Snapshot:
     serves: dict[str, str] = field(default_factory=dict)
     served_by: str | None = None     # set on an image another method's dump served: that method, and why
     served_why: str = ""
+    # The regions were read straight from the stopped process (path was /proc/PID/mem, file offset = address) while
+    # it was held; nothing holds its bytes afterwards, and `path` then names no file.
+    streamed: bool = False
+    # How a scan reads bytes at a file offset into a buffer (returns the count), where reading `path` is not the
+    # fastest way (a streamed snapshot knows which pages are zeros without reading them); None: read `path`.
+    read_at: Callable[[int, memoryview], int] | None = field(default=None, repr=False, compare=False)
 
     @property
     def captured_bytes(self) -> int:

@@ -1,6 +1,8 @@
 import base64
+import contextlib
 import os
 import random
+import threading
 
 import pytest
 
@@ -8,6 +10,7 @@ import remanence.scan.engine as engine
 from remanence.model import Region, RegionKind, Secret, Snapshot
 from remanence.scan.encodings import patterns_for
 from remanence.scan.engine import ScanError, scan_snapshot
+from remanence.snapshot import scratch
 
 rng = random.Random(1234)
 SECRET = Secret("secret", bytes(rng.randrange(256) for _ in range(32)))
@@ -47,8 +50,9 @@ def hit_keys(result):
                   for h in result.hits)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("chunk_size", [16 << 20, 4096, 1000])
-def test_every_planted_copy_found_once(tmp_path, chunk_size):
+def test_every_planted_copy_found_once(tmp_path, chunk_size, threads):
     image = FakeImage(300_000)
     heap = image.region("[heap]", 0x5555_0000, 65536, 4096)
     stack = image.region("[stack]", 0x7FFD_0000, 32768, 100_000)
@@ -68,7 +72,7 @@ def test_every_planted_copy_found_once(tmp_path, chunk_size):
     image.plant(stack, 8191 - 40, needle(SECRET, "hex-upper"))       # across the 8192 boundary too
     image.plant(regs, 640, SECRET.value)
 
-    result = scan_snapshot(image.snapshot(tmp_path), [SECRET], chunk_size=chunk_size)
+    result = scan_snapshot(image.snapshot(tmp_path), [SECRET], chunk_size=chunk_size, threads=threads)
     expected = [
         ("secret", "raw", "[heap]", 0x5555_0000, 4096, 32, None),
         ("secret", "raw", "[heap]", 0x5555_0000 + 4086, 4096 + 4086, 32, None),
@@ -89,23 +93,72 @@ def test_every_planted_copy_found_once(tmp_path, chunk_size):
     assert next(h for h in result.hits if h.address is None).region.kind is RegionKind.REGISTERS
 
 
-def test_chunks_stay_bounded(tmp_path, monkeypatch):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_chunks_stay_bounded(tmp_path, monkeypatch, threads):
     image = FakeImage(1 << 20)
     region = image.region("[heap]", 0x1000_0000, 1 << 20, 0)
     image.plant(region, 5000, SECRET.value)
     sizes = []
 
-    def recording(*args, **kwargs):
-        for offset, data in original(*args, **kwargs):
+    @contextlib.contextmanager
+    def recording(*args):
+        with original(*args) as data:
             sizes.append(len(data))
-            yield offset, data
+            yield data
 
-    original = engine.iter_region_chunks
-    monkeypatch.setattr(engine, "iter_region_chunks", recording)
-    result = scan_snapshot(image.snapshot(tmp_path), [SECRET], chunk_size=8192)
+    original = engine.chunk_bytes
+    monkeypatch.setattr(engine, "chunk_bytes", recording)
+    result = scan_snapshot(image.snapshot(tmp_path), [SECRET], chunk_size=8192, threads=threads)
     max_needle = max(len(p.needle) for p in patterns_for(SECRET))
     assert len(sizes) == 128 and max(sizes) == 8192 + max_needle - 1
     assert [h.address for h in result.hits] == [0x1000_0000 + 5000]
+
+
+def test_two_threads_find_exactly_what_one_finds(tmp_path, monkeypatch):
+    """Copies at chunk boundaries, region edges, fragments and long needles: the two-thread scan reports the same
+    hits in the same order as the one-thread scan, with the chunks of one big region shared by both threads."""
+    rng = random.Random(99)
+    long_secret = Secret("long", os.urandom(1100))                  # UTF-16 hex over hyperscan's limit
+    image = FakeImage(1_200_000, seed=11)
+    big = image.region("big", 0x7000_0000, 700_000, 0)
+    small = [image.region(f"small{i}", 0x9000_0000 + i * 0x10000, 5000 + 777 * i, 700_000 + i * 12_000)
+             for i in range(8)]
+    wide = needle(long_secret, "utf16le:hex-lower")
+    image.plant(big, 650_000, wide)
+    planted = 0
+    chunk = 4096
+    for boundary in range(chunk, big.size - chunk, 37 * chunk):      # across, at the end of and after boundaries
+        # ends at a boundary, starts at one, straddles the next, lies in the overlap of the one after
+        for at in (boundary - 32, boundary, boundary + chunk - 16, boundary + 2 * chunk - 40 - rng.randrange(100)):
+            image.plant(big, at, SECRET.value)
+            planted += 1
+        image.plant(big, boundary + 900, needle(CANARY, "base64+2"))
+        image.plant(big, boundary + 1500, bytes(5) + SECRET.value[5:])   # a fragment run
+    for region in small:
+        image.plant(region, 0, SECRET.value)
+        image.plant(region, region.size - 100, SECRET.value)
+        image.plant(region, region.size - 10, SECRET.value[:10])        # cut by the region's end
+    snapshot = image.snapshot(tmp_path)
+    threads_seen = set()
+    both_started = threading.Barrier(2, timeout=10)   # each thread's first chunk waits for the other thread
+    original = engine.chunk_bytes
+
+    def recording(*args):
+        if threading.get_ident() not in threads_seen:
+            threads_seen.add(threading.get_ident())
+            both_started.wait()
+        return original(*args)
+
+    one = scan_snapshot(snapshot, [SECRET, CANARY, long_secret], chunk_size=chunk, threads=1)
+    assert one.hits == scan_snapshot(snapshot, [SECRET, CANARY, long_secret], threads=1).hits   # 16 MiB chunks
+    monkeypatch.setattr(engine, "chunk_bytes", recording)
+    two = scan_snapshot(snapshot, [SECRET, CANARY, long_secret], chunk_size=chunk, threads=2)
+    assert len(threads_seen) == 2
+    assert two.hits == one.hits
+    full_raw = [h for h in one.hits if h.secret == "secret" and h.full and h.encoding == "raw"]
+    assert len(full_raw) == planted + 2 * len(small)
+    assert [h.address for h in one.hits if h.secret == "long"] == [0x7000_0000 + 650_000]
+    assert len([h for h in one.hits if h.fragment == (5, 32)]) == planted // 4
 
 
 def test_partial_wipe_gives_one_merged_fragment(tmp_path):
@@ -209,3 +262,31 @@ def test_secret_longer_than_hyperscan_pattern_limit(tmp_path):
     result = scan_snapshot(image.snapshot(tmp_path), [secret], chunk_size=4096)
     assert [(h.encoding, h.address, h.length) for h in result.hits] == [
         ("utf16le:hex-lower", 0x4000_0000 + 1000, 6000), ("raw", 0x4000_0000 + 40_000, 1500)]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_region_past_the_end_of_the_file_is_reported_truncated(tmp_path, threads):
+    image = FakeImage(50_000)
+    image.region("[heap]", 0x4000_0000, 40_000, 0)
+    image.region("cut", 0x5000_0000, 40_000, 30_000)                 # its last 20 000 bytes are not in the file
+    with pytest.raises(EOFError, match="region cut at file offset .* is truncated"):
+        scan_snapshot(image.snapshot(tmp_path), [SECRET], chunk_size=8192, threads=threads)
+
+
+def test_scanning_a_scratch_copy_leaves_its_holes_unallocated():
+    """procmem's copies keep never-touched memory as holes of a memfd; reading one by mapping it would allocate it."""
+    image = FakeImage(1 << 20)
+    heap = image.region("[heap]", 0x4000_0000, 8 << 20, 0)
+    path = scratch.create("test")
+    try:
+        with open(path, "r+b") as f:
+            f.write(bytes(image.data))                                # 1 MiB of data, then 7 MiB of hole
+            f.seek(6 << 20)
+            f.write(SECRET.value)                                     # data again inside the hole's range
+            f.truncate(8 << 20)
+        allocated = os.stat(path).st_blocks
+        result = scan_snapshot(Snapshot("fake", path, [heap]), [SECRET], chunk_size=1 << 20)
+        assert [h.address for h in result.hits] == [0x4000_0000 + (6 << 20)]
+        assert os.stat(path).st_blocks == allocated
+    finally:
+        scratch.discard(path)

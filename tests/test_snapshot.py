@@ -17,8 +17,11 @@ from pathlib import Path
 import pytest
 from target_driver import read_stdout_line
 
-from remanence.model import GapKind, RegionKind, iter_region_chunks
-from remanence.snapshot import LIVE_METHODS, METHODS, SnapshotError, method_unavailable, take_snapshot
+from remanence.model import GapKind, RegionKind, Secret, iter_region_chunks
+from remanence.scan.context import hit_context, secret_material
+from remanence.scan.engine import ScanError, scan_snapshot
+from remanence.snapshot import LIVE_METHODS, METHODS, SnapshotError, dispose_snapshot, held_still, method_unavailable, \
+    scratch, take_snapshot
 from remanence.snapshot import gcore as gcore_module
 from remanence.snapshot import procmem as procmem_module
 from remanence.snapshot.elfcore import CoreFormatError, read_core_layout, snapshot_from_core
@@ -238,6 +241,162 @@ def test_procmem_resumes_target_and_removes_file_when_reading_fails(target, tmp_
     with pytest.raises(RuntimeError, match="simulated"):
         take_snapshot("procmem", target.pid)
     assert open_memory_files() == before
+    assert target.responds()
+
+
+def open_descriptors() -> dict[str, str]:
+    """What every descriptor of this process points at (a streamed capture must leave none open)."""
+    found = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found[fd] = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:     # the descriptor listdir itself used
+            pass
+    return found
+
+
+def layout(snap):
+    return [(r.start, r.size, r.name) for r in snap.regions], [(g.start, g.size, g.kind, g.reason) for g in snap.gaps]
+
+
+def test_streamed_capture_scans_the_stopped_process_in_place(target):
+    marker = Secret("marker", target.marker)
+    before = open_descriptors()
+    seen = {}
+
+    def inspect(snap):
+        seen["state"] = target.state()
+        seen["path"] = snap.path
+        seen["in_place"] = all(r.file_offset == r.start for r in snap.regions)
+        result = scan_snapshot(snap, [marker])
+        hit = next(h for h in result.hits if h.address == target.no_access)
+        seen["context"] = hit_context(snap, hit, secret_material(marker)).data
+        return result
+
+    snap, result = procmem_module.capture_procmem(target.pid, inspect)
+    assert seen["state"] == "T"
+    assert seen["path"] == Path(f"/proc/{target.pid}/mem") and seen["in_place"]
+    # heap, MADV_DONTDUMP and PROT_NONE copies, each at its own address
+    assert {h.address for h in result.hits if h.full} == {target.heap, target.dont_dump, target.no_access}
+    assert target.marker in seen["context"]
+    assert snap.region_at(target.no_access).perms == "---p"
+    region = snap.region_at(target.partial)          # the file's one page reads; the two past its end do not
+    assert (region.start, region.size) == (target.partial, PAGE)
+    gap = gap_at(snap, target.partial + PAGE)[0]
+    assert (gap.start, gap.size, gap.kind, gap.reason) == (
+        target.partial + PAGE, 2 * PAGE, GapKind.UNREADABLE, f"EIO reading /proc/{target.pid}/mem")
+    assert [g.kind for g in snap.gaps if g.name == "[vvar]"] == [GapKind.KERNEL]
+    assert snap.streamed and snap.pid == target.pid and "streamed" in snap.notes[-1]
+    # The process runs again, nothing of the capture stays open, and the snapshot no longer reads the process.
+    assert target.state() != "T" and target.responds()
+    assert open_descriptors() == before
+    assert not snap.path.exists()
+    with pytest.raises(OSError):
+        list(iter_region_chunks(snap.path, region, PAGE))
+    dispose_snapshot(snap, None, "")                 # frees nothing, removes nothing
+    assert Path(f"/proc/{target.pid}/mem").exists() and target.responds()
+
+
+@pytest.mark.parametrize("vm_readv", ["used", "refusing"])
+def test_streamed_and_copied_capture_agree(target, monkeypatch, vm_readv):
+    """Readable mappings are read with process_vm_readv; where it refuses, /proc/PID/mem gives the same bytes."""
+    marker = Secret("marker", target.marker)
+    real, calls = procmem_module._process_vm_readv, []
+
+    def recording(*args):
+        calls.append(args)
+        return real(*args) if vm_readv == "used" else -1
+    monkeypatch.setattr(procmem_module, "_process_vm_readv", recording)
+    streamed, streamed_hits = procmem_module.capture_procmem(target.pid, lambda s: scan_snapshot(s, [marker]).hits)
+    kept, kept_hits = procmem_module.capture_procmem(target.pid, lambda s: scan_snapshot(s, [marker]).hits, keep=True)
+    try:
+        assert layout(streamed) == layout(kept)
+        assert not kept.streamed and scratch.is_scratch(kept.path) and "kept snapshot" in kept.notes[-1]
+        assert [(h.address, h.encoding) for h in streamed_hits] == [(h.address, h.encoding) for h in kept_hits]
+        assert marker_addresses(kept, target.marker) == {target.heap, target.dont_dump, target.no_access}
+        assert calls
+    finally:
+        dispose_snapshot(kept, None, "")
+
+
+def test_streamed_memory_that_fails_to_read_during_the_scan_is_a_scan_error(target, monkeypatch):
+    """Memory found readable at the capture that then fails (here: a probe pretending the pages past the mapped file's
+    end read) makes the scan fail with the place named, never a silent hole in the scan."""
+    monkeypatch.setattr(procmem_module, "_read_span", lambda mem_fd, out, pid, start, end, buffer: [(start, end, start, None)])
+    before = open_descriptors()
+    with pytest.raises(ScanError, match=rf"cannot read region {target.file} at offset {target.partial + PAGE:#x}"):
+        procmem_module.capture_procmem(target.pid, lambda s: scan_snapshot(s, [Secret("marker", target.marker)]))
+    assert open_descriptors() == before
+    assert target.responds()
+
+
+# A private anonymous mapping of 64 pages: pages 10 and 40 touched, the others never. A marker ending in 4 zero bytes
+# is written so that its zeros fall into the untouched page 11, and a whole one inside page 40.
+SPARSE_HOLDER = r"""
+import ctypes, mmap, sys
+page = mmap.PAGESIZE
+area = mmap.mmap(-1, 64 * page, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+marker = sys.stdin.buffer.read(32)
+area[11 * page - 28:11 * page] = marker[:28]
+area[40 * page + 100:40 * page + 132] = marker
+print(hex(ctypes.addressof(ctypes.c_char.from_buffer(area))), flush=True)
+sys.stdin.buffer.read()
+"""
+
+
+def pages_present(pid: int, start: int, count: int) -> list[bool]:
+    with open(f"/proc/{pid}/pagemap", "rb") as f:
+        f.seek(8 * (start // PAGE))
+        entries = f.read(8 * count)
+    return [bool(int.from_bytes(entries[i:i + 8], "little") >> 62) for i in range(0, len(entries), 8)]
+
+
+def test_streamed_scan_fills_untouched_pages_with_zeros_without_reading_them():
+    marker = Secret("marker", os.urandom(28) + bytes(4))
+    holder = subprocess.Popen([sys.executable, "-c", SPARSE_HOLDER], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        holder.stdin.write(marker.value)
+        holder.stdin.flush()
+        area = int(holder.stdout.readline(), 16)
+
+        def inspect(snap):
+            region = snap.region_at(area)
+            hits = scan_snapshot(snap, [marker]).hits
+            present_after_scan = pages_present(holder.pid, area, 64)
+            streamed = b"".join(data for _, data in iter_region_chunks(snap.path, region, 1 << 20))
+            return region, hits, present_after_scan, streamed
+
+        snap, (region, hits, present, read_through_proc) = procmem_module.capture_procmem(holder.pid, inspect)
+        assert (region.start, region.size) == (area, 64 * PAGE)
+        # the copy whose zero tail lies in the untouched page is whole, as a read of that page would make it
+        assert [(h.address, h.full) for h in hits if region.contains(h.address)] == [
+            (area + 11 * PAGE - 28, True), (area + 40 * PAGE + 100, True)]
+        # the scan faulted nothing into the target: the untouched pages are still neither resident nor swapped
+        assert [i for i, p in enumerate(present) if p] == [10, 40]
+        assert read_through_proc[11 * PAGE - 28:11 * PAGE + 4] == marker.value   # and reading them gives zeros too
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=10)
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_capture_resumes_and_frees_everything_when_inspect_fails(target, keep):
+    before = open_descriptors()
+
+    def failing(snap):
+        raise RuntimeError("simulated failure while scanning")
+
+    with pytest.raises(RuntimeError, match="simulated"):
+        procmem_module.capture_procmem(target.pid, failing, keep=keep)
+    assert open_descriptors() == before
+    assert target.responds()
+
+
+def test_held_capture_leaves_the_process_stopped(target):
+    with held_still(target.pid):
+        snap, state = procmem_module.capture_procmem(target.pid, lambda s: target.state(), held=True)
+        assert state == "T" and target.state() == "T"
+        assert "stopped by the caller" in snap.notes[0]
     assert target.responds()
 
 
@@ -520,7 +679,7 @@ def test_procmem_waits_until_every_thread_reports_stopped(target, tmp_path, monk
 
     monkeypatch.setattr(procmem_module, "thread_states", slow_thread_states)
     snap = procmem_module.take_procmem(target.pid)
-    assert len(polls) == 4 and snap.regions
+    assert len(polls) >= 4 and snap.regions   # more when the real threads are slow to stop (a busy machine)
     assert target.responds()
 
 

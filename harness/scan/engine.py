@@ -1,21 +1,25 @@
 """Search a snapshot for every form of the planted secrets in one hyperscan pass."""
 from __future__ import annotations
 
+import mmap
+import os
+import threading
 import time
 from collections import defaultdict
-from dataclasses import replace
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator, TypeVar
+from typing import BinaryIO, Callable, Iterator
 
 import hyperscan
 
-from ..model import Hit, Region, RegionKind, ScanResult, Secret, Snapshot, iter_region_chunks
+from ..model import Hit, Region, RegionKind, ScanResult, Secret, Snapshot
 from .encodings import Pattern, patterns_for
 
-
-T = TypeVar("T")
+# Two cores is what the harness is built for; hyperscan and the reads release the GIL, so threads scale.
+SCAN_THREADS = min(2, os.cpu_count() or 1)
 
 # hyperscan rejects expressions over 16000 characters, i.e. needles over 4000 escaped bytes
 # (the UTF-16 hex of a 1001-byte secret). Longer needles are searched by this prefix and
@@ -49,11 +53,13 @@ def compile_database(needles: tuple[bytes, ...]) -> hyperscan.Database:
     return database
 
 
-def scan_snapshot(snapshot: Snapshot, secrets: list[Secret], chunk_size: int = 16 << 20) -> ScanResult:
+def scan_snapshot(snapshot: Snapshot, secrets: list[Secret], chunk_size: int = 16 << 20,
+                  threads: int = SCAN_THREADS) -> ScanResult:
     """Every copy of every secret, in every form of `patterns_for`, in the regions of `snapshot`.
 
-    Regions are read in chunks of `chunk_size` (plus the longest needle as overlap), so memory
-    stays bounded whatever the image size; a hit never spans two regions."""
+    Regions are cut into chunks of `chunk_size` (plus the longest needle as overlap) that `threads` threads read
+    and scan at once, so memory stays bounded whatever the image size and one big region keeps every core busy;
+    a hit never spans two regions. The hits, and their order, do not depend on `threads` or `chunk_size`."""
     began = time.perf_counter()
     patterns: list[Pattern] = []
     for secret in secrets:
@@ -66,31 +72,51 @@ def scan_snapshot(snapshot: Snapshot, secrets: list[Secret], chunk_size: int = 1
     compiled = tuple(p.needle[:MAX_COMPILED_NEEDLE] for p in patterns)
     database = compile_database(compiled)
     overlap = max(map(len, compiled)) - 1
+    jobs = list(chunk_jobs(snapshot.regions, chunk_size, overlap))
+    buffer_size = max((job.size for job in jobs), default=0)
+    per_thread = threading.local()   # each thread its own hyperscan scratch and read buffer
+
+    def scan_job(job: ChunkJob) -> list[tuple[int, int]]:
+        """(pattern id, match end within the region) of the matches this chunk owns, in hyperscan's order."""
+        if not hasattr(per_thread, "scratch"):
+            per_thread.scratch = hyperscan.Scratch(database)
+            per_thread.buffer = bytearray(buffer_size)
+        matches: list[tuple[int, int]] = []
+
+        def on_match(pattern_id, _from, to, _flags, _context):
+            if job.start + to > job.owned_from:   # one ending in the overlap was the previous chunk's
+                matches.append((pattern_id, job.start + to))
+        with chunk_bytes(source, file_size, snapshot, job, per_thread.buffer) as data:
+            try:
+                database.scan(data, match_event_handler=on_match, scratch=per_thread.scratch)
+            except hyperscan.error as exc:
+                raise ScanError(f"hyperscan failed scanning {job.region.name} at offset {job.start}: {exc}") from exc
+        return matches
 
     raw_hits: list[Hit] = []
     unverified: list[tuple[bytes, Hit]] = []   # long needles matched by their prefix only
-    owned_from = 0   # region offset where the current chunk's new (non-overlap) bytes begin
-    previous = -1
-    for index, region, chunk_start, data in prefetched(snapshot_chunks(snapshot, chunk_size, overlap)):
-        if index != previous:
-            owned_from, previous = 0, index
-
-        def on_match(pattern_id, _from, to, _flags, _context, base=chunk_start, floor=owned_from, region=region):
-            if base + to <= floor:   # ends in the overlap: the previous chunk already reported it
-                return
+    with open(snapshot.path, "rb", buffering=0) as source:
+        file_size = os.fstat(source.fileno()).st_size
+        if threads > 1 and len(jobs) > 1:
+            with ThreadPoolExecutor(max_workers=threads) as pool:
+                try:
+                    found = list(pool.map(scan_job, jobs))
+                except BaseException:
+                    pool.shutdown(cancel_futures=True)   # a failed chunk ends the scan: no need to read the rest
+                    raise
+        else:
+            found = [scan_job(job) for job in jobs]
+    for job, matches in zip(jobs, found):     # chunk order, then hyperscan's order: as one thread finds them
+        region = job.region
+        for pattern_id, end in matches:
             pattern = patterns[pattern_id]
-            start = base + to - len(compiled[pattern_id])
+            start = end - len(compiled[pattern_id])
             if start + len(pattern.needle) <= region.size:
                 hit = make_hit(pattern.secret, pattern.encoding, region, start, len(pattern.needle), pattern.fragment)
                 if len(pattern.needle) <= MAX_COMPILED_NEEDLE:
                     raw_hits.append(hit)
                 else:
                     unverified.append((pattern.needle, hit))
-        try:
-            database.scan(data, match_event_handler=on_match)
-        except hyperscan.error as exc:
-            raise ScanError(f"hyperscan failed scanning {region.name} at offset {chunk_start}: {exc}") from exc
-        owned_from = chunk_start + len(data)
 
     raw_hits += verified(snapshot.path, unverified)
     hits = merge_fragments(raw_hits)
@@ -111,22 +137,71 @@ def verified(path: Path, candidates: list[tuple[bytes, Hit]]) -> list[Hit]:
         return [hit for needle, hit in candidates if holds(needle, hit)]
 
 
-def snapshot_chunks(snapshot: Snapshot, chunk_size: int, overlap: int) -> Iterator[tuple[int, Region, int, bytes]]:
-    """(region index, region, offset within region, bytes) for every chunk of every region;
-    chunks never reach into a neighbouring region, so a match cannot cross a region boundary."""
-    for index, region in enumerate(snapshot.regions):
-        for chunk_start, data in iter_region_chunks(snapshot.path, region, chunk_size, overlap):
-            yield index, region, chunk_start, data
+@dataclass(frozen=True)
+class ChunkJob:
+    """Bytes [start, end) of `region`; matches ending at or before `owned_from` belong to the previous chunk."""
+
+    region: Region
+    start: int
+    end: int
+    owned_from: int
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
 
 
-def prefetched(items: Iterator[T]) -> Iterator[T]:
-    """Read the next chunk while hyperscan scans this one: both release the GIL, so on two
-    cores the read is nearly free. Memory: the chunk being scanned, the one being read."""
-    with ThreadPoolExecutor(max_workers=1) as reader:
-        pending = reader.submit(next, items, None)
-        while (item := pending.result()) is not None:
-            pending = reader.submit(next, items, None)
-            yield item
+def chunk_jobs(regions: list[Region], chunk_size: int, overlap: int) -> Iterator[ChunkJob]:
+    """The chunks of every region, each after the first of its region starting `overlap` bytes early; chunks never
+    reach into a neighbouring region, so a match cannot cross a region boundary."""
+    for region in regions:
+        for owned_from in range(0, region.size, chunk_size):
+            yield ChunkJob(region, max(0, owned_from - overlap), min(region.size, owned_from + chunk_size), owned_from)
+
+
+@contextmanager
+def chunk_bytes(source: BinaryIO, file_size: int, snapshot: Snapshot, job: ChunkJob,
+                buffer: bytearray) -> Iterator[memoryview]:
+    """The chunk's bytes, for the block. A file that holds them (a scratch copy, a core) is mapped, not copied: a
+    quarter less time than reading into `buffer`, and unmapped after the block, so memory stays bounded. A snapshot
+    with its own `read_at` (live memory), a truncated file and a chunk with a hole are read into `buffer`: mapping a
+    hole of a scratch file (memfd) would allocate it, and procmem's copies leave never-touched memory as holes."""
+    offset = job.region.file_offset + job.start
+    if snapshot.read_at or offset + job.size > file_size or not holds_every_byte(source, offset, job.size):
+        yield read_chunk(source, snapshot.path, job, buffer, snapshot.read_at)
+        return
+    aligned = offset - offset % mmap.ALLOCATIONGRANULARITY
+    with mmap.mmap(source.fileno(), offset + job.size - aligned, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE,
+                   prot=mmap.PROT_READ, offset=aligned) as mapped, memoryview(mapped) as whole, \
+            whole[offset - aligned:] as data:
+        yield data
+
+
+def holds_every_byte(source: BinaryIO, offset: int, size: int) -> bool:
+    """No hole in [offset, offset + size) of the file (the file's offset moves; every read here is positional)."""
+    try:
+        return os.lseek(source.fileno(), offset, os.SEEK_HOLE) >= offset + size
+    except OSError:
+        return False
+
+
+def read_chunk(source: BinaryIO, path: Path, job: ChunkJob, buffer: bytearray,
+               read_at: Callable[[int, memoryview], int] | None = None) -> memoryview:
+    """The chunk's bytes, read into `buffer` by `read_at` (Snapshot.read_at) or from `source` (positional reads: the
+    threads share it)."""
+    view = memoryview(buffer)[:job.size]
+    offset = job.region.file_offset + job.start
+    got = 0
+    while got < job.size:
+        try:
+            count = read_at(offset + got, view[got:]) if read_at else os.preadv(source.fileno(), [view[got:]], offset + got)
+        except OSError as exc:    # live memory that fails to read although the capture found it readable
+            raise ScanError(f"{path}: cannot read region {job.region.name} at offset {offset + got:#x}: "
+                            f"{exc.strerror}") from exc
+        if count == 0:
+            raise EOFError(f"{path}: region {job.region.name} at file offset {offset + got} is truncated")
+        got += count
+    return view
 
 
 def make_hit(secret: str, encoding: str, region: Region, offset: int, length: int,

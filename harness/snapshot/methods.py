@@ -47,6 +47,8 @@ class SnapshotMethod:
     kept_suffix: str                         # a kept snapshot's file suffix
     unavailable: Callable[[], str | None]    # None if this machine can take it, else why not
     take: Callable[[Occasion], Snapshot]
+    # Takes the snapshot and inspects it in one go (procmem: while the process is still stopped); None: take, then inspect.
+    capture_with: Callable[[Occasion, Callable[[Snapshot], T]], tuple[Snapshot, T]] | None = None
 
     @property
     def live(self) -> bool:
@@ -54,6 +56,8 @@ class SnapshotMethod:
 
     def capture(self, occasion: Occasion, inspect: Callable[[Snapshot], T]) -> tuple[Snapshot, T]:
         """Take the snapshot and inspect it; a snapshot whose inspection fails is freed at once."""
+        if self.capture_with is not None:
+            return self.capture_with(occasion, inspect)
         snapshot = self.take(occasion)
         if snapshot.pid is None:
             snapshot.pid = occasion.pid
@@ -142,6 +146,11 @@ def _take_procmem(occasion: Occasion) -> Snapshot:
     return take_procmem(occasion.pid, held=occasion.held)
 
 
+def _capture_procmem(occasion: Occasion, inspect: Callable[[Snapshot], T]) -> tuple[Snapshot, T]:
+    from .procmem import capture_procmem
+    return capture_procmem(occasion.pid, inspect, held=occasion.held, keep=occasion.keep)
+
+
 def _take_gcore(dump_all: bool) -> Callable[[Occasion], Snapshot]:
     def take(occasion: Occasion) -> Snapshot:
         from .gcore import take_gcore
@@ -165,7 +174,7 @@ def _take_at_exit(occasion: Occasion) -> Snapshot:
 
 register(SnapshotMethod(
     "procmem", "/proc/PID/mem with every thread stopped: everything readable, PROT_NONE and MADV_DONTDUMP pages included",
-    Timing.LIVE, ("ptrace",), ".raw", _proc_mem_unavailable, _take_procmem))
+    Timing.LIVE, ("ptrace",), ".raw", _proc_mem_unavailable, _take_procmem, _capture_procmem))
 register(SnapshotMethod(
     "gcore", "gdb's gcore with gdb's defaults: honours MADV_DONTDUMP and the target's coredump_filter",
     Timing.LIVE, ("ptrace", "gdb"), ".core", _gdb_unavailable, _take_gcore(dump_all=False)))

@@ -32,11 +32,12 @@ def adopt(path: Path) -> Path:
 
 
 def discard(path: Path) -> None:
-    """Free a scratch file, or delete a file on disk."""
+    """Free a scratch file, or delete a file on disk; anything else under /proc (a process's memory a streamed
+    snapshot was read from) is no file of ours and is left alone."""
     if is_scratch(path):
         try:
             os.close(int(_SCRATCH.fullmatch(str(path))[2]))
         except OSError:
             pass
-    else:
+    elif not Path(path).is_relative_to("/proc"):
         Path(path).unlink(missing_ok=True)
