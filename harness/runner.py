@@ -22,7 +22,7 @@ from .scan.context import HitContext, hit_context, mask_secret, secret_material
 from .scan.engine import ScanError, scan_snapshot
 from .scenario import CheckpointSpec
 from .secretgen import make_canary, make_secret
-from .snapshot import SnapshotError, dispose_snapshot, held_still, resume
+from .snapshot import SnapshotError, dispose_snapshot, held_still, resume, scratch
 from .snapshot.exitstop import ExitStop
 from .snapshot.methods import Occasion, method as snapshot_method
 from .verdict import Kind, ProcessView, Verdict, judge_processes, process_name
@@ -343,7 +343,9 @@ class _Run:
             for method in _methods_at(planned, spec):
                 taken.append(self._take_all(spec, method, processes, commands, address,
                                             [c for t in taken for c in t.captures]))
-        self.runner.gauge.observe(sum(c.snapshot.captured_bytes for t in taken for c in t.captures if c.served_from is None))
+        # What this checkpoint held in memory at once: its images in scratch files (a streamed procmem holds none).
+        self.runner.gauge.observe(sum(c.snapshot.captured_bytes for t in taken for c in t.captures
+                                      if c.served_from is None and scratch.is_scratch(c.snapshot.path)))
         missing = _missing_notes(spec.require_notes, self.record.notes)
         verdicts = []
         for t in taken:

@@ -15,6 +15,7 @@ from typing import BinaryIO, Callable, Iterator
 
 import hyperscan
 
+from ..snapshot import scratch
 from ..model import Hit, Region, RegionKind, ScanResult, Secret, Snapshot
 from .encodings import Pattern, patterns_for
 
@@ -37,12 +38,13 @@ def needle_expression(needle: bytes) -> bytes:
     return b"".join(b"\\x%02x" % byte for byte in needle)
 
 
-@lru_cache(maxsize=1)
+@lru_cache(maxsize=8)
 def compile_database(needles: tuple[bytes, ...]) -> hyperscan.Database:
     """One block-mode database; pattern id = index in `needles`. Cached: compiling hundreds
     of fragment patterns costs more than scanning a small snapshot, and every snapshot of a run
-    looks for the same secrets. Only the last set is kept: every run has fresh secrets, so older
-    entries would never be hit and would only keep earlier secrets in the harness's memory."""
+    looks for the same secrets. Only the last few sets are kept, one for each run going at once
+    (-j): every run has fresh secrets, so older entries would never be hit again and would only
+    keep earlier secrets in the harness's memory."""
     database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
     try:
         # DOTALL only: no SINGLEMATCH, since every occurrence is a separate copy to report.
@@ -162,12 +164,14 @@ def chunk_jobs(regions: list[Region], chunk_size: int, overlap: int) -> Iterator
 @contextmanager
 def chunk_bytes(source: BinaryIO, file_size: int, snapshot: Snapshot, job: ChunkJob,
                 buffer: bytearray) -> Iterator[memoryview]:
-    """The chunk's bytes, for the block. A file that holds them (a scratch copy, a core) is mapped, not copied: a
-    quarter less time than reading into `buffer`, and unmapped after the block, so memory stays bounded. A snapshot
-    with its own `read_at` (live memory), a truncated file and a chunk with a hole are read into `buffer`: mapping a
-    hole of a scratch file (memfd) would allocate it, and procmem's copies leave never-touched memory as holes."""
+    """The chunk's bytes, for the block. A scratch file that holds them (our own copy or core, which nobody else can
+    shorten) is mapped, not copied: a quarter less time than reading into `buffer`, and unmapped after the block, so
+    memory stays bounded. A snapshot with its own `read_at` (live memory), a file given by the user (shortened while
+    mapped, it would kill us with SIGBUS), a truncated file and a chunk with a hole are read into `buffer`: mapping
+    a hole of a scratch file (memfd) would allocate it, and procmem's copies leave never-touched memory as holes."""
     offset = job.region.file_offset + job.start
-    if snapshot.read_at or offset + job.size > file_size or not holds_every_byte(source, offset, job.size):
+    if snapshot.read_at or not scratch.is_scratch(snapshot.path) or offset + job.size > file_size \
+            or not holds_every_byte(source, offset, job.size):
         yield read_chunk(source, snapshot.path, job, buffer, snapshot.read_at)
         return
     aligned = offset - offset % mmap.ALLOCATIONGRANULARITY
