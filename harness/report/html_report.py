@@ -20,6 +20,7 @@ from pathlib import Path
 
 import jinja2
 
+from ..snapshot import methods as snapshot_methods
 from ..verdict import hit_process
 
 TEMPLATES = Path(__file__).with_name("templates")
@@ -28,7 +29,6 @@ OUTCOMES = ("PASS", "FAIL", "INCONCLUSIVE", "ERROR", "SKIP")
 # "worst" first: a cell of the summary matrix takes the colour of its worst verdict. A SKIP is worse than
 # a PASS: something was not verified.
 SEVERITY = {"FAIL": 5, "ERROR": 4, "INCONCLUSIVE": 3, "SKIP": 2, "PASS": 1}
-METHOD_ORDER = ("procmem", "gcore", "gcore-all", "kernel-core", "exit")
 LANGUAGES = {"c": "C", "go": "Go", "rust": "Rust", "python": "Python", "java": "Java", "js": "JavaScript",
              "cpp": "C++", "c++": "C++"}
 SECRET = "secret"
@@ -649,7 +649,8 @@ def build_view(doc: dict) -> dict:
     for v in verdicts:
         if v.get("method") not in seen_methods:
             seen_methods.append(v.get("method"))
-    methods = [m for m in METHOD_ORDER if m in seen_methods] + [m for m in seen_methods if m not in METHOD_ORDER]
+    methods = [m for m in snapshot_methods.names() if m in seen_methods] + \
+        [m for m in seen_methods if m not in snapshot_methods.names()]
 
     matrix = _matrix(scenarios, all_views, methods)
     summary = doc.get("summary") or {}
