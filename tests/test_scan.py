@@ -1,5 +1,4 @@
 import base64
-import contextlib
 import os
 import random
 import threading
@@ -100,14 +99,13 @@ def test_chunks_stay_bounded(tmp_path, monkeypatch, threads):
     image.plant(region, 5000, SECRET.value)
     sizes = []
 
-    @contextlib.contextmanager
     def recording(*args):
-        with original(*args) as data:
-            sizes.append(len(data))
-            yield data
+        data = original(*args)
+        sizes.append(len(data))
+        return data
 
-    original = engine.chunk_bytes
-    monkeypatch.setattr(engine, "chunk_bytes", recording)
+    original = engine.read_chunk
+    monkeypatch.setattr(engine, "read_chunk", recording)
     result = scan_snapshot(image.snapshot(tmp_path), [SECRET], chunk_size=8192, threads=threads)
     max_needle = max(len(p.needle) for p in patterns_for(SECRET))
     assert len(sizes) == 128 and max(sizes) == 8192 + max_needle - 1
@@ -141,7 +139,7 @@ def test_two_threads_find_exactly_what_one_finds(tmp_path, monkeypatch):
     snapshot = image.snapshot(tmp_path)
     threads_seen = set()
     both_started = threading.Barrier(2, timeout=10)   # each thread's first chunk waits for the other thread
-    original = engine.chunk_bytes
+    original = engine.read_chunk
 
     def recording(*args):
         if threading.get_ident() not in threads_seen:
@@ -151,7 +149,7 @@ def test_two_threads_find_exactly_what_one_finds(tmp_path, monkeypatch):
 
     one = scan_snapshot(snapshot, [SECRET, CANARY, long_secret], chunk_size=chunk, threads=1)
     assert one.hits == scan_snapshot(snapshot, [SECRET, CANARY, long_secret], threads=1).hits   # 16 MiB chunks
-    monkeypatch.setattr(engine, "chunk_bytes", recording)
+    monkeypatch.setattr(engine, "read_chunk", recording)
     two = scan_snapshot(snapshot, [SECRET, CANARY, long_secret], chunk_size=chunk, threads=2)
     assert len(threads_seen) == 2
     assert two.hits == one.hits

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -58,7 +59,9 @@ class SnapshotMethod:
         """Take the snapshot and inspect it; a snapshot whose inspection fails is freed at once."""
         if self.capture_with is not None:
             return self.capture_with(occasion, inspect)
+        started = time.monotonic()
         snapshot = self.take(occasion)
+        snapshot.duration_s = snapshot.duration_s or time.monotonic() - started
         if snapshot.pid is None:
             snapshot.pid = occasion.pid
         try:
