@@ -16,6 +16,10 @@ from remanence.layout import ROOT
 from suite_run import require
 
 
+# The wheel is built once, by the one worker (xdist --dist loadgroup) that runs both tests.
+pytestmark = pytest.mark.xdist_group("install")
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
     """The venv's bin folder, with the wheel of this checkout installed."""
