@@ -253,15 +253,30 @@ def test_hung_target_is_killed_with_its_process_group(tmp_path, capsys):
     assert [v["outcome"] for v in doc["verdicts"]] == ["ERROR"]
 
 
-@pytest.mark.parametrize("entry, checkpoints, words", [
-    ("selftest.crash", ("in_use", "after"), "killed by SIGSEGV"),
-    ("selftest.surprise", ("in_use",), "target reached checkpoint 'surprise'"),
-    ("selftest.fail", ("in_use",), "target reported: deliberate failure"),
-])
-def test_misbehaving_targets_give_errors_and_the_run_goes_on(tmp_path, capsys, entry, checkpoints, words):
-    selftest_scenario(tmp_path / "s", entry, checkpoints)
-    (tmp_path / "s" / "next.toml").write_text((SCENARIOS / "c" / "sodium.live.toml").read_text())
-    code, doc, _ = run_cli(["--scenarios", str(tmp_path / "s"), "--method", "procmem"], tmp_path / "out", capsys)
+MISBEHAVING = {
+    "selftest.crash": (("in_use", "after"), "killed by SIGSEGV"),
+    "selftest.surprise": (("in_use",), "target reached checkpoint 'surprise'"),
+    "selftest.fail": (("in_use",), "target reported: deliberate failure"),
+}
+
+
+@pytest.fixture(scope="module")
+def misbehaving_run(tmp_path_factory) -> tuple[int, dict]:
+    """(exit code, results.json) of one procmem run of every misbehaving target above, then sodium.live."""
+    tmp = tmp_path_factory.mktemp("misbehaving")
+    for entry, (checkpoints, _) in MISBEHAVING.items():
+        selftest_scenario(tmp / "s", entry, checkpoints)
+    (tmp / "s" / "next.toml").write_text((SCENARIOS / "c" / "sodium.live.toml").read_text())
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        code = main(["run", "--scenarios", str(tmp / "s"), "--method", "procmem", "--out", str(tmp / "out")])
+    return code, json.loads((tmp / "out" / "results.json").read_text())
+
+
+@pytest.mark.xdist_group("e2e_c_misbehaving")
+@pytest.mark.parametrize("entry", MISBEHAVING)
+def test_misbehaving_targets_give_errors_and_the_run_goes_on(misbehaving_run, entry):
+    code, doc = misbehaving_run
+    words = MISBEHAVING[entry][1]
     assert code == 3
     errors = [v for v in verdicts_of(doc, entry) if v["outcome"] == "ERROR"]
     assert errors and all(words in v["reason"] for v in errors)
