@@ -32,7 +32,7 @@ from .scan.engine import ScanError, scan_snapshot
 from .scenario import CheckpointSpec, MethodExpectation, Scenario, SecretSpec
 from .snapshot import SnapshotError, dispose_snapshot, take_snapshot
 from .snapshot.elfcore import CoreFormatError, snapshot_from_core
-from .verdict import Finding, Verdict, coverage, judge, mib
+from .verdict import Judgement, Kind, Verdict, coverage, judge, mib
 
 CORE_METHOD = "core-file"
 CORE_CHECKPOINT = "image"
@@ -330,8 +330,9 @@ class AdhocScan:
         for v in self.secrets:
             hits = by_label.get(v.secret.label, [])
             total += len(hits)
-            outcome, reason, findings = judge_adhoc(self.options.expect, snapshot, hits, controls, control_ok, in_notes_only)
+            outcome, reason, findings, kind = judge_adhoc(self.options.expect, snapshot, hits, controls, control_ok, in_notes_only)
             verdict = self._verdict(record, checkpoint, method, v, outcome, reason)
+            verdict.kind = kind
             verdict.canary_seen = bool(control_ok) if controls else None
             verdict.findings = [replace(f, context=hit_context(snapshot, f.hit, self.material)) for f in findings]
             verdict.snapshot, verdict.scan_bytes, verdict.scan_duration_s = snapshot, scan.bytes_scanned, scan.duration_s
@@ -373,14 +374,14 @@ NO_CONTROL = ("no control value was given, so absence proves nothing about this 
 
 
 def judge_adhoc(expect: Expect, snapshot: Snapshot, hits: list[Hit], controls: list[_Control],
-                seen: list[tuple[_Control, str]], in_notes_only: list[_Control] = ()) -> tuple[Outcome, str, list[Finding]]:
+                seen: list[tuple[_Control, str]], in_notes_only: list[_Control] = ()) -> Judgement:
     """verdict.judge, with the positive control of an ad-hoc scan: a value known to be in the image, seen in its
     memory. `seen`: the controls found in memory, each with where; `in_notes_only`: those found only in notes."""
     covered = coverage(snapshot)
     control_note = f"control seen: {seen[0][0].description} in {seen[0][1]}" if seen else ""
     expectation = MethodExpectation(expect, WHY[expect])
 
-    def by_judge() -> tuple[Outcome, str, list[Finding]]:
+    def by_judge() -> Judgement:
         return judge(expectation=expectation, snapshot=snapshot, secret_hits=hits, canary_seen=True,
                      intended_address=None, control_established=True, control_note=control_note, intended_flags={})
 
@@ -389,23 +390,23 @@ def judge_adhoc(expect: Expect, snapshot: Snapshot, hits: list[Hit], controls: l
     blind = bool(controls) and not seen
     unseen = ", ".join(c.description for c in controls)
     if blind and in_notes_only:
-        return (Outcome.INCONCLUSIVE, f"not found in {covered}, but {NOTES_ONLY} "
-                f"({', '.join(c.description for c in in_notes_only)}): absence proves nothing", [])
+        return Judgement(Outcome.INCONCLUSIVE, f"not found in {covered}, but {NOTES_ONLY} "
+                         f"({', '.join(c.description for c in in_notes_only)}): absence proves nothing", [], Kind.NO_CONTROL)
     if blind:
-        return (Outcome.INCONCLUSIVE, f"not found in {covered}, but the control value was not seen either ({unseen}): "
-                "the control is not in this image after all, or the image lacks the memory that held it: "
-                "absence proves nothing", [])
+        return Judgement(Outcome.INCONCLUSIVE, f"not found in {covered}, but the control value was not seen either ({unseen}): "
+                         "the control is not in this image after all, or the image lacks the memory that held it: "
+                         "absence proves nothing", [], Kind.NO_CONTROL)
     if expect == Expect.OBSERVE:
-        return Outcome.PASS, f"observed: not found in {covered}" + (f"; {control_note}" if seen else
-                                                                    "; no control value given"), []
+        return Judgement(Outcome.PASS, f"observed: not found in {covered}" + (f"; {control_note}" if seen else
+                                                                              "; no control value given"), [], Kind.OBSERVED)
     if expect == Expect.PRESENT:
         return by_judge()                     # FAIL: not found (an image without the value fails `present`)
     if not controls:
-        return Outcome.INCONCLUSIVE, f"not found in {covered}, but {NO_CONTROL}", []
-    outcome, reason, findings = by_judge()    # INCONCLUSIVE when unreadable memory could hide it
-    if outcome == Outcome.PASS:
-        reason = f"absent from {covered}; {control_note}{_excluded(snapshot.gaps)}"
-    return outcome, reason, findings
+        return Judgement(Outcome.INCONCLUSIVE, f"not found in {covered}, but {NO_CONTROL}", [], Kind.NO_CONTROL)
+    judged = by_judge()                       # INCONCLUSIVE when unreadable memory could hide it
+    if judged.outcome == Outcome.PASS:
+        return judged._replace(reason=f"absent from {covered}; {control_note}{_excluded(snapshot.gaps)}")
+    return judged
 
 
 # --- helpers ----------------------------------------------------------------------------------------------

@@ -14,13 +14,13 @@ from rich.table import Table
 
 from . import __version__
 from .config import Config, ConfigError, FormatSpec, parse_formats, resolve_config, split_formats
+from .document import results_document
 from .gate import BaselineError, apply_gate, load_baseline
 from .model import Expect
 from .plan import Plan, UsageError, make_plan, program_for, select
 from .entry import handle_interrupts, interrupted_message, interrupts_deferred
 from .paths import OutsideError
 from .report import reporters, write_report
-from .report.json_report import results_document
 from .report.terminal import print_verdicts
 from .results import EXIT_FAIL, EXIT_USAGE
 from .probe import ProbeRequest, probe_scenario

@@ -1,6 +1,7 @@
 """The CI gate: which non-PASS verdicts are new, which were already failing in a baseline, which are suppressed.
 
-It works on the results document (results.json's plain data), so a run and a merge of shards gate alike.
+It works on the results document (results.json's plain data; the baseline read by document.read), so a run and a
+merge of shards gate alike.
 
 Every verdict gets `gate`: null for PASS (and for SKIP when skips are allowed: --allow-skip, [run] allow_skip), else
     {"state": "new" | "baseline" | "suppressed", "suppression": {"id", "reason", "expires"} | null}
@@ -20,10 +21,10 @@ import datetime as dt
 from pathlib import Path
 
 from .config import Config
-from .results import EXIT_FAIL, EXIT_USAGE, fingerprint, missing_evidence, outcomes_exit_code
+from .document import Document, DocumentError, VerdictEntry, read
+from .results import EXIT_FAIL, EXIT_USAGE, missing_evidence, outcomes_exit_code
 
 SEVERITY = {"FAIL": 2, "ERROR": 1, "INCONCLUSIVE": 1, "SKIP": 1}
-SCHEMA_NAME = "remanence-results"
 
 
 class BaselineError(Exception):
@@ -37,84 +38,26 @@ def doc_exit_code(doc: dict, allow_skip: bool = False) -> int:
     return outcomes_exit_code((v["outcome"] for v in doc["verdicts"]), bool(doc.get("interrupted")), allow_skip)
 
 
-def verdict_prints(v: dict) -> list[str]:
-    """A document verdict's fingerprints (computed as the harness does for documents that lack them)."""
-    if v.get("fingerprints"):
-        return list(v["fingerprints"])
-    if v.get("hits"):
-        return sorted({h["fingerprint"] for h in v["hits"]})
-    return [fingerprint(v["scenario"], v["method"], v["checkpoint"], "-", "none")]
-
-
-def check_fields(item, where: str, fields: dict[str, type], optional: dict[str, type] | None = None) -> None:
-    """ValueError naming `where` and the key unless `item` is an object with these keys of these types."""
-    if not isinstance(item, dict):
-        raise ValueError(f"{where}: expected an object, got {type(item).__name__}")
-    for key, kind in {**fields, **(optional or {})}.items():
-        if key not in item:
-            if key in fields:
-                raise ValueError(f"{where}: {key} is missing")
-            continue
-        value = item[key]
-        if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
-            raise ValueError(f"{where}.{key}: expected {kind.__name__}, got {type(value).__name__}")
-
-
-def _check_verdict(v, where: str) -> None:
-    from .model import Outcome
-    check_fields(v, where, {"scenario": str, "repetition": int, "checkpoint": str, "method": str, "outcome": str},
-                  {"fingerprints": list, "hits": list, "subject": str})
-    if v["outcome"] not in {o.value for o in Outcome}:
-        raise ValueError(f"{where}.outcome: {v['outcome']!r} is not one of {', '.join(o.value for o in Outcome)}")
-    for i, fp in enumerate(v.get("fingerprints") or []):
-        if not isinstance(fp, str):
-            raise ValueError(f"{where}.fingerprints[{i}]: expected a string, got {type(fp).__name__}")
-    for i, hit in enumerate(v.get("hits") or []):
-        check_fields(hit, f"{where}.hits[{i}]", {"fingerprint": str})
-
-
-def check_document(doc, source: str, what: str = "results document") -> None:
-    """Raise ValueError unless `doc` is a remanence results document of a schema version we read, whose
-    verdicts (and runs, when present) have the keys and types the gate and merge use."""
-    from .report.json_report import SCHEMA_VERSION
-    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA_NAME:
-        raise ValueError(f"{source}: not a remanence {what} (no \"schema\": \"{SCHEMA_NAME}\")")
-    if doc.get("schema_version") != SCHEMA_VERSION:
-        raise ValueError(f"{source}: schema_version {doc.get('schema_version')!r}, this remanence reads {SCHEMA_VERSION}")
-    if not isinstance(doc.get("verdicts"), list):
-        raise ValueError(f"{source}: no verdicts list")
-    for i, v in enumerate(doc["verdicts"]):
-        _check_verdict(v, f"{source}: verdicts[{i}]")
-
-
-def load_baseline(path: Path) -> dict:
-    import json
+def load_baseline(path: Path) -> Document:
     try:
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BaselineError(f"baseline {path}: file not found") from None
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise BaselineError(f"baseline {path}: cannot read it as JSON: {e}") from None
-    try:
-        check_document(doc, f"baseline {path}")
-    except ValueError as e:
+        return read(path, name=f"baseline {path}")
+    except DocumentError as e:
         raise BaselineError(str(e)) from None
-    return doc
 
 
-def _baseline_index(baseline: dict | None) -> dict[str, int]:
+def _baseline_index(baseline: Document | None) -> dict[str, int]:
     """fingerprint -> the most severe outcome it had in the baseline (as a SEVERITY number)."""
     index: dict[str, int] = {}
-    for v in (baseline or {}).get("verdicts", []):
-        severity = SEVERITY.get(v.get("outcome"))
+    for v in baseline.verdicts if baseline else []:
+        severity = SEVERITY.get(v.outcome.value)
         if severity is None:
             continue
-        for fp in verdict_prints(v):
+        for fp in v.prints():
             index[fp] = max(index.get(fp, 0), severity)
     return index
 
 
-def apply_gate(doc: dict, baseline: dict | None, config: Config | None, *, baseline_path: Path | str | None = None,
+def apply_gate(doc: dict, baseline: Document | None, config: Config | None, *, baseline_path: Path | str | None = None,
                today: dt.date | None = None, allow_skip: bool = False) -> dict:
     """A copy of `doc` with per-verdict `gate`, a top-level `gate` and the gate's `exit_code` (see the module doc).
     Skips are allowed by `allow_skip` (the command line) or the config's [run] allow_skip."""
@@ -127,7 +70,8 @@ def apply_gate(doc: dict, baseline: dict | None, config: Config | None, *, basel
     used: set[int] = set()
     known = _baseline_index(baseline)
     verdicts = []
-    for v in doc["verdicts"]:
+    for i, v in enumerate(doc["verdicts"]):
+        prints = VerdictEntry.from_json(v, f"verdicts[{i}]").prints()
         v = {k: val for k, val in v.items() if k != "gate"}
         gate = None
         if v["outcome"] in judged:
@@ -135,7 +79,7 @@ def apply_gate(doc: dict, baseline: dict | None, config: Config | None, *, basel
             if match is not None:
                 used.add(match.index)
                 gate = {"state": "suppressed", "suppression": match.as_dict()}
-            elif all(known.get(fp, 0) >= SEVERITY.get(v["outcome"], 3) for fp in verdict_prints(v)):
+            elif all(known.get(fp, 0) >= SEVERITY.get(v["outcome"], 3) for fp in prints):
                 gate = {"state": "baseline", "suppression": None}
             else:
                 gate = {"state": "new", "suppression": None}

@@ -125,7 +125,8 @@ class Snapshot:
     command: str = ""                # that process's command line, secret material masked
     # Other methods this very image is, by their own rules, identical to, and why (one gdb dump serving both gcores).
     serves: dict[str, str] = field(default_factory=dict)
-    served_by: str | None = None     # set on an image another method's dump served: that method
+    served_by: str | None = None     # set on an image another method's dump served: that method, and why
+    served_why: str = ""
 
     @property
     def captured_bytes(self) -> int:

@@ -42,10 +42,11 @@ from pathlib import Path
 
 import pytest
 
+from .document import Document, HitEntry, VerdictEntry, merge
 from .entry import raise_interrupt
 from .model import Outcome
-from .results import document_aggregates, document_counts, outcomes_exit_code
 from .snapshot import machine_facts
+from .schedule import MAX_JOBS, default_jobs
 from .scenario import COMMAND_TARGET, PROGRAM_TARGET, SNAPSHOT_METHODS, TARGET_KINDS, Scenario, ScenarioError, load_scenario
 
 log = logging.getLogger("remanence")
@@ -80,6 +81,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--remanence-keep-snapshots", action="store_true", default=False,
                     help="keep snapshot files (mode 0600, they hold the secret) under DIR/snapshots "
                          "(DIR/<worker>/snapshots under xdist); needs --remanence-out")
+    group.addoption("--remanence-jobs", metavar="N", type=int, default=None,
+                    help="a scenario's repetitions at once (default: the number of cores; 1 in an xdist worker, "
+                         "where xdist already runs scenario files side by side)")
     group.addoption("--remanence-allow-skip", action="store_true", default=None,
                     help="items whose verdicts are SKIP (checks this machine cannot do) are skipped instead of failed")
     parser.addini("remanence_allow_skip", type="bool", default=False,
@@ -98,8 +102,12 @@ class _State:
         self.allow_skip: bool = bool(config.getini("remanence_allow_skip") if option is None else option)
         workerinput = getattr(config, "workerinput", None)
         self.worker: str | None = workerinput.get("workerid") if workerinput else None
-        self.docs: list[dict] = []          # runs done by this process
-        self.received: list[dict] = []      # runs done by xdist workers (controller only)
+        jobs = config.getoption("remanence_jobs")
+        if jobs is not None and not 1 <= jobs <= MAX_JOBS:
+            raise pytest.UsageError(f"--remanence-jobs {jobs} is out of range 1..{MAX_JOBS}")
+        self.jobs: int = jobs or (1 if self.worker else default_jobs())
+        self.docs: list[Document] = []          # runs done by this process
+        self.received: list[Document] = []      # runs done by xdist workers (controller only)
         self._machine: dict | None = None
 
     @property
@@ -164,7 +172,7 @@ class ScenarioFile(pytest.File):
 
     scenario: Scenario | None = None
     selected_methods: set[str] | None = None   # methods of this file's items selected in the session
-    _run: tuple[str, object] | None = None     # ("ok", redacted document) or ("error", message)
+    _run: tuple[str, object] | None = None     # ("ok", redacted Document) or ("error", message)
 
     def collect(self):
         try:
@@ -184,7 +192,7 @@ class ScenarioFile(pytest.File):
 
     # --- the one run -------------------------------------------------------------------------------
 
-    def document(self, methods: set[str]) -> dict:
+    def document(self, methods: set[str]) -> Document:
         """The redacted results document of this scenario's run, running it on first use."""
         if self._run is None:
             self._run = ("error", "the scenario run did not complete")   # replaced below unless it raises
@@ -201,26 +209,26 @@ class ScenarioFile(pytest.File):
             pytest.fail(value, pytrace=False)
         return value
 
-    def _run_scenario(self, methods: set[str]) -> dict:
+    def _run_scenario(self, methods: set[str]) -> Document:
         from .plan import make_plan
-        from .report.json_report import results_document
         from .runner import RunOptions, Runner
 
         state: _State = self.config.stash[_STATE]
         scenario = self.scenario
         chosen = [m for m in scenario.methods if m in methods]
         plan = make_plan([scenario], chosen)     # targets.py locks each cache entry: xdist workers build it once
-        options = RunOptions(out_dir=state.snapshot_dir if state.out else Path("."), keep_snapshots=state.keep_snapshots)
+        options = RunOptions(out_dir=state.snapshot_dir if state.out else Path("."), keep_snapshots=state.keep_snapshots,
+                             jobs=state.jobs)
         log.info("%s: running %d repetition(s) with %s", scenario.name, len(plan.runs), ", ".join(chosen))
         with _sigterm_as_interrupt():
             results = Runner(options, progress=log.info).run(plan)
         results.machine = state.machine
-        doc = results_document(results)       # redacted; the Results (with unmasked hit contexts) are dropped here
+        doc = Document.from_results(results)  # redacted; the Results (with unmasked hit contexts) are dropped here
         del results
         state.docs.append(doc)
         if state.out is not None and state.worker is None:
-            _write(merge_documents(state.docs, state.allow_skip), state.out)
-        if doc["interrupted"]:
+            _write(merge(state.docs, allow_skip=state.allow_skip), state.out)
+        if doc.interrupted:
             raise KeyboardInterrupt(f"remanence: {scenario.name} interrupted")
         return doc
 
@@ -244,17 +252,17 @@ class ScenarioItem(pytest.Item):
 
     def runtest(self) -> None:
         doc = self.parent.document({self.method})
-        verdicts = [v for v in doc["verdicts"] if v["checkpoint"] == self.checkpoint and v["method"] == self.method]
+        verdicts = [v for v in doc.verdicts if v.checkpoint == self.checkpoint and v.method == self.method]
         if not verdicts:
             raise VerdictFailure(f"remanence ERROR: no verdict was recorded for {self.scenario.name} at "
                                  f"{self.checkpoint} with {self.method}")
-        outcomes = [Outcome(v["outcome"]) for v in verdicts]
+        outcomes = [v.outcome for v in verdicts]
         allow_skip = self.config.stash[_STATE].allow_skip
         worst = next((o for o in _SEVERITY if o in outcomes and not (o == Outcome.SKIP and allow_skip)), None)
         if worst is not None:
             raise VerdictFailure(self._failure_text(worst, verdicts, doc))
         if all(o == Outcome.SKIP for o in outcomes):
-            reason = _one_line("; ".join(dict.fromkeys(v["reason"] for v in verdicts)))
+            reason = _one_line("; ".join(dict.fromkeys(v.reason for v in verdicts)))
             try:   # report the skip at the scenario file's line, not at this plugin's
                 skipped = pytest.skip.Exception(reason, _use_item_location=True)
             except TypeError:
@@ -269,39 +277,38 @@ class ScenarioItem(pytest.Item):
     def reportinfo(self):
         return self.path, self.line, f"{self.scenario.name}: {self.checkpoint} [{self.method}]"
 
-    def _failure_text(self, worst: Outcome, verdicts: list[dict], doc: dict) -> str:
+    def _failure_text(self, worst: Outcome, verdicts: list[VerdictEntry], doc: Document) -> str:
         s, first = self.scenario, verdicts[0]
-        failing = next(v for v in verdicts if v["outcome"] == worst.value)
-        tally = Counter(v["outcome"] for v in verdicts)
-        out = [f"{worst.value}: {_subject_note(failing)}{_one_line(failing['reason'])}",
+        failing = next(v for v in verdicts if v.outcome == worst)
+        tally = Counter(v.outcome.value for v in verdicts)
+        out = [f"{worst.value}: {_subject_note(failing)}{_one_line(failing.reason)}",
                f"  scenario: {s.name} ({self.location[0]}:{self.line + 1}), checkpoint {self.checkpoint}, "
                f"method {self.method}",
                f"  verdict:  {worst.value}: {_HEADLINES[worst]}",
-               f"  expected: {first['expect']}" + (f" (where: {_where(s, self.checkpoint, self.method)})"
-                                                   if first["expect"] == "present" else ""),
-               f"  why:      {_one_line(first['why'])}"]
+               f"  expected: {first.expect}" + (f" (where: {_where(s, self.checkpoint, self.method)})"
+                                                if first.expect == "present" else ""),
+               f"  why:      {_one_line(first.why)}"]
         if len(verdicts) > 1:
             out.append("  outcomes: " + ", ".join(f"{n}/{len(verdicts)} {o}" for o, n in tally.items()))
-        runs = {r["repetition"]: r for r in doc["runs"]}
+        runs = {r.repetition: r for r in doc.runs}
         for v in verdicts:
-            out.append(f"  repetition {v['repetition']}: {v['outcome']}: {_subject_note(v)}{_one_line(v['reason'])}")
-            if v["outcome"] in (Outcome.PASS.value, Outcome.SKIP.value):
+            out.append(f"  repetition {v.repetition}: {v.outcome.value}: {_subject_note(v)}{_one_line(v.reason)}")
+            if v.outcome in (Outcome.PASS, Outcome.SKIP):
                 continue
-            out.append(f"    canary seen: {_yes_no(v['canary_seen'])}; secret {runs.get(v['repetition'], {}).get('secret', {}).get('sha256_prefix') or '-'} (sha256 prefix)")
-            out += ["    " + line for line in _hit_summary(v["hits"])]
-            run = runs.get(v["repetition"])
-            if v["outcome"] == Outcome.ERROR.value and run:
-                if run.get("error"):
-                    out.append(f"    run error: {_one_line(run['error'])}")
-                if run.get("exit"):
-                    out.append(f"    target: {run['exit']}")
+            run = runs.get(v.repetition)
+            out.append(f"    canary seen: {_yes_no(v.canary_seen)}; secret {run and run.secret.sha256_prefix or '-'} (sha256 prefix)")
+            out += ["    " + line for line in _hit_summary(v.hits)]
+            if v.outcome == Outcome.ERROR and run:
+                if run.error:
+                    out.append(f"    run error: {_one_line(run.error)}")
+                if run.exit:
+                    out.append(f"    target: {run.exit}")
         return "\n".join(out)
 
 
-def _subject_note(verdict: dict) -> str:
+def _subject_note(verdict: VerdictEntry) -> str:
     """An item covers every subject judged at its checkpoint and method: name any but the secret."""
-    subject = verdict.get("subject", "secret")
-    return "" if subject == "secret" else f"[{subject}] "
+    return "" if verdict.subject == "secret" else f"[{verdict.subject}] "
 
 
 class VerdictFailure(Exception):
@@ -321,20 +328,20 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def _hit_summary(hits: list[dict]) -> list[str]:
+def _hit_summary(hits: list[HitEntry]) -> list[str]:
     """Hits grouped by region: encoding, full copy or fragment, address. Never bytes."""
     if not hits:
         return ["hits: none"]
     groups: dict[str, list[str]] = {}
     for h in hits:
-        region = h["region"]
-        label = region["name"] or region["kind"]
-        if region["kind"] != "registers" and region["name"].strip("[]") != region["kind"]:
-            label += f" ({region['kind']})"
-        marks = [m for m, on in (("intended region", h["in_intended_region"]), ("guarded", h["guarded"])) if on]
-        what = "full" if h["full"] else f"fragment {h['fragment'][0]}:{h['fragment'][1]}"
+        region = h.region
+        label = region.name or region.kind
+        if region.kind != "registers" and region.name.strip("[]") != region.kind:
+            label += f" ({region.kind})"
+        marks = [m for m, on in (("intended region", h.in_intended_region), ("guarded", h.guarded)) if on]
+        what = "full" if h.full else f"fragment {h.fragment[0]}:{h.fragment[1]}"
         groups.setdefault(label + (f" [{', '.join(marks)}]" if marks else ""), []).append(
-            f"{h['encoding']} {what}" + (f" at {h['address']}" if h["address"] else ""))
+            f"{h.encoding} {what}" + (f" at {h.address}" if h.address else ""))
     lines = [f"hits: {len(hits)} in {len(groups)} region(s)"]
     shown = 0
     for label, entries in groups.items():
@@ -391,22 +398,10 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 # --- results.json ------------------------------------------------------------------------------------
 
-def merge_documents(docs: list[dict], allow_skip: bool = False) -> dict:
-    """Results documents of several runs (scenarios, workers) as one, summary and aggregates recomputed."""
-    first = docs[0]
-    verdicts = [v for d in docs for v in d["verdicts"]]
-    interrupted = any(d["interrupted"] for d in docs)
-    return {**first, "started_at": min(d["started_at"] for d in docs),
-            "finished_at": max(d["finished_at"] for d in docs), "interrupted": interrupted,
-            "exit_code": outcomes_exit_code((v["outcome"] for v in verdicts), interrupted, allow_skip),
-            "summary": document_counts(verdicts), "aggregates": document_aggregates(verdicts),
-            "runs": [r for d in docs for r in d["runs"]], "verdicts": verdicts}
-
-
-def _write(doc: dict, out: Path) -> Path:
+def _write(doc: Document, out: Path) -> Path:
     from .report import write_report
     from .report.json_report import JsonReporter
-    return write_report(JsonReporter(), doc, out)
+    return write_report(JsonReporter(), doc.to_json(), out)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -415,11 +410,11 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         return
     if state.worker is not None:
         if state.out is not None and state.docs:
-            session.config.workeroutput[_WORKEROUTPUT_KEY] = json.dumps(state.docs)
+            session.config.workeroutput[_WORKEROUTPUT_KEY] = json.dumps([doc.to_json() for doc in state.docs])
         return
     docs = state.docs + state.received
     if state.out is not None and docs:
-        path = _write(merge_documents(docs, state.allow_skip), state.out)
+        path = _write(merge(docs, allow_skip=state.allow_skip), state.out)
         log.info("wrote %s", path)
 
 
@@ -429,7 +424,8 @@ def pytest_testnodedown(node, error) -> None:
     state: _State | None = node.config.stash.get(_STATE, None)
     payload = getattr(node, "workeroutput", {}).get(_WORKEROUTPUT_KEY)
     if state is not None and payload:
-        state.received.extend(json.loads(payload))
+        state.received.extend(Document.from_json(doc, "an xdist worker's results")
+                              for doc in json.loads(payload))
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:

@@ -86,25 +86,3 @@ def outcomes_exit_code(outcomes, interrupted: bool, allow_skip: bool = False) ->
 def missing_evidence(allow_skip: bool = False) -> set[str]:
     """The outcomes that leave the question open: they never end in exit 0 (SKIP only when not allowed)."""
     return {Outcome.ERROR.value, Outcome.INCONCLUSIVE.value} | (set() if allow_skip else {Outcome.SKIP.value})
-
-
-def document_counts(verdicts: list[dict]) -> dict[str, int]:
-    """How many verdicts of a results document have each outcome."""
-    summary = {o.value: 0 for o in Outcome}
-    for v in verdicts:
-        summary[v["outcome"]] = summary.get(v["outcome"], 0) + 1
-    return summary
-
-
-def document_aggregates(verdicts: list[dict]) -> list[dict]:
-    """Each scenario x checkpoint x method x subject over its repetitions (in order of first appearance): outcome
-    counts and how many runs found the secret -- the rate for GC-dependent scenarios."""
-    groups: dict[tuple[str, str, str, str], dict] = {}
-    for v in verdicts:
-        key = (v["scenario"], v["checkpoint"], v["method"], v.get("subject", "secret"))
-        agg = groups.setdefault(key, {"scenario": key[0], "checkpoint": key[1], "method": key[2], "subject": key[3],
-                                      "expect": v["expect"], "runs": 0, "found": 0, "outcomes": {}})
-        agg["runs"] += 1
-        agg["found"] += bool(v.get("hits"))
-        agg["outcomes"][v["outcome"]] = agg["outcomes"].get(v["outcome"], 0) + 1
-    return list(groups.values())

@@ -25,7 +25,7 @@ from .secretgen import make_canary, make_secret
 from .snapshot import SnapshotError, dispose_snapshot, held_still, resume
 from .snapshot.exitstop import ExitStop
 from .snapshot.methods import Occasion, method as snapshot_method
-from .verdict import ProcessView, Verdict, judge_processes, process_name
+from .verdict import Kind, ProcessView, Verdict, judge_processes, process_name
 from .workspace import workspace
 
 Progress = Callable[[str], None]
@@ -355,7 +355,7 @@ class _Run:
             else:
                 self._judge_into(verdict, expectation, t, self.secret.label, self.control, address, spec.intended_region)
                 if missing and verdict.outcome != Outcome.ERROR:
-                    verdict.outcome = Outcome.FAIL
+                    verdict.outcome, verdict.kind = Outcome.FAIL, Kind.MISSING_NOTES
                     verdict.reason = f"the target did not note {', '.join(missing)} (its notes: {'; '.join(self.record.notes) or 'none'}); " + verdict.reason
             verdicts.append(verdict)
             verdicts += self._derived_verdicts(spec, t)
@@ -427,7 +427,7 @@ class _Run:
         reason, findings with their masked context, and what was scanned."""
         views = [ProcessView(c.snapshot, [h for h in c.scan.hits if h.secret == subject], c.canary_seen) for c in t.captures]
         verdict.canary_seen = all(view.canary_seen for view in views)
-        verdict.outcome, verdict.reason, findings = judge_processes(
+        verdict.outcome, verdict.reason, findings, verdict.kind = judge_processes(
             expectation=expectation, views=views, intended_address=address, control_established=control.established,
             control_note=control.note, intended_flags=flags)
         contexts = {hit: context for c in t.captures for hit, context in c.contexts.items()}
@@ -451,7 +451,7 @@ class _Run:
         verdict.reason += f"; the target's other process(es) were not snapshotted: {names} (follow = true, or --follow, snapshots them)"
         if verdict.outcome == Outcome.PASS and verdict.expect == Expect.ABSENT or \
                 verdict.outcome == Outcome.FAIL and verdict.expect == Expect.PRESENT and not verdict.findings:
-            verdict.outcome = Outcome.INCONCLUSIVE
+            verdict.outcome, verdict.kind = Outcome.INCONCLUSIVE, Kind.NOT_FOLLOWED
 
     def _dispose(self, snapshot: Snapshot, checkpoint: str) -> None:
         options = self.runner.options
@@ -515,9 +515,9 @@ class _Capture:
     def serving(self, method: str) -> _Capture:
         """This image as `method`'s too: same bytes, same hits, no second dump or scan."""
         why = self.snapshot.serves[method]
-        snapshot = replace(self.snapshot, method=method, serves={}, served_by=self.snapshot.method, duration_s=0.0,
-                           notes=[f"served by the {self.snapshot.method} dump taken a moment before: {why}",
-                                  *self.snapshot.notes])
+        snapshot = replace(self.snapshot, method=method, serves={}, served_by=self.snapshot.method, served_why=why,
+                           duration_s=0.0, notes=[f"served by the {self.snapshot.method} dump taken a moment before: {why}",
+                                                  *self.snapshot.notes])
         return _Capture(snapshot, replace(self.scan, duration_s=0.0), self.canary_seen, self.contexts, self)
 
 

@@ -9,17 +9,15 @@ the rates (`aggregates`) are computed over all of them after the merge, so sprea
 shards and costs nothing.
 
 A shard's document records "shard": "i/N", "planned_runs" (every run id of the full plan, in order) and
-"shard_runs" (its own). `merge_documents` checks them and builds the document an unsharded run would have
-produced: runs and verdicts in plan order, summary, aggregates and exit code recomputed.
+"shard_runs" (its own). `merge_documents` checks them and builds, with document.merge, the document an unsharded
+run would have produced: runs and verdicts in plan order, summary, aggregates and exit code recomputed.
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
-from .gate import check_fields, check_document, doc_exit_code
-from .results import document_aggregates, document_counts
+from .document import ABSENT, Document, DocumentError, MergedFrom, merge, read
 
 _SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 
@@ -46,10 +44,6 @@ def shard_slice(run_ids: list[str], index: int, count: int) -> list[str]:
     return list(run_ids[index - 1::count])
 
 
-def run_id(run: dict) -> str:
-    return f"{run['scenario']}#{run['repetition']}"
-
-
 def shard_inputs(paths: list[Path]) -> list[Path]:
     """Files as given; a folder stands for every results.json under it (as download-artifact lays them out)."""
     files: list[Path] = []
@@ -73,28 +67,15 @@ def shard_inputs(paths: list[Path]) -> list[Path]:
     return unique
 
 
-def load_shard(path: Path) -> dict:
+def load_shard(path: Path) -> Document:
     try:
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise ShardError(f"{path}: cannot read it as JSON: {e}") from None
-    try:
-        check_document(doc, str(path), "shard results document")
-    except ValueError as e:
+        doc = read(path, "shard results document", needs=("runs", "started_at", "finished_at", "tool"))
+    except DocumentError as e:
         raise ShardError(str(e)) from None
-    if not isinstance(doc.get("shard"), str) or not isinstance(doc.get("planned_runs"), list):
+    if doc.shard is ABSENT or doc.planned_runs is ABSENT:
         raise ShardError(f"{path}: not a shard's document (no \"shard\" and \"planned_runs\": "
                          f"was it written by `remanence run --shard i/N`?)")
-    parse_shard(doc["shard"])
-    try:
-        check_fields(doc, str(path), {"runs": list, "started_at": str, "finished_at": str, "tool": dict})
-        for i, run in enumerate(doc["runs"]):
-            check_fields(run, f"{path}: runs[{i}]", {"scenario": str, "repetition": int})
-        for i, rid in enumerate(doc["planned_runs"]):
-            if not isinstance(rid, str):
-                raise ValueError(f"{path}: planned_runs[{i}]: expected a run id string, got {type(rid).__name__}")
-    except ValueError as e:
-        raise ShardError(str(e)) from None
+    parse_shard(doc.shard)
     return doc
 
 
@@ -102,28 +83,27 @@ def _listing(ids: list[str], limit: int = 50) -> str:
     return ", ".join(ids[:limit]) + (f", ... ({len(ids) - limit} more)" if len(ids) > limit else "")
 
 
-def merge_documents(shards: list[tuple[str, dict]]) -> dict:
+def merge_documents(shards: list[tuple[str, Document]]) -> dict:
     """One document from the shards' documents: [(source name, document), ...]. Raises ShardError when the
     shards do not add up to their plan: another N or plan, a run missing, a run present twice."""
     if not shards:
         raise ShardError("no shard documents given")
     first_source, first = shards[0]
-    n = parse_shard(first["shard"])[1]
-    planned = list(first["planned_runs"])
+    n = parse_shard(first.shard)[1]
+    planned = list(first.planned_runs)
     for source, doc in shards[1:]:
-        if doc["schema_version"] != first["schema_version"]:
-            raise ShardError(f"{source} has schema_version {doc['schema_version']}, {first_source} has {first['schema_version']}")
-        if parse_shard(doc["shard"])[1] != n:
-            raise ShardError(f"{source} is shard {doc['shard']}, {first_source} is shard {first['shard']}: "
+        if parse_shard(doc.shard)[1] != n:
+            raise ShardError(f"{source} is shard {doc.shard}, {first_source} is shard {first.shard}: "
                              "all shards must split the plan the same way (same N)")
-        if list(doc["planned_runs"]) != planned:
+        if list(doc.planned_runs) != planned:
             raise ShardError(f"{source} and {first_source} planned different runs (different scenarios, --method "
                              "or --repeat?): the shards must come from the same plan")
     where: dict[str, list[str]] = {}
     for source, doc in shards:
-        for run in doc["runs"]:
-            where.setdefault(run_id(run), []).append(f"{source} [{doc['shard']}]")
+        for run in doc.runs:
+            where.setdefault(run.run_id, []).append(f"{source} [{doc.shard}]")
     unplanned = [rid for rid in where if rid not in planned]
+    unplanned += [v.run_id for _, doc in shards for v in doc.verdicts if v.run_id not in planned and v.run_id not in where]
     duplicated = [rid for rid in planned if len(where.get(rid, [])) > 1]
     missing = [rid for rid in planned if rid not in where]
     problems = []
@@ -131,42 +111,17 @@ def merge_documents(shards: list[tuple[str, dict]]) -> dict:
         problems.append(f"{len(duplicated)} run(s) appear in more than one shard document: "
                         + _listing([f"{rid} (in {', '.join(where[rid])})" for rid in duplicated]))
     if missing:
-        got = sorted({doc["shard"] for _, doc in shards}, key=lambda s: parse_shard(s)[0])
+        got = sorted({doc.shard for _, doc in shards}, key=lambda s: parse_shard(s)[0])
         problems.append(f"{len(missing)} planned run(s) are in no shard document (shards given: {', '.join(got)} of {n}; "
                         f"a shard missing or interrupted?): {_listing(missing)}")
     if unplanned:
-        problems.append(f"run(s) not in the plan: {_listing(unplanned)}")
+        problems.append(f"run(s) not in the plan: {_listing(list(dict.fromkeys(unplanned)))}")
     if problems:
         raise ShardError("cannot merge: " + "; ".join(problems))
 
-    order = {rid: i for i, rid in enumerate(planned)}
-    runs: list[tuple[int, dict]] = []
-    verdicts: list[tuple[int, int, dict]] = []
-    for _, doc in shards:
-        runs += [(order[run_id(r)], r) for r in doc["runs"]]
-        for j, v in enumerate(doc["verdicts"]):
-            v = {k: val for k, val in v.items() if k != "gate"}
-            verdicts.append((order[f"{v['scenario']}#{v['repetition']}"], j, v))
-    merged_runs = [r for _, r in sorted(runs, key=lambda t: t[0])]
-    merged_verdicts = [v for *_, v in sorted(verdicts, key=lambda t: (t[0], t[1]))]
-    by_index = sorted(shards, key=lambda s: parse_shard(s[1]["shard"])[0])
-    doc = {
-        "schema": first["schema"], "schema_version": first["schema_version"],
-        "secrets_shown": any(d.get("secrets_shown") for _, d in shards),
-        "tool": first["tool"],
-        "started_at": min(d["started_at"] for _, d in shards),
-        "finished_at": max(d["finished_at"] for _, d in shards),
-        "interrupted": any(d.get("interrupted") for _, d in shards),
-        "exit_code": 0,
-        "machine": by_index[0][1].get("machine", {}),
-        "summary": document_counts(merged_verdicts),
-        "aggregates": document_aggregates(merged_verdicts),
-        "runs": merged_runs,
-        "verdicts": merged_verdicts,
-        "planned_runs": planned,
-        "merged_from": [{"source": source, "shard": d["shard"], "runs": len(d["runs"]), "tool": d.get("tool"),
-                         "started_at": d["started_at"], "finished_at": d["finished_at"], "exit_code": d.get("exit_code"),
-                         "machine": d.get("machine", {})} for source, d in by_index],
-    }
-    doc["exit_code"] = doc_exit_code(doc)
-    return doc
+    by_index = sorted(shards, key=lambda s: parse_shard(s[1].shard)[0])
+    doc = merge([d for _, d in by_index], run_order=planned)
+    doc.planned_runs = planned
+    doc.merged_from = [MergedFrom(source, d.shard, len(d.runs), d.tool.to_json(), d.started_at, d.finished_at, d.exit_code,
+                                  d.machine) for source, d in by_index]
+    return doc.to_json()

@@ -6,11 +6,44 @@ memory), and nothing the method failed to read could hide the secret. Otherwise:
 """
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .model import Expect, Gap, GapKind, Hit, NoImageCause, Outcome, Region, RegionKind, Snapshot
 from .scan.context import HitContext
 from .scenario import MethodExpectation
+
+
+class Kind(str, enum.Enum):
+    """What kind of outcome a verdict is, for reporters (the reason is prose for people; reporters never parse it)."""
+
+    # FAIL
+    LEAK = "leak"                          # expected absent, a copy was found
+    MISPLACED = "misplaced"                # expected present somewhere, found only elsewhere
+    REGION_FLAGS = "region-flags"          # the intended region's locked / dont_dump differ from the scenario's
+    NOT_FOUND = "not-found"                # expected present, not found although the snapshot saw the canary
+    MISSING_NOTES = "missing-notes"        # the target did not note what the checkpoint requires
+    # FAIL for `present`, PASS otherwise: the method produced no image by the program's own policy (a finding)
+    NO_IMAGE_BY_POLICY = "no-image-by-policy"
+    # PASS
+    FOUND = "found"                        # present where expected
+    ABSENT = "absent"                      # absent, with canary, positive control and full coverage
+    OBSERVED = "observed"                  # `observe`: whatever was found is recorded
+    # INCONCLUSIVE
+    NO_IMAGE = "no-image"                  # no image, the environment's doing or of unknown cause
+    NO_CANARY = "no-canary"                # the snapshot did not show the canary: it could not see ordinary memory
+    NO_CONTROL = "no-control"              # the secret was never seen planted (or no control value): absence proves nothing
+    UNREADABLE = "unreadable"              # memory the method could not read could hide the secret
+    NOT_FOLLOWED = "not-followed"          # the target's other processes were not snapshotted
+    # the outcomes that are their own kind
+    ERROR = "error"
+    SKIP = "skip"
+
+
+def outcome_kind(outcome: Outcome, kind: Kind | None) -> Kind | None:
+    """A verdict's kind: ERROR and SKIP are their own kind whatever was judged before; None for one never judged."""
+    return {Outcome.ERROR: Kind.ERROR, Outcome.SKIP: Kind.SKIP}.get(outcome, kind)
 
 
 @dataclass(frozen=True)
@@ -53,6 +86,7 @@ class Verdict:
     # When following the target's process tree: what each process's snapshot showed, the target first
     # (`snapshot` is the target's own); empty otherwise.
     processes: list[ProcessView] = field(default_factory=list)
+    kind: Kind | None = None               # the judge's; see outcome_kind for ERROR and SKIP
 
 
 @dataclass(frozen=True)
@@ -71,6 +105,13 @@ class ProcessView:
 def process_name(pid: int | None, command: str) -> str:
     """How reasons and reports name a process: "pid 123 (sh -c prog)"."""
     return f"pid {pid}" + (f" ({command})" if command else "")
+
+
+class Judgement(NamedTuple):
+    outcome: Outcome
+    reason: str
+    findings: list[Finding]
+    kind: Kind
 
 
 def hit_process(hit: dict) -> str:
@@ -141,20 +182,23 @@ _NOT_A_FINDING = {NoImageCause.BLOCKED: "the environment stopped it, not the pro
                   NoImageCause.UNKNOWN: "no cause was established"}
 
 
-def _judge_not_produced(expectation: MethodExpectation, snapshot: Snapshot, control_established: bool) -> tuple[Outcome, str]:
+def _judge_not_produced(expectation: MethodExpectation, snapshot: Snapshot, control_established: bool) -> Judgement:
     """No image at all (e.g. no kernel core was dumped). Only the program's own policy is a finding: nothing can
     leak through it. An image the environment stopped, or whose cause is unknown, proves nothing either way."""
     why_not = snapshot.not_produced
     if snapshot.not_produced_cause != NoImageCause.POLICY:
         cause = _NOT_A_FINDING.get(snapshot.not_produced_cause, _NOT_A_FINDING[NoImageCause.UNKNOWN])
-        return Outcome.INCONCLUSIVE, f"{why_not} ({cause}): this proves nothing about the program"
+        return Judgement(Outcome.INCONCLUSIVE, f"{why_not} ({cause}): this proves nothing about the program", [], Kind.NO_IMAGE)
     if expectation.expect == Expect.PRESENT:
-        return Outcome.FAIL, f"expected present, but {why_not} (the program's own policy)"
+        return Judgement(Outcome.FAIL, f"expected present, but {why_not} (the program's own policy)", [], Kind.NO_IMAGE_BY_POLICY)
     if expectation.expect == Expect.ABSENT and not control_established:
-        return Outcome.INCONCLUSIVE, f"{why_not}; and the secret was never seen planted in this run"
+        return Judgement(Outcome.INCONCLUSIVE, f"{why_not}; and the secret was never seen planted in this run", [], Kind.NO_CONTROL)
     if expectation.expect == Expect.ABSENT:
-        return Outcome.PASS, f"{why_not}: the program's own policy, nothing to leak through"
-    return Outcome.PASS, f"{why_not} (the program's own policy)"
+        return Judgement(Outcome.PASS, f"{why_not}: the program's own policy, nothing to leak through", [], Kind.NO_IMAGE_BY_POLICY)
+    return Judgement(Outcome.PASS, f"{why_not} (the program's own policy)", [], Kind.NO_IMAGE_BY_POLICY)
+
+
+_NO_CANARY = "the canary was not seen either: this snapshot could not show ordinary memory"
 
 
 def judge(
@@ -167,71 +211,81 @@ def judge(
     control_established: bool,
     control_note: str,
     intended_flags: dict[str, bool],
-) -> tuple[Outcome, str, list[Finding]]:
+) -> Judgement:
     if snapshot.not_produced is not None:
-        return (*_judge_not_produced(expectation, snapshot, control_established), [])
+        return _judge_not_produced(expectation, snapshot, control_established)
     findings = attribute(secret_hits, intended_address, snapshot)
     covered = coverage(snapshot)
     unreadable = [g for g in snapshot.gaps if g.kind == GapKind.UNREADABLE]
     intended_region = snapshot.region_at(intended_address) if intended_address is not None else None
     if mismatch := _region_flag_mismatch(intended_region, intended_flags):
-        return Outcome.FAIL, mismatch, findings
+        return Judgement(Outcome.FAIL, mismatch, findings, Kind.REGION_FLAGS)
+
+    def judged(outcome: Outcome, reason: str, kind: Kind) -> Judgement:
+        return Judgement(outcome, reason, findings, kind)
 
     if expectation.expect == Expect.OBSERVE:
         if not findings and not canary_seen:
-            return Outcome.INCONCLUSIVE, "the canary was not seen either: this snapshot could not show ordinary memory", findings
-        return Outcome.PASS, (f"observed {len(findings)} hit(s): {_summarise(findings)}" if findings
-                              else f"observed: not found in {covered}"), findings
+            return judged(Outcome.INCONCLUSIVE, _NO_CANARY, Kind.NO_CANARY)
+        return judged(Outcome.PASS, (f"observed {len(findings)} hit(s): {_summarise(findings)}" if findings
+                                     else f"observed: not found in {covered}"), Kind.OBSERVED)
 
     if expectation.expect == Expect.PRESENT:
         wanted = [f for f in findings if _matches_where(f, expectation.where)]
         if wanted:
-            return Outcome.PASS, f"found as expected: {_summarise(wanted)}", findings
+            return judged(Outcome.PASS, f"found as expected: {_summarise(wanted)}", Kind.FOUND)
         if findings:
-            return Outcome.FAIL, f"found, but not where expected ({expectation.where}): {_summarise(findings)}", findings
+            return judged(Outcome.FAIL, f"found, but not where expected ({expectation.where}): {_summarise(findings)}",
+                          Kind.MISPLACED)
         if not canary_seen:
-            return Outcome.INCONCLUSIVE, "not found, but the canary was not seen either: this snapshot could not show ordinary memory", findings
-        return Outcome.FAIL, f"expected present, not found in {covered}{_exclusion_note(snapshot.gaps, intended_address)}", findings
+            return judged(Outcome.INCONCLUSIVE, f"not found, but {_NO_CANARY}", Kind.NO_CANARY)
+        return judged(Outcome.FAIL, f"expected present, not found in {covered}{_exclusion_note(snapshot.gaps, intended_address)}",
+                      Kind.NOT_FOUND)
 
     # ABSENT
     if findings:
-        return Outcome.FAIL, f"expected absent, found {len(findings)}: {_summarise(findings)}", findings
+        return judged(Outcome.FAIL, f"expected absent, found {len(findings)}: {_summarise(findings)}", Kind.LEAK)
     if not canary_seen:
-        return Outcome.INCONCLUSIVE, "not found, but the canary was not seen either: this snapshot could not show ordinary memory", findings
+        return judged(Outcome.INCONCLUSIVE, f"not found, but {_NO_CANARY}", Kind.NO_CANARY)
     if not control_established:
-        return Outcome.INCONCLUSIVE, "not found, but the secret was never seen where the scenario put it in this run: absence proves nothing", findings
+        return judged(Outcome.INCONCLUSIVE, "not found, but the secret was never seen where the scenario put it in this run: "
+                      "absence proves nothing", Kind.NO_CONTROL)
     if unreadable:
         size = sum(g.size for g in unreadable)
-        return Outcome.INCONCLUSIVE, f"not found, but {size} bytes in {len(unreadable)} range(s) could not be read and could hide it", findings
-    return Outcome.PASS, f"absent from {covered}; canary seen; {control_note}{_exclusion_note(snapshot.gaps, intended_address)}", findings
+        return judged(Outcome.INCONCLUSIVE, f"not found, but {size} bytes in {len(unreadable)} range(s) could not be read "
+                      "and could hide it", Kind.UNREADABLE)
+    return judged(Outcome.PASS, f"absent from {covered}; canary seen; {control_note}{_exclusion_note(snapshot.gaps, intended_address)}",
+                  Kind.ABSENT)
 
 
 def judge_processes(*, expectation: MethodExpectation, views: list[ProcessView], intended_address: int | None,
-                    control_established: bool, control_note: str, intended_flags: dict[str, bool]
-                    ) -> tuple[Outcome, str, list[Finding]]:
+                    control_established: bool, control_note: str, intended_flags: dict[str, bool]) -> Judgement:
     """`judge` over every process of a tree, the target first (only it has an intended region). `absent` fails on
     a hit in any process and passes only if every process passes (its canary seen, nothing unreadable);
-    `present` passes on a hit where expected in any process; each reason names the processes that decided it."""
+    `present` passes on a hit where expected in any process; each reason names the processes that decided it,
+    and the kind is the first deciding process's."""
     target = views[0]
     if mismatch := _region_flag_mismatch(target.snapshot.region_at(intended_address) if intended_address is not None
                                          else None, intended_flags):
-        return Outcome.FAIL, f"{target.name}: {mismatch}", attribute(target.hits, intended_address, target.snapshot)
-    judged = [(view, *judge(expectation=expectation, snapshot=view.snapshot, secret_hits=view.hits,
-                            canary_seen=view.canary_seen, intended_address=intended_address if view is target else None,
-                            control_established=control_established, control_note=control_note, intended_flags={}))
+        return Judgement(Outcome.FAIL, f"{target.name}: {mismatch}", attribute(target.hits, intended_address, target.snapshot),
+                         Kind.REGION_FLAGS)
+    judged = [(view, judge(expectation=expectation, snapshot=view.snapshot, secret_hits=view.hits,
+                           canary_seen=view.canary_seen, intended_address=intended_address if view is target else None,
+                           control_established=control_established, control_note=control_note, intended_flags={}))
               for view in views]
-    findings = [f for *_, found in judged for f in found]
+    findings = [f for _, j in judged for f in j.findings]
     if len(views) == 1:
-        return judged[0][1], judged[0][2], findings
+        return judged[0][1]._replace(findings=findings)
     # The first of these (outcome, with findings?) that any process reached decides; PASS last means "all passed".
     order = {Expect.ABSENT: [(Outcome.FAIL, None), (Outcome.INCONCLUSIVE, None), (Outcome.PASS, None)],
              Expect.PRESENT: [(Outcome.PASS, None), (Outcome.FAIL, True), (Outcome.INCONCLUSIVE, None), (Outcome.FAIL, None)],
              Expect.OBSERVE: [(Outcome.PASS, True), (Outcome.INCONCLUSIVE, None), (Outcome.PASS, None)]}[expectation.expect]
     for outcome, with_findings in order:
-        deciding = [(view, reason) for view, o, reason, found in judged
-                    if o == outcome and (with_findings is None or bool(found) == with_findings)]
+        deciding = [(view, j) for view, j in judged
+                    if j.outcome == outcome and (with_findings is None or bool(j.findings) == with_findings)]
         if deciding:
             break
-    reasons = "; ".join(f"{view.name}: {reason}" for view, reason in deciding)
+    reasons = "; ".join(f"{view.name}: {j.reason}" for view, j in deciding)
     every = len(deciding) == len(views) and outcome != Outcome.FAIL
-    return outcome, (f"all {len(views)} processes of the tree: " if every else "") + reasons, findings
+    return Judgement(outcome, (f"all {len(views)} processes of the tree: " if every else "") + reasons, findings,
+                     deciding[0][1].kind)

@@ -11,6 +11,7 @@ import pytest
 from remanence.cli import main
 from remanence.config import (Config, ConfigError, FormatSpec, Suppression, discover_config, load_config,
                             parse_formats)
+from remanence.document import Document
 from remanence.gate import apply_gate, doc_exit_code
 from remanence.results import fingerprint
 from remanence.targets import PROJECT_ROOT
@@ -35,6 +36,11 @@ def document(*verdicts, interrupted=False) -> dict:
     return doc
 
 
+def as_baseline(doc: dict | None) -> Document | None:
+    """A baseline as the gate takes it: read by the document module."""
+    return None if doc is None else Document.from_json(doc, "baseline")
+
+
 def suppression(index=0, reason="known", expires=None, **filters) -> Suppression:
     prints = filters.pop("fingerprints", ())
     return Suppression(index, reason, filters.get("scenario"), filters.get("method"), filters.get("checkpoint"),
@@ -42,7 +48,7 @@ def suppression(index=0, reason="known", expires=None, **filters) -> Suppression
 
 
 def gated(doc, baseline=None, *suppressions, path=None):
-    return apply_gate(doc, baseline, Config(Path(path) if path else None, suppressions=tuple(suppressions)), today=TODAY)
+    return apply_gate(doc, as_baseline(baseline), Config(Path(path) if path else None, suppressions=tuple(suppressions)), today=TODAY)
 
 
 def states(doc) -> list:
@@ -64,7 +70,7 @@ def test_apply_gate_does_not_change_its_input():
 
 def test_a_failure_already_failing_in_the_baseline_does_not_fail_the_gate():
     baseline = document(verdict(repetition=3))
-    doc = apply_gate(document(verdict(), verdict(outcome="PASS")), baseline, None, baseline_path="b.json")
+    doc = apply_gate(document(verdict(), verdict(outcome="PASS")), as_baseline(baseline), None, baseline_path="b.json")
     assert states(doc) == ["baseline", None]
     assert (doc["exit_code"], doc["gate"]["ungated_exit_code"], doc["gate"]["baseline_failures"]) == (0, 1, 1)
     assert doc["gate"]["baseline"] == "b.json"

@@ -14,6 +14,7 @@ import pytest
 
 from remanence.cli import main
 from remanence.config import Config
+from remanence.document import Document
 from remanence.entry import interrupts_deferred
 from remanence.gate import apply_gate
 from remanence.paths import OutsideError, inside
@@ -99,7 +100,7 @@ def document(*outcomes: str) -> dict:
     ("SKIP", "FAIL", "new", 1),
 ])
 def test_the_baseline_covers_a_skip_like_an_inconclusive(before, now, state, code):
-    doc = apply_gate(document(now), document(before), Config())
+    doc = apply_gate(document(now), Document.from_json(document(before), "baseline"), Config())
     assert (doc["verdicts"][0]["gate"]["state"], doc["exit_code"]) == (state, code)
 
 

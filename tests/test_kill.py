@@ -120,8 +120,9 @@ def kill_at_moments(folder: Path, out: Path, tmp_path: Path, methods: str, monke
     for number, (lines, extra) in enumerate(KILL_MOMENTS):
         tmp = tmp_path / f"tmp{number}"
         tmp.mkdir()
+        # One run at a time: the moments are counted in progress lines, which parallel runs would interleave.
         proc = start_harness(["run", "--scenarios", str(folder), "--method", methods, "--out", str(out / str(number)),
-                              "--format", "json"], tmp)
+                              "--format", "json", "-j", "1"], tmp)
         tree, seen = kill_after_lines(proc, lines, extra)
         moment = f"after {seen[-1] if seen else 'start-up'!r} + {extra} s"
         moments.append(moment)

@@ -109,3 +109,24 @@ def test_a_lowered_coredump_filter_keeps_the_dumps_apart():
     """gcore-all switches gdb's filter off when the target's lacks 0x33's bits: then the images may differ."""
     assert gcore_module.identical_dumps([], 0x33) and gcore_module.identical_dumps([], 0x3f)
     assert gcore_module.identical_dumps([], 0x0) is None and gcore_module.identical_dumps([], None) is None
+
+
+@needs_gdb
+@pytest.mark.e2e
+def test_a_run_records_which_dump_served_which_method(tmp_path):
+    """malloc.nowipe has no MADV_DONTDUMP mapping: its gcore dump serves gcore-all, with the same finding. sodium.live's
+    key sits in a MADV_DONTDUMP mapping: gdb dumps twice, and only gcore-all finds the key."""
+    from suite_run import require
+    require("c", "gcore", "gcore-all")
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, "-m", "remanence", "run", "malloc.nowipe", "sodium.live", "--method",
+                          "gcore,gcore-all", "--out", str(out), "--format", "json"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    verdicts = {(v["scenario"], v["checkpoint"], v["method"]): v for v in json.loads((out / "results.json").read_text())["verdicts"]}
+    served = verdicts[("malloc.nowipe", "freed", "gcore-all")]
+    assert served["snapshot"]["served_by"]["method"] == "gcore"
+    assert "no mapping is MADV_DONTDUMP" in served["snapshot"]["served_by"]["why"]
+    assert [h["address"] for h in served["hits"]] == [h["address"] for h in verdicts[("malloc.nowipe", "freed", "gcore")]["hits"]] != []
+    assert "served_by" not in verdicts[("malloc.nowipe", "freed", "gcore")]["snapshot"]
+    assert all("served_by" not in verdicts[("sodium.live", "in_use", m)]["snapshot"] for m in ("gcore", "gcore-all"))
+    assert (verdicts[("sodium.live", "in_use", "gcore")]["hits"], bool(verdicts[("sodium.live", "in_use", "gcore-all")]["hits"])) == ([], True)

@@ -287,3 +287,16 @@ def test_ctrl_c_stops_the_session_and_kills_the_target(project):
     assert doc["interrupted"] is True
     [hang] = doc["runs"]
     assert hang["exit"] == "killed by SIGKILL"
+
+
+def test_repetitions_run_side_by_side_with_remanence_jobs(project):
+    repeated = (project.path / "scenarios" / "c" / "malloc.nowipe.toml").read_text().replace(
+        'name = "malloc.nowipe"', 'name = "malloc.nowipe"\nrepeat = 3')
+    (project.path / "scenarios" / "repeated").mkdir()
+    (project.path / "scenarios" / "repeated" / "nowipe.toml").write_text(repeated)
+    result = run(project, "--remanence-jobs", "2", "--remanence-out", "out", "scenarios/repeated")
+    result.assert_outcomes(passed=4)
+    doc = results_json(project)
+    assert [(r["scenario"], r["repetition"]) for r in doc["runs"]] == [("malloc.nowipe", n) for n in (1, 2, 3)]
+    assert len(secrets(project)) == 3 and all(v["outcome"] == "PASS" for v in doc["verdicts"])
+    assert "--remanence-jobs 0 is out of range" in output(run(project, "--remanence-jobs", "0", "scenarios/repeated"))

@@ -52,7 +52,7 @@ def hit(scenario: str, checkpoint: str, method: str, address: str = "0x555502e0"
 
 def verdict(scenario: str = "demo.leak", checkpoint: str = "freed", method: str = "procmem", outcome: str = "PASS",
             expect: str = "absent", reason: str = "some reason", hits: list | None = None, repetition: int = 1,
-            gate=MISSING) -> dict:
+            gate=MISSING, kind: str | None = None) -> dict:
     hits = hits or []
     fps = sorted({h["fingerprint"] for h in hits}) or [fingerprint(scenario, method, checkpoint, "-", "none")]
     v = {"scenario": scenario, "repetition": repetition, "checkpoint": checkpoint, "method": method,
@@ -61,6 +61,8 @@ def verdict(scenario: str = "demo.leak", checkpoint: str = "freed", method: str 
          "snapshot": None, "hits": hits, "fingerprints": fps}
     if gate is not MISSING:
         v["gate"] = gate
+    if kind is not None:
+        v["kind"] = kind
     return v
 
 
@@ -288,7 +290,7 @@ def test_sarif_rules_one_per_kind():
     rules = RULES
     assert len({r["id"] for r in rules}) == len(rules) and all(re.fullmatch(r"REM\d{3}", r["id"]) for r in rules)
     assert [r["name"] for r in rules] == ["secret-copy-remains", "expected-copy-missing", "secret-copy-misplaced",
-                                          "region-flags-wrong", "inconclusive", "harness-error"]
+                                          "region-flags-wrong", "inconclusive", "harness-error", "notes-missing"]
     for r in rules:
         assert r["shortDescription"]["text"] and r["fullDescription"]["text"]
         assert r["help"]["text"] and r["help"]["markdown"]
@@ -306,16 +308,18 @@ def test_sarif_rules_one_per_kind():
                 hits=[hit(s, "c3", m, kind="stack", name="[stack]")]),
         verdict(checkpoint="c4", outcome="FAIL", expect="present",
                 reason="the intended region [heap] has locked=False, the scenario requires locked=True",
-                hits=[hit(s, "c4", m)]),
+                hits=[hit(s, "c4", m)], kind="region-flags"),
         verdict(checkpoint="c5", outcome="INCONCLUSIVE", reason="not found, but the canary was not seen either"),
         verdict(checkpoint="c6", outcome="ERROR", reason="checkpoint never reached"),
         verdict(checkpoint="c7", outcome="PASS"), verdict(checkpoint=c, outcome="SKIP"),
+        verdict(checkpoint="c8", outcome="FAIL", reason="the target did not note wiped (its notes: none); absent from 1 MiB",
+                kind="missing-notes"),
     ]
     log = SarifReporter().log(document(verdicts))
     assert_valid_sarif(log)
     results = log["runs"][0]["results"]
-    assert [r["ruleId"] for r in results] == ["REM001", "REM002", "REM003", "REM004", "REM005", "REM006"]
-    assert [r["level"] for r in results] == ["error"] * 4 + ["warning"] * 2
+    assert [r["ruleId"] for r in results] == ["REM001", "REM002", "REM003", "REM004", "REM005", "REM006", "REM007"]
+    assert [r["level"] for r in results] == ["error"] * 4 + ["warning"] * 2 + ["error"]
     for r in results:
         assert log["runs"][0]["tool"]["driver"]["rules"][r["ruleIndex"]]["id"] == r["ruleId"]
         assert re.fullmatch(r"[0-9a-f]{16}", r["partialFingerprints"]["remanence/v1"])
@@ -323,6 +327,22 @@ def test_sarif_rules_one_per_kind():
     assert results[2]["locations"][0]["physicalLocation"]["address"]["kind"] == "stack"
     # Without a hit, the fingerprint is the document's own for the verdict.
     assert results[1]["partialFingerprints"]["remanence/v1"] == fingerprint(s, m, "c2", "-", "none")
+
+
+def test_reporters_take_the_kind_never_the_reason():
+    """A reason in the judge's words for one kind, on a verdict of another kind: the kind decides. A document from
+    before kinds falls back on outcome, expectation and hits alone."""
+    s, m = "demo.leak", "procmem"
+    flags_words = "the intended region [heap] has locked=False, the scenario requires locked=True"
+    verdicts = [verdict(checkpoint="c1", outcome="FAIL", reason=flags_words, hits=[hit(s, "c1", m)], kind="leak"),
+                verdict(checkpoint="c2", outcome="FAIL", reason="expected absent, found 1: x", kind="region-flags"),
+                verdict(checkpoint="c3", outcome="FAIL", expect="present", reason=flags_words),
+                verdict(checkpoint="c4", outcome="FAIL", expect="observe", reason="anything")]
+    doc = document(verdicts)
+    rules = [r["ruleId"] for r in SarifReporter().log(doc)["runs"][0]["results"]]
+    assert rules == ["REM001", "REM004", "REM002", "REM004"]
+    types = [f.get("type") for f in ET.fromstring(JunitReporter().render(doc)).iter("failure")]
+    assert types == ["secret-copy-remains", "region-flags-wrong", "expected-copy-missing", "region-flags-wrong"]
 
 
 def _shift_addresses(text: str) -> str:

@@ -9,6 +9,7 @@ import jsonschema
 import pytest
 
 from remanence.cli import main
+from remanence.document import Document
 from remanence.shard import ShardError, merge_documents, parse_shard, shard_slice
 from remanence.targets import PROJECT_ROOT
 from suite_run import require
@@ -58,15 +59,15 @@ def test_shard_value():
     assert parse_shard("2/4") == (2, 4) and parse_shard(" 1 / 1 ") == (1, 1)
 
 
-def shard_doc(shard: str, planned: list[str], runs: list[str]) -> dict:
-    return {"schema": "remanence-results", "schema_version": 1, "secrets_shown": False, "tool": {"name": "remanence", "version": "t"},
+def shard_doc(shard: str, planned: list[str], runs: list[str]) -> Document:
+    return Document.from_json({"schema": "remanence-results", "schema_version": 1, "secrets_shown": False, "tool": {"name": "remanence", "version": "t"},
             "started_at": "2026-01-01T00:00:0" + shard[0] + "Z", "finished_at": "2026-01-01T00:01:00Z", "interrupted": False,
             "exit_code": 0, "machine": {}, "summary": {}, "aggregates": [],
             "runs": [{"scenario": r.split("#")[0], "repetition": int(r.split("#")[1])} for r in runs],
             "verdicts": [{"scenario": r.split("#")[0], "repetition": int(r.split("#")[1]), "checkpoint": "c", "method": "procmem",
                           "expect": "present", "outcome": "FAIL" if r == "b#2" else "PASS", "hits": [],
                           "gate": {"state": "new", "suppression": None}} for r in runs],
-            "shard": shard, "planned_runs": planned, "shard_runs": runs}
+            "shard": shard, "planned_runs": planned, "shard_runs": runs}, f"shard {shard}")
 
 
 def test_merge_orders_by_plan_and_recomputes():

@@ -1,7 +1,7 @@
 """Reporters: one small interface, one module per format.
 
-Every reporter renders the results document (the plain data of results.json, see
-json_report.results_document), so merged shard results render exactly like a single run.
+Every reporter renders the results document (the plain data of results.json, built, read and merged by
+harness/document.py), so merged shard results render exactly like a single run.
 Reporters never scan or judge."""
 from __future__ import annotations
 

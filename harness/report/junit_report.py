@@ -18,7 +18,8 @@ import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
-from ..verdict import hit_process
+from ..document import kind_of
+from ..verdict import Kind, hit_process
 
 # --- shared helpers (also used by sarif_report and markdown_report) ---------------------------------
 
@@ -129,9 +130,10 @@ def verdict_seconds(v: dict) -> float:
     return float(snapshot.get("duration_s") or 0.0) + float((v.get("scan") or {}).get("duration_s") or 0.0)
 
 
-# The judge's wording for a region-flag mismatch (harness/verdict.py, _region_flag_mismatch): the document
-# holds no structured field for it, so this is how a FAIL of that kind is told apart.
-_FLAGS_WRONG = re.compile(r"^the intended region .* has \w+=\S+, the scenario requires \w+=")
+# The reports' name (the SARIF rule's) for each kind of FAIL the judge gives (verdict.Kind).
+_FAIL_NAMES = {Kind.LEAK: "secret-copy-remains", Kind.NOT_FOUND: "expected-copy-missing",
+               Kind.NO_IMAGE_BY_POLICY: "expected-copy-missing", Kind.MISPLACED: "secret-copy-misplaced",
+               Kind.REGION_FLAGS: "region-flags-wrong", Kind.MISSING_NOTES: "notes-missing"}
 
 
 def leak_kind(verdict: dict) -> str | None:
@@ -143,11 +145,7 @@ def leak_kind(verdict: dict) -> str | None:
         return "harness-error"
     if outcome != "FAIL":
         return None
-    if _FLAGS_WRONG.match(verdict.get("reason", "")) or verdict.get("expect") == "observe":
-        return "region-flags-wrong"
-    if verdict.get("expect") == "present":
-        return "secret-copy-misplaced" if verdict.get("hits") else "expected-copy-missing"
-    return "secret-copy-remains"
+    return _FAIL_NAMES.get(kind_of(verdict), "secret-copy-remains")
 
 
 def rate(n: int, total: int) -> str:

@@ -129,6 +129,23 @@ RULES: list[dict] = [
         "defaultConfiguration": {"level": "warning"},
         "properties": {"tags": ["memory", "reliability"], "precision": "high", "problem.severity": "warning"},
     },
+    {
+        "id": "REM007", "name": "notes-missing",
+        "shortDescription": {"text": "The target did not note what the checkpoint requires"},
+        "fullDescription": {"text": "The checkpoint requires the target to note that it did something (e.g. that it "
+                                    "wiped its buffer), and the target never noted it, so the checkpoint does not "
+                                    "show what the scenario says it shows."},
+        "help": {
+            "text": "The target did not note what the checkpoint requires (the scenario's require_notes): it did not "
+                    "do, or did not report, the step the expectation relies on.",
+            "markdown": "**The target did not note what the checkpoint requires** (the scenario's `require_notes`): "
+                        "it did not do, or did not report, the step the expectation relies on. The message lists "
+                        "the notes it did send.",
+        },
+        "defaultConfiguration": {"level": "error"},
+        "properties": {"tags": _SECURITY + ["correctness"], "precision": "high", "problem.severity": "error",
+                       "security-severity": "4.0"},
+    },
 ]
 RULE_INDEX = {rule["name"]: i for i, rule in enumerate(RULES)}
 _HIT_KINDS = ("secret-copy-remains", "secret-copy-misplaced")
@@ -139,6 +156,7 @@ _WHAT = {
     "region-flags-wrong": "{subject}'s region lacks a required flag",
     "inconclusive": "the check{of} was inconclusive",
     "harness-error": "the check{of} could not run",
+    "notes-missing": "the target did not note what the check{of} requires",
 }
 
 

@@ -1,0 +1,555 @@
+"""results.json, the one record of a run: built from Results, read back and checked, merged (schema:
+harness/schema/results-v1.schema.json).
+
+`Document` and the classes it holds mirror the JSON one to one, in its key order. `Document.from_results`
+builds it, `to_json` gives the plain data every reporter renders and `results.json` holds, `from_json` /
+`read` read one back: a key the readers need that is missing or of the wrong type, or a foreign document, is
+a DocumentError with one line naming the file and the key. A reader takes documents from older versions of
+remanence: a key a class gives a default may be missing (the default stands in; `ABSENT` marks keys that are
+then left out again). `merge` makes one document of several: the pytest plugin's scenarios and workers, and
+`remanence merge`'s shards (shard.merge_documents checks their plan first).
+
+A verdict's `kind` (verdict.Kind) says what kind of outcome it is; documents written before it existed lack it,
+and `fallback_kind` is the one place that stands in for it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .command import program_file
+from .model import Gap, Outcome, Region, Snapshot
+from .results import Results, RunRecord, fingerprint, outcomes_exit_code, verdict_fingerprints
+from .snapshot import scratch
+from .targets import PROJECT_ROOT, registration_site
+from .verdict import Finding, Kind, Verdict, outcome_kind
+
+SCHEMA_NAME = "remanence-results"
+SCHEMA_VERSION = 1
+SCHEMA_FILE = Path(__file__).parent / "schema" / f"results-v{SCHEMA_VERSION}.schema.json"
+
+
+class DocumentError(ValueError):
+    """A file that is not a results document this remanence reads; the message is one line."""
+
+
+class _Absent:
+    """The value of an optional key the document does not have (left out when written)."""
+
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+
+ABSENT: Any = _Absent()
+
+
+# --- reading and writing the plain data, for every class below ---------------------------------------------------
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _load(tp, value, where: str):
+    """`value` (parsed JSON) as type `tp`, or DocumentError naming `where`."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):     # the document's unions: one type, or null, or left out
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        (one,) = (a for a in options if a not in (type(None), _Absent))
+        return _load(one, value, where)
+    if dataclasses.is_dataclass(tp):
+        return tp.from_json(value, where)
+    if origin is list:
+        _expect(isinstance(value, list), where, "a list", value)
+        (item,) = typing.get_args(tp)
+        return [_load(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        _expect(isinstance(value, dict), where, "an object", value)
+        return dict(value)
+    if issubclass(tp, enum.Enum):
+        try:
+            return tp(value)
+        except ValueError:
+            raise DocumentError(f"{where}: {value!r} is not one of {', '.join(e.value for e in tp)}") from None
+    if tp is float:
+        _expect(isinstance(value, (int, float)) and not isinstance(value, bool), where, "a number", value)
+        return value
+    _expect(isinstance(value, tp) and (tp is bool or not isinstance(value, bool)), where, tp.__name__, value)
+    return value
+
+
+def _json_type(value) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _expect(ok: bool, where: str, what: str, value) -> None:
+    if not ok:
+        raise DocumentError(f"{where}: expected {what}, got {_json_type(value)}")
+
+
+def _dump(value):
+    if isinstance(value, _Record):
+        return value.to_json()
+    if isinstance(value, list):
+        return [_dump(v) for v in value]
+    if isinstance(value, enum.Enum):
+        return value.value
+    return value
+
+
+class _Record:
+    """A JSON object of the document: its keys are the dataclass's fields, in order. A field without a default
+    is required; one defaulting to ABSENT is left out when absent."""
+
+    @classmethod
+    def _key(cls, where: str, key: str) -> str:
+        return f"{where}.{key}"
+
+    @classmethod
+    def from_json(cls, data, where: str):
+        _expect(isinstance(data, dict), where, "an object", data)
+        hints = _field_types(cls)
+        values = {}
+        for f in dataclasses.fields(cls):
+            if f.name in data:
+                values[f.name] = _load(hints[f.name], data[f.name], cls._key(where, f.name))
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise DocumentError(f"{where}: {f.name} is missing")
+        return cls(**values)
+
+    def to_json(self) -> dict:
+        return {f.name: _dump(getattr(self, f.name)) for f in dataclasses.fields(self)
+                if getattr(self, f.name) is not ABSENT}
+
+
+# --- the document -------------------------------------------------------------------------------------------------
+
+@dataclass
+class RegionEntry(_Record):
+    start: str | None = None
+    size: int = 0
+    perms: str = ""
+    kind: str = ""
+    name: str = ""
+    locked: bool | None = None
+    dont_dump: bool | None = None
+    thread: int | None = None
+    register_set: str | None = None
+
+
+@dataclass
+class GapEntry(_Record):
+    start: str | None = None
+    size: int = 0
+    name: str = ""
+    kind: str = ""
+    reason: str = ""
+    perms: str = ""
+
+
+@dataclass
+class ContextEntry(_Record):
+    offset: int
+    bytes: str
+    secret_ranges: list[list[int]]
+
+
+@dataclass
+class HitEntry(_Record):
+    fingerprint: str               # the only key the gate needs; first here, last in the JSON (see to_json)
+    encoding: str = ""
+    full: bool = True
+    fragment: list[int] | None = None
+    address: str | None = None
+    length: int = 0
+    in_intended_region: bool = False
+    guarded: bool = False
+    region: RegionEntry = field(default_factory=RegionEntry)
+    context: ContextEntry | None = None
+    pid: int | None = None
+    command: str | None = None
+
+    def to_json(self) -> dict:
+        data = super().to_json()
+        data["fingerprint"] = data.pop("fingerprint")
+        return data
+
+
+@dataclass
+class ServedBy(_Record):
+    method: str
+    why: str
+
+
+@dataclass
+class SnapshotEntry(_Record):
+    method: str = ""
+    captured_bytes: int = 0
+    duration_s: float = 0.0
+    regions: list[RegionEntry] = field(default_factory=list)
+    gaps: list[GapEntry] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    kept_path: str | None = None
+    not_produced: str | None = None
+    not_produced_cause: str | None = None
+    pid: int | None = None
+    command: str | None = None
+    served_by: ServedBy | _Absent = ABSENT    # only when another method's image served this one
+
+
+@dataclass
+class ProcessEntry(_Record):
+    pid: int
+    command: str
+    canary_seen: bool
+    hits: int
+    snapshot: SnapshotEntry
+
+
+@dataclass
+class ScanEntry(_Record):
+    bytes: int = 0
+    duration_s: float = 0.0
+
+
+@dataclass
+class VerdictEntry(_Record):
+    scenario: str
+    repetition: int
+    checkpoint: str
+    method: str
+    subject: str = "secret"
+    expect: str = ""
+    why: str = ""
+    outcome: Outcome = Outcome.ERROR
+    reason: str = ""
+    kind: Kind | None | _Absent = ABSENT     # absent in documents written before it existed: see fallback_kind
+    canary_seen: bool | None = None
+    intended_address: str | None = None
+    scan: ScanEntry = field(default_factory=ScanEntry)
+    snapshot: SnapshotEntry | None = None
+    hits: list[HitEntry] = field(default_factory=list)
+    fingerprints: list[str] = field(default_factory=list)
+    processes: list[ProcessEntry] | _Absent = ABSENT    # only when following the target's process tree
+    gate: dict | None | _Absent = ABSENT                # only once gated (gate.apply_gate)
+
+    @classmethod
+    def from_json(cls, data, where: str):
+        entry = super().from_json(data, where)
+        if "outcome" not in data:       # its default serves only the dataclass's field order
+            raise DocumentError(f"{where}: outcome is missing")
+        return entry
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.scenario}#{self.repetition}"
+
+    def prints(self) -> list[str]:
+        """The verdict's fingerprints (computed as the harness does for documents that lack them)."""
+        if self.fingerprints:
+            return list(self.fingerprints)
+        if self.hits:
+            return sorted({h.fingerprint for h in self.hits})
+        return [fingerprint(self.scenario, self.method, self.checkpoint, "-", "none")]
+
+    def effective_kind(self) -> Kind | None:
+        """Its kind, or for a document written before verdicts had one, fallback_kind's."""
+        return self.kind if isinstance(self.kind, Kind) else fallback_kind(self.outcome.value, self.expect, bool(self.hits))
+
+
+@dataclass
+class SourceSite(_Record):
+    path: str
+    line: int
+
+
+@dataclass
+class SecretEntry(_Record):
+    form: str = ""
+    length: int = 0
+    sha256_prefix: str | None = None
+
+
+@dataclass
+class RunEntry(_Record):
+    scenario: str
+    repetition: int
+    target: str = ""
+    entry: str = ""
+    source: str = ""
+    description: str = ""
+    target_source: SourceSite | None = None
+    program: str | None = None
+    secret: SecretEntry = field(default_factory=SecretEntry)
+    canary_sha256_prefix: str | None = None
+    pid: int | None = None
+    exit: str | None = None
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None
+    skip_reason: str | None = None
+    target_output: str = ""
+    duration_s: float = 0.0
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.scenario}#{self.repetition}"
+
+
+@dataclass
+class Aggregate(_Record):
+    scenario: str
+    checkpoint: str
+    method: str
+    subject: str = "secret"
+    expect: str = ""
+    runs: int = 0
+    found: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Tool(_Record):
+    name: str = "remanence"
+    version: str = __version__
+
+
+@dataclass
+class MergedFrom(_Record):
+    source: str
+    shard: str
+    runs: int
+    tool: dict | None
+    started_at: str
+    finished_at: str
+    exit_code: int | None
+    machine: dict
+
+
+@dataclass
+class Document(_Record):
+    schema: str
+    schema_version: int
+    verdicts: list[VerdictEntry]    # last in the JSON (see to_json)
+    secrets_shown: bool = False
+    tool: Tool = field(default_factory=Tool)
+    started_at: str = ""
+    finished_at: str = ""
+    interrupted: bool = False
+    exit_code: int = 0
+    machine: dict = field(default_factory=dict)
+    summary: dict[str, int] = field(default_factory=dict)
+    aggregates: list[Aggregate] = field(default_factory=list)
+    runs: list[RunEntry] = field(default_factory=list)
+    gate: dict | _Absent = ABSENT                      # once gated
+    shard: str | _Absent = ABSENT                      # a shard's document: "i/N"
+    planned_runs: list[str] | _Absent = ABSENT         # a shard's or a merged document: the whole plan's run ids
+    shard_runs: list[str] | _Absent = ABSENT           # a shard's document: its own run ids
+    merged_from: list[MergedFrom] | _Absent = ABSENT   # a merged document: the shards it was made of
+
+    @classmethod
+    def _key(cls, where: str, key: str) -> str:
+        return f"{where}: {key}"
+
+    def to_json(self) -> dict:
+        data = super().to_json()
+        verdicts = data.pop("verdicts")
+        extras = {k: data.pop(k) for k in ("gate", "shard", "planned_runs", "shard_runs", "merged_from") if k in data}
+        return {**data, "verdicts": verdicts, **extras}
+
+    @classmethod
+    def from_json(cls, data, source: str, what: str = "results document", needs: tuple[str, ...] = ()) -> Document:
+        """The document in `data` (parsed JSON) from `source` (a file name, for messages). `needs`: top-level keys
+        that must be there although older documents may lack them (a shard's plan, for instance)."""
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA_NAME:
+            raise DocumentError(f"{source}: not a remanence {what} (no \"schema\": \"{SCHEMA_NAME}\")")
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise DocumentError(f"{source}: schema_version {data.get('schema_version')!r}, this remanence reads {SCHEMA_VERSION}")
+        if not isinstance(data.get("verdicts"), list):
+            raise DocumentError(f"{source}: no verdicts list")
+        for key in needs:
+            if key not in data:
+                raise DocumentError(f"{source}: {key} is missing")
+        return super().from_json(data, source)
+
+    @classmethod
+    def from_results(cls, results: Results, show_secrets: bool = False) -> Document:
+        """The whole run as a document. Secret bytes in hit contexts are masked unless `show_secrets`."""
+        doc = cls(SCHEMA_NAME, SCHEMA_VERSION, [_verdict(v, show_secrets) for v in results.verdicts],
+                  secrets_shown=show_secrets, started_at=results.started_at, finished_at=results.finished_at,
+                  interrupted=results.interrupted, exit_code=results.exit_code(), machine=results.machine,
+                  runs=[_run(r) for r in results.runs])
+        doc.summary, doc.aggregates = counts(doc.verdicts), aggregates(doc.verdicts)
+        return doc
+
+    def ungated_exit_code(self, allow_skip: bool = False) -> int:
+        return outcomes_exit_code((v.outcome.value for v in self.verdicts), self.interrupted, allow_skip)
+
+
+def results_document(results: Results, show_secrets: bool = False) -> dict:
+    """The plain data of results.json for `results`: what every reporter renders."""
+    return Document.from_results(results, show_secrets).to_json()
+
+
+def read(path: Path, what: str = "results document", needs: tuple[str, ...] = (), name: str | None = None) -> Document:
+    """The document in the file at `path`; DocumentError (one line, naming `name` or the path) if it is not one."""
+    name = name or str(path)
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DocumentError(f"{name}: file not found") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise DocumentError(f"{name}: cannot read it as JSON: {' '.join(str(e).split())}") from None
+    return Document.from_json(data, name, what, needs)
+
+
+def schema() -> dict:
+    """The JSON schema every document this module writes satisfies."""
+    return json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
+
+
+# --- derived values ---------------------------------------------------------------------------------------------
+
+def counts(verdicts: list[VerdictEntry]) -> dict[str, int]:
+    """How many verdicts have each outcome."""
+    summary = {o.value: 0 for o in Outcome}
+    for v in verdicts:
+        summary[v.outcome.value] += 1
+    return summary
+
+
+def aggregates(verdicts: list[VerdictEntry]) -> list[Aggregate]:
+    """Each scenario x checkpoint x method x subject over its repetitions (in order of first appearance): outcome
+    counts and how many runs found the secret -- the rate for GC-dependent scenarios."""
+    groups: dict[tuple[str, str, str, str], Aggregate] = {}
+    for v in verdicts:
+        key = (v.scenario, v.checkpoint, v.method, v.subject)
+        agg = groups.setdefault(key, Aggregate(*key, expect=v.expect))
+        agg.runs += 1
+        agg.found += bool(v.hits)
+        agg.outcomes[v.outcome.value] = agg.outcomes.get(v.outcome.value, 0) + 1
+    return list(groups.values())
+
+
+def fallback_kind(outcome: str, expect: str, has_hits: bool) -> Kind | None:
+    """The kind of a verdict from a document written before verdicts had one, from what the document says
+    without reading the reason: ERROR and SKIP are their own kind; an `observe` expectation FAILs only on the
+    intended region's flags; otherwise a FAIL is a copy found (absent), one found elsewhere or none found
+    (present). Such a document cannot tell a flags FAIL of `absent` or `present` apart, nor PASS and INCONCLUSIVE
+    kinds (None)."""
+    try:
+        judged = outcome_kind(Outcome(outcome), None)
+    except ValueError:
+        return None
+    if judged is not None or outcome != Outcome.FAIL.value:
+        return judged
+    if expect == "observe":
+        return Kind.REGION_FLAGS
+    if expect == "present":
+        return Kind.MISPLACED if has_hits else Kind.NOT_FOUND
+    return Kind.LEAK
+
+
+def kind_of(verdict: dict) -> Kind | None:
+    """A document verdict's kind: its own, else fallback_kind's."""
+    try:
+        return Kind(verdict["kind"])
+    except (KeyError, ValueError, TypeError):
+        return fallback_kind(verdict.get("outcome", ""), verdict.get("expect", ""), bool(verdict.get("hits")))
+
+
+# --- merging -----------------------------------------------------------------------------------------------------
+
+def merge(docs: list[Document], run_order: list[str] | None = None, allow_skip: bool = False) -> Document:
+    """One document of several runs' documents (scenarios, xdist workers, shards): runs and verdicts in `run_order`
+    (run ids) when given, else as given; their gates dropped (gate the merged document anew); summary, aggregates
+    and exit code recomputed. The first document's schema, tool and machine stand for all."""
+    first = docs[0]
+    runs = [r for d in docs for r in d.runs]
+    verdicts = [dataclasses.replace(v, gate=ABSENT) for d in docs for v in d.verdicts]
+    if run_order is not None:
+        position = {rid: i for i, rid in enumerate(run_order)}
+        runs.sort(key=lambda r: position[r.run_id])
+        verdicts.sort(key=lambda v: position[v.run_id])      # stable: a run's verdicts keep their order
+    merged = Document(first.schema, first.schema_version, verdicts,
+                      secrets_shown=any(d.secrets_shown for d in docs), tool=first.tool,
+                      started_at=min(d.started_at for d in docs), finished_at=max(d.finished_at for d in docs),
+                      interrupted=any(d.interrupted for d in docs), machine=first.machine,
+                      summary=counts(verdicts), aggregates=aggregates(verdicts), runs=runs)
+    merged.exit_code = merged.ungated_exit_code(allow_skip)
+    return merged
+
+
+# --- building from Results ----------------------------------------------------------------------------------------
+
+def _address(value: int | None) -> str | None:
+    return None if value is None else f"{value:#x}"
+
+
+def _region(r: Region) -> RegionEntry:
+    return RegionEntry(_address(r.start), r.size, r.perms, r.kind.value, r.name, r.locked, r.dont_dump, r.thread,
+                       r.register_set)
+
+
+def _gap(g: Gap) -> GapEntry:
+    return GapEntry(_address(g.start), g.size, g.name, g.kind.value, g.reason, g.perms)
+
+
+def _finding(v: Verdict, f: Finding, show_secrets: bool) -> HitEntry:
+    h = f.hit
+    context = None
+    if f.context is not None:
+        context = ContextEntry(f.context.start, " ".join(f.context.masked_hex(reveal=show_secrets)),
+                               [list(r) for r in f.context.secret_ranges])
+    return HitEntry(fingerprint(v.scenario, v.method, v.checkpoint, h.region.kind.value,
+                                h.encoding + ("" if h.full else ":fragment"), v.subject),
+                    h.encoding, h.full, list(h.fragment) if h.fragment else None, _address(h.address), h.length,
+                    f.in_intended_region, f.guarded, _region(h.region), context, h.pid, h.command)
+
+
+def _snapshot(s: Snapshot) -> SnapshotEntry:
+    return SnapshotEntry(s.method, s.captured_bytes, round(s.duration_s, 4), [_region(r) for r in s.regions],
+                         [_gap(g) for g in s.gaps], list(s.notes),
+                         None if scratch.is_scratch(s.path) or not s.path.exists() else str(s.path),
+                         s.not_produced, s.not_produced_cause.value if s.not_produced_cause else None, s.pid, s.command,
+                         ServedBy(s.served_by, s.served_why) if s.served_by else ABSENT)
+
+
+def _verdict(v: Verdict, show_secrets: bool) -> VerdictEntry:
+    kind = outcome_kind(v.outcome, v.kind)
+    return VerdictEntry(
+        v.scenario, v.repetition, v.checkpoint, v.method, v.subject, v.expect.value, v.why, v.outcome, v.reason,
+        kind if kind is not None else ABSENT, v.canary_seen, _address(v.intended_address),
+        ScanEntry(v.scan_bytes, round(v.scan_duration_s, 4)), None if v.snapshot is None else _snapshot(v.snapshot),
+        [_finding(v, f, show_secrets) for f in v.findings], verdict_fingerprints(v),
+        # following the target's process tree: what each process showed, the target first
+        [ProcessEntry(p.snapshot.pid, p.snapshot.command, p.canary_seen, len(p.hits), _snapshot(p.snapshot))
+         for p in v.processes] if v.processes else ABSENT)
+
+
+def _project_path(path: Path) -> str:
+    """Paths inside the project are given relative to it, so reports match across checkouts; others absolute."""
+    try:
+        absolute = path.resolve()
+    except (RuntimeError, OSError):    # a symbolic link loop
+        return str(path)
+    return str(absolute.relative_to(PROJECT_ROOT) if absolute.is_relative_to(PROJECT_ROOT) else absolute)
+
+
+def _run(r: RunRecord) -> RunEntry:
+    s = r.scenario
+    site = registration_site(s.target, s.entry)
+    program = program_file(s.command) if s.command else None
+    return RunEntry(s.name, r.repetition, s.target, s.entry, _project_path(s.source), s.description,
+                    SourceSite(*site) if site else None, _project_path(program) if program else None,
+                    SecretEntry(r.secret_spec.form, r.secret_spec.length, r.secret_fingerprint), r.canary_fingerprint,
+                    r.pid, r.exit, list(r.notes), r.error, r.skip_reason, r.target_output, round(r.duration_s, 3))

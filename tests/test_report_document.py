@@ -1,0 +1,138 @@
+"""harness/document.py: results.json built from Results, read back, merged, and refused in one line when broken."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from remanence.cli import main
+from remanence.document import ABSENT, Document, DocumentError, merge, read, schema
+from remanence.model import Expect, Gap, GapKind, Hit, Outcome, Region, RegionKind, Snapshot
+from remanence.results import Results, RunRecord
+from remanence.scan.context import HitContext
+from remanence.scenario import MethodExpectation, Scenario, SecretSpec
+from remanence.shard import merge_documents
+from remanence.verdict import ProcessView, Verdict, judge_processes
+
+HEAP = Region(0x5000_0000, 0x21000, "rw-p", RegionKind.HEAP, "[heap]", 4096, locked=False, dont_dump=False)
+STACK = Region(0x7ffe_0000, 0x21000, "rw-p", RegionKind.STACK, "[stack]", 0x22000)
+
+
+def snapshot(pid: int, command: str) -> Snapshot:
+    return Snapshot("procmem", Path("/nonexistent"), [HEAP, STACK],
+                    [Gap(0x6000_0000, 8192, "[vvar]", GapKind.KERNEL, "kernel-owned")], duration_s=0.01234,
+                    notes=["a note"], pid=pid, command=command)
+
+
+def judged(scenario: str, repetition: int, checkpoint: str, expect: Expect, hits: list[Hit], subject: str = "secret",
+           processes: int = 1) -> Verdict:
+    """A verdict as the runner makes one: the judge decides outcome, reason, findings and kind."""
+    views = [ProcessView(snapshot(100 + i, f"prog {i}"), hits if i == 0 else [], True) for i in range(processes)]
+    outcome, reason, findings, kind = judge_processes(
+        expectation=MethodExpectation(expect, "because"), views=views, intended_address=HEAP.start + 16,
+        control_established=True, control_note="planted copy seen", intended_flags={})
+    findings = [f.__class__(f.hit, f.in_intended_region, f.guarded, HitContext(-4, bytes(range(40)), ((4, 36),)))
+                for f in findings]
+    return Verdict(scenario, repetition, checkpoint, "procmem", expect, "because", outcome, reason, findings,
+                   canary_seen=True, snapshot=views[0].snapshot, scan_bytes=4096, scan_duration_s=0.5,
+                   intended_address=HEAP.start + 16, subject=subject, processes=views if processes > 1 else [],
+                   kind=kind)
+
+
+def record(scenario: str, repetition: int) -> RunRecord:
+    s = Scenario(scenario, "a demo", "c", scenario, ("procmem",), 2, 10, SecretSpec(), (), Path("scenarios/c/x.toml"))
+    run = RunRecord(s, repetition, SecretSpec(), "0123456789ab", "ba9876543210", 4242, "exit status 0", ["wiped=true"])
+    leak = Hit("secret", "raw", HEAP.start + 64, 4096 + 64, 32, HEAP, pid=100, command="prog 0")
+    run.verdicts = [judged(scenario, repetition, "freed", Expect.ABSENT, [leak]),
+                    judged(scenario, repetition, "freed", Expect.ABSENT, [], subject="derived:rx", processes=2),
+                    Verdict(scenario, repetition, "exit", "procmem", Expect.ABSENT, "because", Outcome.ERROR,
+                            "checkpoint never reached")]
+    return run
+
+
+def results(*runs: tuple[str, int]) -> Results:
+    return Results([record(*r) for r in runs], "2026-01-01T00:00:00Z", "2026-01-01T00:00:09Z", machine={"cores": 2})
+
+
+def test_results_to_json_and_back_is_the_same_document():
+    doc = Document.from_results(results(("demo.leak", 1), ("demo.leak", 2)))
+    data = doc.to_json()
+    jsonschema.validate(data, schema())
+    again = Document.from_json(json.loads(json.dumps(data)), "results.json")
+    assert again == doc and again.to_json() == data
+    assert [v["kind"] for v in data["verdicts"][:3]] == ["leak", "absent", "error"]
+    assert list(data)[-1] == "verdicts" and list(data["verdicts"][0]["hits"][0])[-1] == "fingerprint"
+    assert "processes" not in data["verdicts"][0] and len(data["verdicts"][1]["processes"]) == 2
+    assert data["verdicts"][0]["hits"][0]["context"]["bytes"].split()[4] == "**"    # masked unless --show-secrets
+    assert data["summary"] == {"PASS": 2, "FAIL": 2, "INCONCLUSIVE": 0, "ERROR": 2, "SKIP": 0} and data["exit_code"] == 1
+
+
+def test_a_document_without_kinds_reads_and_stays_without_them():
+    data = Document.from_results(results(("demo.leak", 1))).to_json()
+    for v in data["verdicts"]:
+        del v["kind"]
+    doc = Document.from_json(data, "old.json")
+    assert all(v.kind is ABSENT for v in doc.verdicts) and "kind" not in doc.to_json()["verdicts"][0]
+    assert [v.effective_kind() and v.effective_kind().value for v in doc.verdicts] == ["leak", None, "error"]
+
+
+def shard(index: int, planned: list[str], runs: list[tuple[str, int]]) -> Document:
+    doc = Document.from_results(results(*runs))
+    doc.shard, doc.planned_runs, doc.shard_runs = f"{index}/2", planned, [f"{s}#{r}" for s, r in runs]
+    return doc
+
+
+def test_two_shards_merge_into_the_unsharded_document():
+    plan = [("a", 1), ("a", 2), ("b", 1)]
+    planned = [f"{s}#{r}" for s, r in plan]
+    whole = Document.from_results(results(*plan)).to_json()
+    merged = merge_documents([("two", shard(2, planned, [plan[1]])), ("one", shard(1, planned, [plan[0], plan[2]]))])
+    jsonschema.validate(merged, schema())
+    assert merged["verdicts"] == whole["verdicts"] and merged["runs"] == whole["runs"]
+    assert (merged["summary"], merged["aggregates"], merged["exit_code"]) == (whole["summary"], whole["aggregates"], 1)
+    assert [m["shard"] for m in merged["merged_from"]] == ["1/2", "2/2"] and merged["planned_runs"] == planned
+    # The pytest plugin's merge (scenarios and workers, no plan) is the same function.
+    plain = merge([Document.from_results(results(plan[0])), Document.from_results(results(*plan[1:]))]).to_json()
+    assert plain["verdicts"] == whole["verdicts"] and plain["aggregates"] == whole["aggregates"]
+
+
+BROKEN = {
+    "not JSON": ("{\"schema\": ", "cannot read it as JSON"),
+    "foreign": (json.dumps({"schema": "something-else"}), 'not a remanence results document (no "schema": "remanence-results")'),
+    "version": (json.dumps({"schema": "remanence-results", "schema_version": 2, "verdicts": []}), "schema_version 2, this remanence reads 1"),
+    "verdict": ({"verdicts": [1]}, "verdicts[0]: expected an object, got int"),
+    "outcome": ({"verdicts": [{"scenario": "s", "repetition": 1, "checkpoint": "c", "method": "m", "outcome": "MAYBE"}]},
+                "verdicts[0].outcome: 'MAYBE' is not one of PASS, FAIL, INCONCLUSIVE, ERROR, SKIP"),
+    "kind": ({"verdicts": [{"scenario": "s", "repetition": 1, "checkpoint": "c", "method": "m", "outcome": "PASS",
+                            "kind": 3}]}, "verdicts[0].kind: 3 is not one of leak"),
+    "hit": ({"verdicts": [{"scenario": "s", "repetition": 1, "checkpoint": "c", "method": "m", "outcome": "FAIL",
+                           "hits": [{"fingerprint": 7}]}]}, "verdicts[0].hits[0].fingerprint: expected str, got int"),
+    "missing": ({"verdicts": [{"scenario": "s", "repetition": 1, "checkpoint": "c", "outcome": "FAIL"}]},
+                "verdicts[0]: method is missing"),
+    "run": ({"verdicts": [], "runs": [{"scenario": "s", "repetition": "1"}]}, "runs[0].repetition: expected int, got str"),
+}
+
+
+@pytest.mark.parametrize("name", BROKEN)
+def test_a_broken_document_is_one_line_naming_file_and_key(tmp_path, name):
+    content, message = BROKEN[name]
+    if isinstance(content, dict):
+        content = json.dumps({"schema": "remanence-results", "schema_version": 1, **content})
+    path = tmp_path / "results.json"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(DocumentError) as e:
+        read(path)
+    assert str(e.value).startswith(f"{path}: ") and message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_merge_of_a_broken_document_is_one_line_on_the_command_line(tmp_path, capsys):
+    path = tmp_path / "results.json"
+    shard_doc = {**shard(1, ["a#1"], [("a", 1)]).to_json(), "verdicts": [{}]}
+    path.write_text(json.dumps(shard_doc), encoding="utf-8")
+    capsys.readouterr()
+    assert main(["merge", "-q", str(tmp_path / "merged"), str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"remanence: {path}: verdicts[0]: scenario is missing"
+    assert not (tmp_path / "merged").exists()
