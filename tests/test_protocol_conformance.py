@@ -174,7 +174,7 @@ def test_bad_environment_fails_70_after_ready(language, overrides):
     spec = LANGUAGES[language]
     t = start(program(language).command, [spec.sample], harness_env(language, 32, 16, **overrides))
     line, rc = after_bad_environment(t)
-    assert line is not None and line.startswith("error "), line
+    assert line is not None and line.startswith("error ") and next(iter(overrides)) in line, line
     assert rc == 70
 
 
@@ -190,6 +190,7 @@ def test_eof_on_fd3_exits_75(language, scenario, stage):
         first = "derived " if spec.derived.get(scenario) else f"checkpoint {spec.scenarios[scenario][0]} "
         assert line is not None and line.startswith(first), line
     assert rc == 75, t.stderr
+    assert b"control channel closed" in t.stderr
 
 
 @pytest.mark.parametrize("language", LANGUAGES)
