@@ -1,5 +1,5 @@
 """Drives a target program over the protocol of targets/PROTOCOL.md, as the harness does, with
-no harness code: shared by the C and Go target tests."""
+no harness code: shared by the target and SDK tests."""
 
 from __future__ import annotations
 
@@ -284,13 +284,13 @@ def exit_after_eof(t: Target, stage: str, secret: bytes, canary: bytes) -> tuple
         t.kill()
 
 
-def after_bogus_reply(t: Target, secret: bytes) -> tuple[str, str | None, int]:
-    """(first checkpoint line, the target's answer to a reply other than `continue`, exit code)."""
+def after_bogus_reply(t: Target, secret: bytes, reply: bytes = b"bogus-reply\n") -> tuple[str, str | None, int]:
+    """(first checkpoint line, the target's answer to `reply`, something other than `continue`, exit code)."""
     try:
         assert t.readline() == "ready 1"
         t.send(fresh(16) + secret)
         checkpoint = t.readline()
-        t.send(b"bogus-reply\n")
+        t.send(reply)
         line = t.readline()
         return checkpoint, line, t.wait()
     finally:

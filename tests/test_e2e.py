@@ -73,6 +73,10 @@ def verdicts_of(doc: dict, scenario: str, checkpoint: str | None = None, method:
             and (checkpoint is None or v["checkpoint"] == checkpoint) and (method is None or v["method"] == method)]
 
 
+# The tests of the suite's one run: under xdist (--dist loadgroup) one worker takes them all and runs it once.
+on_the_suite = pytest.mark.xdist_group("e2e_c_suite")
+
+
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory):
     """The whole built-in suite, once: (exit code, results.json, console text, captured secrets, temp dir)."""
@@ -91,6 +95,7 @@ def suite(tmp_path_factory):
     return code, doc, stdout.getvalue() + stderr.getvalue(), capture, scratch, out
 
 
+@on_the_suite
 def test_suite_passes_and_is_schema_valid(suite):
     code, doc, console, *_ = suite
     failing = [(v["scenario"], v["checkpoint"], v["method"], v["outcome"], v["reason"]) for v in doc["verdicts"]
@@ -103,11 +108,13 @@ def test_suite_passes_and_is_schema_valid(suite):
     assert "sodium.live" in console and "PASS" in console
 
 
+@on_the_suite
 def test_every_snapshot_saw_the_canary(suite):
     _, doc, *_ = suite
     assert all(v["canary_seen"] for v in doc["verdicts"])
 
 
+@on_the_suite
 def test_known_leaks_are_found_where_they_should_be(suite):
     _, doc, *_ = suite
     for method in ("procmem", "gcore", "gcore-all"):
@@ -123,6 +130,7 @@ def test_known_leaks_are_found_where_they_should_be(suite):
     assert all(h["guarded"] == h["in_intended_region"] for h in in_use["hits"])
 
 
+@on_the_suite
 def test_kernel_cores_and_exit_stops(suite):
     _, doc, *_ = suite
     [core] = verdicts_of(doc, "malloc.nowipe", "freed", "kernel-core")
@@ -163,6 +171,7 @@ why = "the target set its hard core limit to 0, as memguard does"
         assert core["snapshot"]["not_produced"].startswith("no core produced")
 
 
+@on_the_suite
 def test_guarded_page_is_attributed_and_dont_dump_is_explained(suite):
     _, doc, *_ = suite
     [live] = verdicts_of(doc, "sodium.live", "in_use", "procmem")
@@ -178,6 +187,7 @@ def test_guarded_page_is_attributed_and_dont_dump_is_explained(suite):
     assert any(n.startswith("mlock=denied") for r in doc["runs"] if r["scenario"] == "sodium.mlock_denied" for n in r["notes"])
 
 
+@on_the_suite
 def test_no_secret_leaks_through_the_harness(suite):
     _, doc, console, capture, scratch, out = suite
     assert len(capture.values) == 11
@@ -243,15 +253,30 @@ def test_hung_target_is_killed_with_its_process_group(tmp_path, capsys):
     assert [v["outcome"] for v in doc["verdicts"]] == ["ERROR"]
 
 
-@pytest.mark.parametrize("entry, checkpoints, words", [
-    ("selftest.crash", ("in_use", "after"), "killed by SIGSEGV"),
-    ("selftest.surprise", ("in_use",), "target reached checkpoint 'surprise'"),
-    ("selftest.fail", ("in_use",), "target reported: deliberate failure"),
-])
-def test_misbehaving_targets_give_errors_and_the_run_goes_on(tmp_path, capsys, entry, checkpoints, words):
-    selftest_scenario(tmp_path / "s", entry, checkpoints)
-    (tmp_path / "s" / "next.toml").write_text((SCENARIOS / "c" / "sodium.live.toml").read_text())
-    code, doc, _ = run_cli(["--scenarios", str(tmp_path / "s"), "--method", "procmem"], tmp_path / "out", capsys)
+MISBEHAVING = {
+    "selftest.crash": (("in_use", "after"), "killed by SIGSEGV"),
+    "selftest.surprise": (("in_use",), "target reached checkpoint 'surprise'"),
+    "selftest.fail": (("in_use",), "target reported: deliberate failure"),
+}
+
+
+@pytest.fixture(scope="module")
+def misbehaving_run(tmp_path_factory) -> tuple[int, dict]:
+    """(exit code, results.json) of one procmem run of every misbehaving target above, then sodium.live."""
+    tmp = tmp_path_factory.mktemp("misbehaving")
+    for entry, (checkpoints, _) in MISBEHAVING.items():
+        selftest_scenario(tmp / "s", entry, checkpoints)
+    (tmp / "s" / "next.toml").write_text((SCENARIOS / "c" / "sodium.live.toml").read_text())
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        code = main(["run", "--scenarios", str(tmp / "s"), "--method", "procmem", "--out", str(tmp / "out")])
+    return code, json.loads((tmp / "out" / "results.json").read_text())
+
+
+@pytest.mark.xdist_group("e2e_c_misbehaving")
+@pytest.mark.parametrize("entry", MISBEHAVING)
+def test_misbehaving_targets_give_errors_and_the_run_goes_on(misbehaving_run, entry):
+    code, doc = misbehaving_run
+    words = MISBEHAVING[entry][1]
     assert code == 3
     errors = [v for v in verdicts_of(doc, entry) if v["outcome"] == "ERROR"]
     assert errors and all(words in v["reason"] for v in errors)

@@ -7,7 +7,7 @@ from remanence.snapshot import CAP_SYS_RESOURCE, has_capability
 from remanence.targets import PROJECT_ROOT
 from suite_run import assert_every_verdict_passes, run_suite, verdicts
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e_go")]   # one worker runs the suite once
 GO_SCENARIOS = PROJECT_ROOT / "scenarios" / "go"
 
 

@@ -7,7 +7,7 @@ import pytest
 from remanence.targets import PROJECT_ROOT
 from suite_run import assert_every_verdict_passes, run_suite, verdicts
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e_node")]   # one worker runs the suite once
 NODE_SCENARIOS = PROJECT_ROOT / "scenarios" / "node"
 
 

@@ -6,7 +6,7 @@ import pytest
 from remanence.targets import PROJECT_ROOT
 from suite_run import assert_every_verdict_passes, require, run_suite, verdicts
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e_python")]   # one worker runs the suite once
 PY_SCENARIOS = PROJECT_ROOT / "scenarios" / "python"
 METHODS = ("procmem", "gcore", "gcore-all")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -15,11 +16,19 @@ from remanence.layout import ROOT
 from suite_run import require
 
 
+# The wheel is built once, by the one worker (xdist --dist loadgroup) that runs both tests.
+pytestmark = pytest.mark.xdist_group("install")
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
     """The venv's bin folder, with the wheel of this checkout installed."""
     base = tmp_path_factory.mktemp("install")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(base / "dist"), str(ROOT)],
+    # Built from a copy: setuptools writes build/ beside the sources, which must not land in the checkout.
+    source = base / "checkout"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", ".tox", "build", "reports",
+                                                                "node_modules", "__pycache__", "*.egg-info"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(base / "dist"), str(source)],
                    check=True, capture_output=True)
     wheel = next((base / "dist").glob("remanence-*.whl"))
     subprocess.run([sys.executable, "-m", "venv", str(base / "venv")], check=True)

@@ -10,9 +10,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 
 from remanence import workspace as workspace_module
 from suite_run import require
+
+# Killed harnesses, their leftovers looked for machine-wide (processes by name, cgroups): under xdist
+# (--dist loadgroup) these run one after another on one worker, never beside each other.
+pytestmark = pytest.mark.xdist_group("kills")
 
 CHECKPOINT_S = 10
 

@@ -63,7 +63,6 @@ sdk.done()
      "error checkpoint early reached before the whole secret was read"),
     ("sdk.readSecret(Buffer.alloc(n + 1), 0, n + 1)", "error asked for 33 secret bytes, only 32 left"),
     ("sdk.readSecret(Buffer.alloc(8))", "error readSecret: 32 bytes at offset 0 do not fit a 8-byte buffer"),
-    ("sdk.readSecret(Buffer.alloc(n)); sdk.derived('Bad label', Buffer.alloc(1))", "error invalid derived label"),
     ("sdk.readSecret(Buffer.alloc(n)); sdk.checkpoint('x', -1)",
      "error a checkpoint address must be a non-negative integer (number or bigint), or null"),
 ])

@@ -1,14 +1,19 @@
-"""The C and Go SDKs (targets/sdk/c, targets/sdk/go) in the same single-scenario program of the kind a user
-writes: no registry, the secret read in two parts into two buffers of the program's own, a derived value, a
-checkpoint without an address, and the mistakes each SDK must refuse. The built-in targets cover the registry
-and the rest of the conversation. Real programs, built here on the SDKs and driven over fd 3 with no harness
-code; the Python and Node SDKs have tests of their own (test_sdk_python.py, test_node_sdk.py)."""
+"""The four SDKs (targets/sdk/c, targets/sdk/go, targets/sdk/node, remanence.sdk) in the same single-scenario
+program of the kind a user writes: no registry, the secret read in two parts into two buffers of the program's own,
+a derived value, a note, a checkpoint without an address, and the mistakes each SDK must refuse. The built-in
+targets, written on these SDKs, cover the registry and the rest of the protocol (test_protocol_conformance.py).
+Real programs, built here on the SDKs and driven over fd 3 with no harness code; what only one SDK's API does is in
+test_sdk_python.py and test_node_sdk.py."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pytest
 from target_driver import Target, drive, fresh, read_mem, target_env
@@ -114,25 +119,102 @@ def build_go(folder: Path) -> Path:
     return folder / "sdk-demo"
 
 
-# language: (its compiler, how the program is built, how a call before start ends: exit status test, message)
+PYTHON_PROGRAM = r"""
+import sys
+
+from remanence import sdk
+
+mode = sys.argv[1] if len(sys.argv) == 2 else ""
+if mode == "before_start":
+    sdk.checkpoint("early", None)                   # a bug: must stop the program, saying nothing on fd 3
+n = sdk.start()
+head = n // 2
+first, second = bytearray(head), bytearray(n - head)
+sdk.read_secret_into(first)
+if mode == "short":
+    sdk.done()                                      # the rest of the secret is still unread
+sdk.read_secret_into(second)
+mask = bytes(b ^ 0x5A for b in first + second)
+sdk.derived("Mask" if mode == "bad_label" else "mask", mask)
+sdk.note(f"parts=2 head={head}")
+sdk.checkpoint("held", sdk.address_of(first))
+sdk.checkpoint("gone", None)
+sdk.done()
+"""
+
+NODE_PROGRAM = r"""
+'use strict'
+const sdk = require(process.env.SDK_UNDER_TEST)
+const mode = process.argv.length === 3 ? process.argv[2] : ''
+if (mode === 'before_start') sdk.checkpoint('early', null)   // a bug: must stop the program, saying nothing on fd 3
+const n = sdk.start()
+const head = Math.floor(n / 2)
+const first = Buffer.alloc(head)
+const second = Buffer.alloc(n - head)
+const address = sdk.locate(first)                 // found before the secret is in it
+sdk.readSecret(first, 0, head)
+if (mode === 'short') sdk.done()                  // the rest of the secret is still unread
+sdk.readSecret(second, 0, n - head)
+const mask = Buffer.alloc(n)
+for (let i = 0; i < n; i++) mask[i] = (i < head ? first[i] : second[i - head]) ^ 0x5a
+sdk.derived(mode === 'bad_label' ? 'Mask' : 'mask', mask)
+sdk.note({ parts: 2, head })
+sdk.checkpoint('held', address)
+sdk.checkpoint('gone', null)
+sdk.done()
+"""
+
+
+def build_python(folder: Path) -> tuple[str, ...]:
+    (folder / "program.py").write_text(PYTHON_PROGRAM)
+    return sys.executable, "-s", str(folder / "program.py")
+
+
+def build_node(folder: Path) -> tuple[str, ...]:
+    (folder / "program.js").write_text(NODE_PROGRAM.replace("process.env.SDK_UNDER_TEST",
+                                                            json.dumps(str(TARGETS_DIR / "sdk" / "node"))))
+    return shutil.which("node"), str(folder / "program.js")
+
+
+@dataclass(frozen=True)
+class Sdk:
+    tool: str | None                        # what builds or runs the program (None: this interpreter)
+    build: Callable[[Path], tuple[str, ...]]  # writes the program into a folder; its command
+    short_read: str                         # the error line when the program stops before the whole secret
+    bad_label: str                          # the error line for a derived label outside [a-z0-9_]{1,64}
+    before_start_status: Callable[[int], bool]   # how a call before start ends: its exit status…
+    before_start_message: bytes                  # …and what it says on stderr
+
+
 SDKS = {
-    "c": ("cc", build_c, lambda rc: rc < 0, b"rem_checkpoint() called before rem_start()"),
-    "go": ("go", build_go, lambda rc: rc == 2, b"remanence: Checkpoint called before Start"),   # a Go panic exits 2
+    "c": Sdk("cc", lambda folder: (str(build_c(folder)),),
+             "error the program did not read the whole secret (16 of 32 bytes)",
+             "error invalid derived label (must be [a-z0-9_]{1,64})",
+             lambda rc: rc < 0, b"rem_checkpoint() called before rem_start()"),
+    "go": Sdk("go", lambda folder: (str(build_go(folder)),),
+              "error the program did not read the whole secret (16 of 32 bytes)",
+              "error invalid derived label (must be [a-z0-9_]{1,64})",
+              lambda rc: rc == 2, b"remanence: Checkpoint called before Start"),   # a Go panic exits 2
+    "node": Sdk("node", build_node, "error done before the whole secret was read", "error invalid derived label",
+                lambda rc: rc == 70, b"checkpoint() before start()"),                # sdk.fail: exit 70, fd 3 unused
+    "python": Sdk(None, build_python, "error the program did not read the whole secret",
+                  "error invalid derived label",
+                  lambda rc: rc == 1, b"remanence.sdk.start() must be called first"),   # an uncaught RuntimeError
 }
 
 
 @pytest.fixture(scope="module", params=sorted(SDKS))
-def sdk(request, tmp_path_factory) -> tuple[str, Path]:
-    """(the language, the program built on its SDK)."""
-    tool, build, _, _ = SDKS[request.param]
-    if shutil.which(tool) is None:
+def sdk(request, tmp_path_factory) -> tuple[str, tuple[str, ...]]:
+    """(the language, the command of the program built on its SDK)."""
+    tool = SDKS[request.param].tool
+    if tool and shutil.which(tool) is None:
         pytest.skip(f"needs {tool}")
-    return request.param, build(tmp_path_factory.mktemp(f"{request.param}-sdk"))
+    return request.param, SDKS[request.param].build(tmp_path_factory.mktemp(f"{request.param}-sdk"))
 
 
-def start(program: Path, mode: str, secret_len: int) -> Target:
-    env = target_env({"PATH": os.environ.get("PATH", "/usr/bin:/bin")}, secret_len, 16)
-    return Target(program, [mode], env, TIMEOUT)
+def start(command: tuple[str, ...], mode: str, secret_len: int) -> Target:
+    env = target_env({"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"}, secret_len, 16)
+    return Target(Path(command[0]), [*command[1:], mode], env, TIMEOUT)
 
 
 def test_a_single_scenario_program_speaks_the_whole_protocol(sdk):
@@ -151,12 +233,10 @@ def test_a_single_scenario_program_speaks_the_whole_protocol(sdk):
     assert run.lines[-1] == "done"
 
 
-@pytest.mark.parametrize("mode, message", [
-    ("short", "error the program did not read the whole secret (16 of 32 bytes)"),
-    ("bad_label", "error invalid derived label (must be [a-z0-9_]{1,64})"),
-])
-def test_a_misuse_after_start_is_an_error_line_and_exit_70(sdk, mode, message):
-    t = start(sdk[1], mode, 32)
+@pytest.mark.parametrize("mode", ["short", "bad_label"])
+def test_a_misuse_after_start_is_an_error_line_and_exit_70(sdk, mode):
+    language, command = sdk
+    t = start(command, mode, 32)
     try:
         assert t.readline() == "ready 1"
         t.send(fresh(16) + fresh(32))
@@ -164,17 +244,17 @@ def test_a_misuse_after_start_is_an_error_line_and_exit_70(sdk, mode, message):
         rc = t.wait()
     finally:
         t.kill()
-    assert (line, rc) == (message, 70)
+    expected = SDKS[language].short_read if mode == "short" else SDKS[language].bad_label
+    assert (line, rc) == (expected, 70), t.stderr
 
 
 def test_the_sdk_before_start_stops_the_program_without_a_word_on_the_channel(sdk):
-    language, program = sdk
-    _, _, ended_as_expected, message = SDKS[language]
-    t = start(program, "before_start", 32)
+    language, command = sdk
+    t = start(command, "before_start", 32)
     try:
         line = t.readline()
         rc = t.wait()
     finally:
         t.kill()
-    assert line is None and ended_as_expected(rc), t.stderr
-    assert message in t.stderr
+    assert line is None and SDKS[language].before_start_status(rc), (rc, t.stderr)
+    assert SDKS[language].before_start_message in t.stderr, t.stderr
