@@ -12,8 +12,9 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 suite: deps
 	$(VENV)/bin/remanence run --out reports --format json,html,junit,sarif,md
 
+# Two xdist workers (one per core); each shared run (a language's suite, the wheel) stays on one worker.
 test: deps
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n auto --dist loadgroup --no-loadscope-reorder
 
 deps: system-deps $(INSTALLED)
 
