@@ -26,7 +26,8 @@ def test_base64_alignment_zero_known_vector():
     assert by_encoding(patterns_for(SECRET))["base64"] == b"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh"
 
 
-@pytest.mark.parametrize("value", [VALUE, bytes([0xFB, 0xFF, 0xFE]) * 7, os.urandom(33), os.urandom(40)])
+@pytest.mark.parametrize("value", [VALUE, bytes([0xFB, 0xFF, 0xFE]) * 7, os.urandom(33), os.urandom(40)],
+                         ids=["fixed", "high-bytes", "random-33", "random-40"])   # xdist workers must agree on ids
 @pytest.mark.parametrize("offset", [0, 1, 2])
 @pytest.mark.parametrize("alphabet,altchars", [("base64", None), ("base64url", b"-_")])
 def test_base64_needle_found_inside_longer_stream(value, offset, alphabet, altchars):
