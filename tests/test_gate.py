@@ -318,7 +318,8 @@ def test_a_broken_baseline_is_a_usage_error(tmp_path, capsys):
     assert code == 2 and "file not found" in err
 
 
-def test_suppressed_failure_passes_the_gate_and_stays_in_the_report(tmp_path, capsys):
+def test_suppressed_failure_passes_the_gate_and_stays_in_the_report(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")   # one line per row: the reason is not wrapped, however long the paths
     scenarios = wrong(tmp_path / "s", "malloc.nowipe")
     config = write(tmp_path / "cfg.toml", '[[suppress]]\nid = "nowipe"\nscenario = "malloc.*"\nmethod = "procmem"\n'
                    'checkpoint = "freed"\nreason = "the scenario file is wrong on purpose"\nexpires = 2999-12-31\n')
