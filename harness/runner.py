@@ -290,16 +290,10 @@ class _Run:
     def following(self) -> bool:
         return self.planned.scenario.follow or self.runner.options.follow
 
-    @property
-    def holding(self) -> bool:
-        """Whether a checkpoint's live snapshots happen inside _hold: the protocol target waits for us by itself,
-        but not the processes it started."""
-        return self.following
-
     def _hold(self, spec: CheckpointSpec):
         """Keep the target (and, when following, every process of its tree) still for the checkpoint's snapshots;
         yields the processes to snapshot, the target first. At the exit checkpoint the exit stop holds it."""
-        if spec.is_exit or not self.holding:
+        if spec.is_exit:
             return contextlib.nullcontext([self.target.pid])
         return held_still(self.target.pid, self.target.processes if self.following else None)
 
@@ -309,7 +303,8 @@ class _Run:
         for capture in earlier:
             if capture.snapshot.pid == pid and method in capture.snapshot.serves:
                 return capture.serving(method)
-        occasion = Occasion(pid, held=self.holding, keep=self.runner.options.keep_snapshots, workdir=self.workdir,
+        # Held: _hold keeps it stopped for a live method (the exit stop holds it at the exit).
+        occasion = Occasion(pid, held=True, keep=self.runner.options.keep_snapshots, workdir=self.workdir,
                             wait_exit=self.target.wait_exit, resume_target=lambda: resume(self.target.pid),
                             exit_stop=self.exit_stop)
 
@@ -487,11 +482,6 @@ class _CommandRun(_Run):
             self._snapshot_at_exit(exit_spec)
             target.wait_exit(EXIT_TIMEOUT_S)
 
-    @property
-    def holding(self) -> bool:
-        """The program does not wait for us as a protocol target does: hold it still so every method sees the
-        moment the trigger fired."""
-        return True
 
     def _establish_control(self, spec: CheckpointSpec) -> None:
         """The program's memory is only worth searching once it took the secret in: proof of that is the

@@ -1,7 +1,9 @@
 """The snapshot method registry, and one gdb dump serving gcore and gcore-all where gdb's rules make them identical."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -11,7 +13,7 @@ import pytest
 
 from remanence.scenario import LIVE_METHODS, SNAPSHOT_METHODS
 from remanence.snapshot import gcore as gcore_module
-from remanence.snapshot import methods, scratch
+from remanence.snapshot import held_still, methods, scratch
 from remanence.snapshot.elfcore import read_core_layout
 from remanence.snapshot.procmaps import read_mappings
 
@@ -88,8 +90,9 @@ def test_without_dontdump_mappings_gcore_and_gcore_all_write_the_same_memory(hol
     own [vvar], marked "dd" and "io", aside) both gdb settings dump the same segments with the same bytes."""
     pid = holder("plain").pid
     assert [m.name for m in read_mappings(pid) if m.dont_dump and "io" not in m.vm_flags] == []
-    plain, plain_memory = _dump(pid, dump_all=False)
-    everything, all_memory = _dump(pid, dump_all=True)
+    with held_still(pid):       # one moment for both dumps
+        plain, plain_memory = _dump(pid, dump_all=False)
+        everything, all_memory = _dump(pid, dump_all=True)
     assert plain_memory == all_memory
     assert "gcore-all" in plain.serves and "gcore" in everything.serves
     assert "no mapping is MADV_DONTDUMP" in plain.serves["gcore-all"]
@@ -99,8 +102,9 @@ def test_without_dontdump_mappings_gcore_and_gcore_all_write_the_same_memory(hol
 def test_a_dontdump_mapping_makes_the_dumps_differ_and_none_serves_the_other(holder):
     pid = holder("dontdump").pid
     assert any(m.dont_dump and "io" not in m.vm_flags for m in read_mappings(pid))
-    plain, plain_memory = _dump(pid, dump_all=False)
-    everything, all_memory = _dump(pid, dump_all=True)
+    with held_still(pid):
+        plain, plain_memory = _dump(pid, dump_all=False)
+        everything, all_memory = _dump(pid, dump_all=True)
     assert sum(map(len, all_memory.values())) > sum(map(len, plain_memory.values()))
     assert plain.serves == {} and everything.serves == {}
 
@@ -130,3 +134,41 @@ def test_a_run_records_which_dump_served_which_method(tmp_path):
     assert "served_by" not in verdicts[("malloc.nowipe", "freed", "gcore")]["snapshot"]
     assert all("served_by" not in verdicts[("sodium.live", "in_use", m)]["snapshot"] for m in ("gcore", "gcore-all"))
     assert (verdicts[("sodium.live", "in_use", "gcore")]["hits"], bool(verdicts[("sodium.live", "in_use", "gcore-all")]["hits"])) == ([], True)
+
+
+UNTOUCHED_HOLDER = r"""
+import mmap, sys
+private = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+untouched = mmap.mmap(-1, 64 << 20, flags=private, prot=mmap.PROT_READ)   # reserved, never touched: reads as zeros
+touched = mmap.mmap(-1, 64 << 20, flags=private)
+touched[32 << 20:(32 << 20) + 16] = sys.stdin.buffer.read(16)   # one page touched, holding the marker
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+@needs_gdb
+@pytest.mark.parametrize("held", [True, False])
+def test_a_gcore_of_a_held_process_leaves_untouched_memory_unscanned(held):
+    """Held stopped from the smaps reading to the dump, a mapping with no page resident or swapped is zeros in the
+    core by the kernel's rule: a gap of kind untouched, not scanned. Touched memory is scanned, and the marker found."""
+    from remanence.model import GapKind, Secret
+    from remanence.scan.engine import scan_snapshot
+    marker = os.urandom(16)
+    process = subprocess.Popen([sys.executable, "-c", UNTOUCHED_HOLDER], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        process.stdin.write(marker)
+        process.stdin.flush()
+        assert process.stdout.readline() == b"ready\n"
+        with held_still(process.pid) if held else contextlib.nullcontext():
+            snapshot = gcore_module.take_gcore(process.pid, dump_all=False, held=held)
+        try:
+            untouched_gaps = [g for g in snapshot.gaps if g.kind is GapKind.UNTOUCHED and g.size >= 64 << 20]
+            assert len(untouched_gaps) == (1 if held else 0)
+            hits = scan_snapshot(snapshot, [Secret("marker", marker)]).hits
+            assert [h.address for h in hits if h.full and h.encoding == "raw"] != []
+        finally:
+            scratch.discard(snapshot.path)
+    finally:
+        process.kill()
+        process.wait()

@@ -276,9 +276,12 @@ def _by_range(ranges) -> list[tuple[int, int, object]]:
     return sorted(ranges, key=lambda r: (r[0], r[1]))
 
 
-def snapshot_from_core(path: Path | str, method: str, live: list[LiveMapping] | None = None) -> Snapshot:
+def snapshot_from_core(path: Path | str, method: str, live: list[LiveMapping] | None = None,
+                       live_while_held: bool = False) -> Snapshot:
     """Describe a core file as a Snapshot. `live`: the process's mappings read just before the core was
-    taken; they give names, kinds and smaps flags, and let us list what the core left out as gaps."""
+    taken; they give names, kinds and smaps flags, and let us list what the core left out as gaps.
+    `live_while_held`: the process was stopped from that reading until the core was written, so memory it never
+    touched then (Go and V8 reserve gigabytes) is zeros in the core by the kernel's rule: a gap, not scanned."""
     path = Path(path)
     layout = read_core_layout(path)
     live_ranges = _by_range((m.start, m.end, m) for m in live or ())
@@ -298,6 +301,10 @@ def snapshot_from_core(path: Path | str, method: str, live: list[LiveMapping] | 
             if kind == RegionKind.KERNEL:
                 # gdb "dumps" [vsyscall] as zeros after failing to read it: not process memory.
                 gaps.append(Gap(a, b - a, name, GapKind.KERNEL, "kernel-owned mapping", m.dont_dump if m else None))
+                continue
+            if live_while_held and m is not None and m.untouched:
+                gaps.append(Gap(a, b - a, name, GapKind.UNTOUCHED, "in the core as zeros, not scanned: no page ever "
+                                "touched (Rss and Swap 0, read while the process was held stopped)", m.dont_dump, m.perms))
                 continue
             regions.append(Region(
                 start=a, size=b - a, kind=kind, name=name, file_offset=seg.file_offset + (a - seg.vaddr),

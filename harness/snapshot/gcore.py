@@ -60,7 +60,9 @@ def identical_dumps(live, target_filter: int | None) -> str | None:
             f"{_DEFAULT_FILTER:#x} bits, so gdb dumps the same with dump-excluded-mappings on or off")
 
 
-def take_gcore(pid: int, dump_all: bool, timeout: float = GDB_TIMEOUT_S) -> Snapshot:
+def take_gcore(pid: int, dump_all: bool, timeout: float = GDB_TIMEOUT_S, held: bool = False) -> Snapshot:
+    """`held`: the caller keeps the process stopped from before this call until after it (gdb leaves a process it
+    found stopped stopped), so the mappings read here describe the dump's very moment."""
     method = "gcore-all" if dump_all else "gcore"
     gdb = shutil.which("gdb")
     if gdb is None:
@@ -89,7 +91,7 @@ def take_gcore(pid: int, dump_all: bool, timeout: float = GDB_TIMEOUT_S) -> Snap
             tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-5:])
             raise SnapshotError(f"gdb gcore of process {pid} failed (exit {result.returncode}): {tail}")
         try:
-            snapshot = snapshot_from_core(core, method, live)
+            snapshot = snapshot_from_core(core, method, live, live_while_held=held)
         except CoreFormatError as exc:
             raise SnapshotError(f"gdb wrote an unreadable core: {exc}") from exc
     except BaseException:

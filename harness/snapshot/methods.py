@@ -157,7 +157,7 @@ def _capture_procmem(occasion: Occasion, inspect: Callable[[Snapshot], T]) -> tu
 def _take_gcore(dump_all: bool) -> Callable[[Occasion], Snapshot]:
     def take(occasion: Occasion) -> Snapshot:
         from .gcore import take_gcore
-        return take_gcore(occasion.pid, dump_all=dump_all)
+        return take_gcore(occasion.pid, dump_all=dump_all, held=occasion.held)
     return take
 
 
