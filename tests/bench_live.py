@@ -13,10 +13,8 @@ The process is a Python program holding a bytearray of random bytes with a 32-by
 from __future__ import annotations
 
 import os
-import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -26,6 +24,7 @@ from remanence.scan.engine import scan_snapshot  # noqa: E402
 from remanence.snapshot import dispose_snapshot  # noqa: E402
 from remanence.snapshot.gcore import take_gcore  # noqa: E402
 from remanence.snapshot.procmem import capture_procmem  # noqa: E402
+from bench_scan import best_of  # noqa: E402   (beside this script)
 
 HOLDER = r"""
 import os, sys
@@ -37,23 +36,6 @@ memory[size // 2:size // 2 + 32] = sys.stdin.buffer.read(32)
 print(hex(id(memory)), flush=True)
 sys.stdin.buffer.read()
 """
-
-
-def cpu_seconds() -> float:
-    """CPU time (user + system) of this process and of its waited-for children (gdb) so far."""
-    return sum(resource.getrusage(who).ru_utime + resource.getrusage(who).ru_stime
-               for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-
-
-def best_of(repeats: int, run) -> tuple[float, float, object]:
-    """The shortest wall time of `repeats` calls of run(), the least CPU time one took, and what the fastest returned."""
-    runs = []
-    for _ in range(repeats):
-        began, cpu_began = time.perf_counter(), cpu_seconds()
-        result = run()
-        runs.append((time.perf_counter() - began, cpu_seconds() - cpu_began, result))
-    wall, _, result = min(runs, key=lambda r: r[0])
-    return wall, min(r[1] for r in runs), result
 
 
 def resident_mib(pid: int) -> float:
