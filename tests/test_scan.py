@@ -1,4 +1,5 @@
 import base64
+import contextlib
 import os
 import random
 import threading
@@ -99,13 +100,14 @@ def test_chunks_stay_bounded(tmp_path, monkeypatch, threads):
     image.plant(region, 5000, SECRET.value)
     sizes = []
 
+    @contextlib.contextmanager
     def recording(*args):
-        data = original(*args)
-        sizes.append(len(data))
-        return data
+        with original(*args) as data:
+            sizes.append(len(data))
+            yield data
 
-    original = engine.read_chunk
-    monkeypatch.setattr(engine, "read_chunk", recording)
+    original = engine.chunk_bytes
+    monkeypatch.setattr(engine, "chunk_bytes", recording)
     result = scan_snapshot(image.snapshot(tmp_path), [SECRET], chunk_size=8192, threads=threads)
     max_needle = max(len(p.needle) for p in patterns_for(SECRET))
     assert len(sizes) == 128 and max(sizes) == 8192 + max_needle - 1
@@ -139,7 +141,7 @@ def test_two_threads_find_exactly_what_one_finds(tmp_path, monkeypatch):
     snapshot = image.snapshot(tmp_path)
     threads_seen = set()
     both_started = threading.Barrier(2, timeout=10)   # each thread's first chunk waits for the other thread
-    original = engine.read_chunk
+    original = engine.chunk_bytes
 
     def recording(*args):
         if threading.get_ident() not in threads_seen:
@@ -149,7 +151,7 @@ def test_two_threads_find_exactly_what_one_finds(tmp_path, monkeypatch):
 
     one = scan_snapshot(snapshot, [SECRET, CANARY, long_secret], chunk_size=chunk, threads=1)
     assert one.hits == scan_snapshot(snapshot, [SECRET, CANARY, long_secret], threads=1).hits   # 16 MiB chunks
-    monkeypatch.setattr(engine, "read_chunk", recording)
+    monkeypatch.setattr(engine, "chunk_bytes", recording)
     two = scan_snapshot(snapshot, [SECRET, CANARY, long_secret], chunk_size=chunk, threads=2)
     assert len(threads_seen) == 2
     assert two.hits == one.hits
