@@ -482,7 +482,6 @@ class _CommandRun(_Run):
             self._snapshot_at_exit(exit_spec)
             target.wait_exit(EXIT_TIMEOUT_S)
 
-
     def _establish_control(self, spec: CheckpointSpec) -> None:
         """The program's memory is only worth searching once it took the secret in: proof of that is the
         planted-copy control here (the canary in its environment is the per-snapshot one)."""

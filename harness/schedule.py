@@ -66,23 +66,21 @@ def run_all(items: Iterable[T], work: Callable[[T], None], jobs: int, gauge: Mem
         return
     pending = iter(items)
     running: set[Future] = set()
-    told = False
+    exhausted = told = False
     with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="run") as pool:
         try:
-            while True:
-                while running and (len(running) >= jobs or memory() < gauge.headroom()):
-                    if len(running) < jobs and not told:
-                        on_wait(f"waiting for memory before the next run: {memory() >> 20} MiB available, "
-                                f"{gauge.headroom() >> 20} MiB wanted (twice the largest checkpoint so far)")
-                        told = True
-                    done, running = wait(running, timeout=POLL_S, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        future.result()
-                item = next(pending, _END)
-                if item is _END:
-                    break
-                running.add(pool.submit(work, item))
-            while running:
+            while running or not exhausted:
+                room = len(running) < jobs
+                if not exhausted and (not running or room and memory() >= gauge.headroom()):
+                    item = next(pending, _END)
+                    exhausted = item is _END
+                    if not exhausted:
+                        running.add(pool.submit(work, item))
+                    continue
+                if not exhausted and room and not told:
+                    on_wait(f"waiting for memory before the next run: {memory() >> 20} MiB available, "
+                            f"{gauge.headroom() >> 20} MiB wanted (twice the largest checkpoint so far)")
+                    told = True
                 done, running = wait(running, timeout=POLL_S, return_when=FIRST_COMPLETED)
                 for future in done:
                     future.result()

@@ -11,7 +11,6 @@ import contextlib
 import os
 import platform
 import shutil
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -116,10 +115,7 @@ def take_snapshot(name: str, pid: int, *, held: bool = False) -> Snapshot:
         raise ValueError(f"{name} is driven by the runner, not take_snapshot")
     if reason := chosen.unavailable():
         raise SnapshotError(f"{name} unavailable: {reason}")
-    started = time.monotonic()
-    snapshot = chosen.take(Occasion(pid, held=held, keep=True))
-    snapshot.duration_s = time.monotonic() - started
-    snapshot.pid = pid
+    snapshot, _ = chosen.capture(Occasion(pid, held=held, keep=True), lambda taken: None)
     return snapshot
 
 

@@ -47,29 +47,12 @@ class SnapshotMethod:
     needs: tuple[str, ...]                   # "ptrace", "gdb", "core dumps": what doctor checks for it
     kept_suffix: str                         # a kept snapshot's file suffix
     unavailable: Callable[[], str | None]    # None if this machine can take it, else why not
-    take: Callable[[Occasion], Snapshot]
-    # Takes the snapshot and inspects it in one go (procmem: while the process is still stopped); None: take, then inspect.
-    capture_with: Callable[[Occasion, Callable[[Snapshot], T]], tuple[Snapshot, T]] | None = None
+    # Takes the snapshot and calls `inspect` on it (procmem: while the process is still stopped); returns both.
+    capture: Callable[[Occasion, Callable[[Snapshot], T]], tuple[Snapshot, T]]
 
     @property
     def live(self) -> bool:
         return self.timing is Timing.LIVE
-
-    def capture(self, occasion: Occasion, inspect: Callable[[Snapshot], T]) -> tuple[Snapshot, T]:
-        """Take the snapshot and inspect it; a snapshot whose inspection fails is freed at once."""
-        if self.capture_with is not None:
-            return self.capture_with(occasion, inspect)
-        started = time.monotonic()
-        snapshot = self.take(occasion)
-        snapshot.duration_s = snapshot.duration_s or time.monotonic() - started
-        if snapshot.pid is None:
-            snapshot.pid = occasion.pid
-        try:
-            return snapshot, inspect(snapshot)
-        except BaseException:
-            from . import dispose_snapshot
-            dispose_snapshot(snapshot, None, "")
-            raise
 
 
 _REGISTRY: dict[str, SnapshotMethod] = {}
@@ -144,9 +127,22 @@ def _exit_unavailable() -> str | None:
 
 # --- how each is taken ---------------------------------------------------------------------------------------------
 
-def _take_procmem(occasion: Occasion) -> Snapshot:
-    from .procmem import take_procmem
-    return take_procmem(occasion.pid, held=occasion.held)
+def _inspected_afterwards(take: Callable[[Occasion], Snapshot]):
+    """The capture of a method whose image is a file taken first and inspected afterwards; an image whose
+    inspection fails is freed at once."""
+    def capture(occasion: Occasion, inspect: Callable[[Snapshot], T]) -> tuple[Snapshot, T]:
+        started = time.monotonic()
+        snapshot = take(occasion)
+        snapshot.duration_s = snapshot.duration_s or time.monotonic() - started
+        if snapshot.pid is None:
+            snapshot.pid = occasion.pid
+        try:
+            return snapshot, inspect(snapshot)
+        except BaseException:
+            from . import dispose_snapshot
+            dispose_snapshot(snapshot, None, "")
+            raise
+    return capture
 
 
 def _capture_procmem(occasion: Occasion, inspect: Callable[[Snapshot], T]) -> tuple[Snapshot, T]:
@@ -177,16 +173,17 @@ def _take_at_exit(occasion: Occasion) -> Snapshot:
 
 register(SnapshotMethod(
     "procmem", "/proc/PID/mem with every thread stopped: everything readable, PROT_NONE and MADV_DONTDUMP pages included",
-    Timing.LIVE, ("ptrace",), ".raw", _proc_mem_unavailable, _take_procmem, _capture_procmem))
+    Timing.LIVE, ("ptrace",), ".raw", _proc_mem_unavailable, _capture_procmem))
 register(SnapshotMethod(
     "gcore", "gdb's gcore with gdb's defaults: honours MADV_DONTDUMP and the target's coredump_filter",
-    Timing.LIVE, ("ptrace", "gdb"), ".core", _gdb_unavailable, _take_gcore(dump_all=False)))
+    Timing.LIVE, ("ptrace", "gdb"), ".core", _gdb_unavailable, _inspected_afterwards(_take_gcore(dump_all=False))))
 register(SnapshotMethod(
     "gcore-all", "gdb's gcore with excluded mappings dumped too: what an attacker with gdb gets",
-    Timing.LIVE, ("ptrace", "gdb"), ".core", _gdb_unavailable, _take_gcore(dump_all=True)))
+    Timing.LIVE, ("ptrace", "gdb"), ".core", _gdb_unavailable, _inspected_afterwards(_take_gcore(dump_all=True))))
 register(SnapshotMethod(
     "kernel-core", "the kernel's own core dump of the target (SIGABRT): what a crash leaves on disk; ends the target",
-    Timing.ENDS_TARGET, ("ptrace", "core dumps"), ".core", _kernel_core_unavailable, _take_kernel_core))
+    Timing.ENDS_TARGET, ("ptrace", "core dumps"), ".core", _kernel_core_unavailable,
+    _inspected_afterwards(_take_kernel_core)))
 register(SnapshotMethod(
     "exit", "/proc/PID/mem and registers at the target's final exit_group, after its exit-time wipes (ptrace exit stop)",
-    Timing.AT_EXIT, ("ptrace",), ".raw", _exit_unavailable, _take_at_exit))
+    Timing.AT_EXIT, ("ptrace",), ".raw", _exit_unavailable, _inspected_afterwards(_take_at_exit)))
