@@ -49,6 +49,7 @@ class SnapshotMethod:
     unavailable: Callable[[], str | None]    # None if this machine can take it, else why not
     # Takes the snapshot and calls `inspect` on it (procmem: while the process is still stopped); returns both.
     capture: Callable[[Occasion, Callable[[Snapshot], T]], tuple[Snapshot, T]]
+    by_default: bool = True                  # a scenario that names no methods gets it (live methods only)
 
     @property
     def live(self) -> bool:
@@ -79,6 +80,11 @@ def names() -> tuple[str, ...]:
 
 def live_names() -> tuple[str, ...]:
     return tuple(name for name, m in _REGISTRY.items() if m.live)
+
+
+def default_names() -> tuple[str, ...]:
+    """The methods of a scenario that names none."""
+    return tuple(name for name, m in _REGISTRY.items() if m.live and m.by_default)
 
 
 # --- what each method needs of the machine ----------------------------------------------------------------------
@@ -201,4 +207,4 @@ register(SnapshotMethod(
 register(SnapshotMethod(
     "swap", "what reaches swap: the target paged out (MADV_PAGEOUT) to a private swap file read back past the page cache; "
     "mlocked pages stay in RAM", Timing.LIVE, ("root", "swapon", "process_madvise"), ".raw", _swap_unavailable,
-    _inspected_afterwards(_take_swap)))
+    _inspected_afterwards(_take_swap), by_default=False))   # it pages the whole target out: only where asked for

@@ -23,7 +23,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -42,7 +41,8 @@ SYS_PIDFD_OPEN, SYS_PROCESS_MADVISE = 434, 440   # x86_64
 MADV_PAGEOUT = 21
 IOV_MAX = 1024
 SWAP_FILE = "remanence.swap"
-LOCK_FILE = Path(tempfile.gettempdir()) / "remanence.swap.lock"
+# One lock for the whole machine, wherever TMPDIR points
+LOCK_FILE = Path("/run/lock" if os.path.isdir("/run/lock") else "/tmp") / "remanence.swap.lock"
 WRITEBACK_TIMEOUT_S = 30.0
 LOCKED_REASON = "locked in RAM (mlock): cannot be paged out"
 _CHUNK = 1 << 20
