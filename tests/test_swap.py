@@ -181,14 +181,15 @@ def c_target():
         pytest.skip(f"C target unavailable here: {e}")
 
 
-def run_scenarios(tmp_path: Path, *names: str) -> dict[tuple[str, str], dict]:
-    main(["run", "--out", str(tmp_path), "--method", "procmem,swap", "-q", *names])
+def run_scenarios(tmp_path: Path, methods: str, *names: str) -> dict[tuple[str, str], dict]:
+    main(["run", "--out", str(tmp_path), "--method", methods, "-q", *names])
     doc = json.loads((tmp_path / "results.json").read_text())
     return {(v["scenario"], v["checkpoint"]): v for v in doc["verdicts"] if v["method"] == "swap"}
 
 
 def test_the_mlock_promise_holds_in_swap_and_fails_with_mlock(c_target, tmp_path):
-    verdicts = run_scenarios(tmp_path, "sodium.live", "sodium.mlock_denied")
+    # The scenarios list kernel-core before swap: the runner takes the method that ends the target last.
+    verdicts = run_scenarios(tmp_path, "procmem,kernel-core,swap", "sodium.live", "sodium.mlock_denied")
     live, denied = verdicts["sodium.live", "in_use"], verdicts["sodium.mlock_denied", "in_use"]
     assert (live["outcome"], live["expect"]) == ("PASS", "absent"), live["reason"]
     assert "locked in RAM (mlock): cannot be paged out" in live["reason"] and live["canary_seen"]
@@ -199,6 +200,6 @@ def test_the_mlock_promise_holds_in_swap_and_fails_with_mlock(c_target, tmp_path
 
 def test_an_unavailable_swap_method_is_skipped_with_its_reason(c_target, tmp_path, monkeypatch):
     monkeypatch.setattr(swap, "swap_unavailable", lambda: "needs CAP_SYS_ADMIN (root) to swapon a swap file")
-    verdict = run_scenarios(tmp_path, "sodium.live")["sodium.live", "in_use"]
+    verdict = run_scenarios(tmp_path, "procmem,swap", "sodium.live")["sodium.live", "in_use"]
     assert verdict["outcome"] == "SKIP"
     assert verdict["reason"] == "needs CAP_SYS_ADMIN (root) to swapon a swap file"
