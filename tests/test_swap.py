@@ -43,20 +43,32 @@ sys.stdin.read()
 """
 
 
-@pytest.fixture
-def holder():
+def start_holder(started: list[subprocess.Popen]) -> tuple[subprocess.Popen, bytes, int, bytes, int]:
     """A process with a plain and a locked page: (process, plain marker, its address, locked marker, its address)."""
     plain = secrets.token_bytes(24)
     process = subprocess.Popen([sys.executable, "-c", HOLDER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    started.append(process)
     process.stdin.write(plain.hex() + "\n")
     process.stdin.flush()
     plain_at, locked_at = map(int, process.stdout.readline().split())
     with open(f"/proc/{process.pid}/mem", "rb", buffering=0) as memory:
         memory.seek(locked_at)
         locked = memory.read(24)
-    yield process, plain, plain_at, locked, locked_at
-    process.kill()
-    process.wait()
+    return process, plain, plain_at, locked, locked_at
+
+
+@pytest.fixture
+def holders():
+    started: list[subprocess.Popen] = []
+    yield lambda: start_holder(started)
+    for process in started:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture
+def holder(holders):
+    return holders()
 
 
 def our_swap_files() -> list[str]:
@@ -86,6 +98,25 @@ def test_a_page_is_found_at_its_address_in_the_swap_image_and_a_locked_page_is_a
     # swapped off (the pages came back) and deleted
     assert our_swap_files() == [] and list(tmp_path.iterdir()) == []
     assert vm_swap_kb(process.pid) == 0
+
+
+def test_another_process_paged_out_to_the_same_area_stays_out_of_the_image(holders, tmp_path, monkeypatch):
+    target, other = holders(), holders()
+    page_out = swap.page_out
+
+    def with_the_other_too(pid, spans):
+        page_out(pid, spans)
+        page = other[2] - 100
+        page_out(other[0].pid, [(page, page + swap.PAGE_SIZE)])
+        assert swap._pagemap(str(other[0].pid), page, page + swap.PAGE_SIZE)[0] & 1 << 62   # it is in swap now
+    monkeypatch.setattr(swap, "page_out", with_the_other_too)
+    snapshot = swap.take_swap(target[0].pid, tmp_path)
+    try:
+        image = Path(snapshot.path).read_bytes()
+        assert target[1] in image and other[1] not in image
+    finally:
+        scratch.discard(snapshot.path)
+    assert vm_swap_kb(other[0].pid) == 0    # swapoff brought its page back too
 
 
 def test_the_area_is_swapped_off_and_deleted_after_an_error_inside(holder, tmp_path, monkeypatch):

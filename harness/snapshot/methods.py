@@ -206,5 +206,5 @@ register(SnapshotMethod(
     Timing.AT_EXIT, ("ptrace",), ".raw", _exit_unavailable, _inspected_afterwards(_take_at_exit)))
 register(SnapshotMethod(
     "swap", "what reaches swap: the target paged out (MADV_PAGEOUT) to a private swap file read back past the page cache; "
-    "mlocked pages stay in RAM", Timing.LIVE, ("root", "swapon", "process_madvise"), ".raw", _swap_unavailable,
+    "mlocked pages stay in RAM", Timing.LIVE, ("ptrace", "root", "swapon", "process_madvise"), ".raw", _swap_unavailable,
     _inspected_afterwards(_take_swap), by_default=False))   # it pages the whole target out: only where asked for

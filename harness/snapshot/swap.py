@@ -24,12 +24,14 @@ import secrets
 import shutil
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, TypeVar
 
 from ..model import Gap, GapKind, Region, RegionKind, Snapshot
 from . import SnapshotError, has_capability, scratch
 from .procmaps import LiveMapping, read_mappings
+from .procmem import _REFUSED_FLAGS
 
 T = TypeVar("T")
 
@@ -45,6 +47,7 @@ SWAP_FILE = "remanence.swap"
 LOCK_FILE = Path("/run/lock" if os.path.isdir("/run/lock") else "/tmp") / "remanence.swap.lock"
 WRITEBACK_TIMEOUT_S = 30.0
 LOCKED_REASON = "locked in RAM (mlock): cannot be paged out"
+_FILE_PAGE = "unmodified page of a file mapping: its bytes are the file's, dropped rather than swapped"
 _CHUNK = 1 << 20
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -258,12 +261,21 @@ def release_swap_under(folder: Path) -> list[str]:
 
 @contextlib.contextmanager
 def _machine_lock():
-    """Swap is machine-wide: at most one swap snapshot at a time, whichever harness takes it."""
-    fd = os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
+    """Swap is machine-wide: at most one swap snapshot at a time, whichever harness takes it. The lock file is
+    deleted by its holder, so none stays behind; one locked after its deletion is not the lock: open it again."""
+    while True:
+        fd = os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.stat(LOCK_FILE).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
         yield
     finally:
+        LOCK_FILE.unlink(missing_ok=True)
         os.close(fd)
 
 
@@ -285,7 +297,7 @@ def swap_area(folder: Path, pages: int):
 def _pageable(m: LiveMapping) -> bool:
     """Private memory the process could have written: what MADV_PAGEOUT sends to swap."""
     return m.perms.endswith("p") and m.kind not in (RegionKind.KERNEL, RegionKind.VDSO) \
-        and not {"io", "pf"}.intersection(m.vm_flags) and not m.untouched
+        and not _REFUSED_FLAGS.intersection(m.vm_flags) and not m.untouched
 
 
 def _page_fate(m: LiveMapping, entry: int, own_type: int) -> tuple[GapKind | None, str]:
@@ -294,10 +306,10 @@ def _page_fate(m: LiveMapping, entry: int, own_type: int) -> tuple[GapKind | Non
         kind = _swap_slot(entry)[0]
         return (None, "") if kind == own_type else (GapKind.UNREADABLE, f"in another swap area (type {kind}), not read")
     if entry & _FILE_OR_SHARED:
-        return GapKind.EXCLUDED, "unmodified page of a file mapping: its bytes are the file's, dropped rather than swapped"
+        return GapKind.EXCLUDED, _FILE_PAGE
     if not entry & _PRESENT:
         if m.kind == RegionKind.FILE:
-            return GapKind.EXCLUDED, "unmodified page of a file mapping: its bytes are the file's, dropped rather than swapped"
+            return GapKind.EXCLUDED, _FILE_PAGE
         return GapKind.UNTOUCHED, "no page (never written): reads as zeros"
     if m.locked:
         return GapKind.EXCLUDED, LOCKED_REASON
@@ -356,10 +368,8 @@ def _copy_slots(area: SwapArea, pages: list[tuple[LiveMapping, int, int]], out) 
             offset = out.tell()
             out.write(area.read_slot_run(fd, slot, run, buffer))
             last = regions[-1] if regions else None
-            if last and last.end == address and last.name == m.name and last.start >= m.start \
-                    and last.file_offset + last.size == offset:
-                regions[-1] = Region(last.start, last.size + run * PAGE_SIZE, last.perms, last.kind, last.name,
-                                     last.file_offset, last.locked, last.dont_dump, last.vm_flags)
+            if last and last.end == address and m.start <= last.start:    # the same mapping goes on
+                regions[-1] = replace(last, size=last.size + run * PAGE_SIZE)
             else:
                 regions.append(Region(start=address, size=run * PAGE_SIZE, perms=m.perms, kind=m.kind, name=m.name,
                                       file_offset=offset, locked=m.locked, dont_dump=m.dont_dump, vm_flags=m.vm_flags))
