@@ -17,7 +17,7 @@ import pytest
 
 from remanence import doctor, workspace as workspace_module
 from remanence.cli import main
-from remanence.snapshot import SnapshotError, method_unavailable, scratch, swap, take_snapshot
+from remanence.snapshot import method_unavailable, scratch, swap, take_snapshot
 from remanence.targets import TargetUnavailable, build_target
 
 pytestmark = pytest.mark.skipif(method_unavailable("swap") is not None, reason=f"swap: {method_unavailable('swap')}")

@@ -26,14 +26,12 @@ import subprocess
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, TypeVar
 
 from ..model import Gap, GapKind, Region, RegionKind, Snapshot
 from . import SnapshotError, has_capability, scratch
 from .procmaps import LiveMapping, read_mappings
 from .procmem import _REFUSED_FLAGS
 
-T = TypeVar("T")
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 CAP_SYS_ADMIN = 21
