@@ -322,7 +322,7 @@ def load_scenario(path: Path) -> Scenario:
             raise r.fail(kind, f"only for target = \"{kind}\"")
         if target == kind and "entry" in r.table:
             raise r.fail("entry", f"a {kind} target has no entry: [{kind}] argv says what runs")
-    methods = r.get("methods", list, list(LIVE_METHODS))
+    methods = r.get("methods", list, list(snapshot_methods.default_names()))
     for i, method in enumerate(methods):
         if method not in SNAPSHOT_METHODS:
             raise r.fail(f"methods[{i}]", f"unknown method {method!r} (known: {', '.join(SNAPSHOT_METHODS)})")
