@@ -1,13 +1,22 @@
 """AES key schedules: FIPS-197 key expansion, and the scanner finding a schedule whole or partly wiped."""
+import contextlib
+import io
+import json
 import random
+import shutil
 
 import pytest
 
+from remanence.cli import main
 from remanence.model import Secret
+from remanence.plan import cpu_lacks
+from remanence.scenario import ScenarioError, load_scenario
+from remanence.targets import PROJECT_ROOT
 from remanence.scan.aes_schedule import expand_key, word_swapped
 from remanence.scan.encodings import patterns_for
 from remanence.scan.engine import scan_snapshot
 
+from suite_run import require
 from test_scan import FakeImage, hit_keys
 
 # FIPS-197 Appendix A: the cipher key and every word w[0..] of its expansion.
@@ -103,3 +112,70 @@ def test_key_left_beside_a_wiped_schedule_is_still_the_raw_secret(tmp_path):
     schedule[16:48] = bytes(32)        # round keys 1-2 wiped: the key and round keys 3-10 are separate copies
     heap, result = schedule_scan(tmp_path, secret, bytes(schedule))
     assert [(h.encoding, h.fragment) for h in result.hits] == [("raw", None), ("aes128-schedule", (48, 176))]
+
+
+# --- end to end: real libsodium and Go crypto/aes, through the command line ---------------------------------------
+
+def run_scenarios(tmp_path, language: str, names: list[str]) -> tuple[int, dict]:
+    folder = tmp_path / "scenarios"
+    folder.mkdir()
+    for name in names:
+        shutil.copy(PROJECT_ROOT / "scenarios" / language / f"{name}.toml", folder)
+    require(language, "procmem", "gcore")
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        code = main(["run", "--scenarios", str(folder), "--out", str(tmp_path / "out"), "--format", "json",
+                     "--repeat", "1"])
+    return code, json.loads((tmp_path / "out" / "results.json").read_text())
+
+
+def schedule_hits(doc: dict, scenario: str, checkpoint: str) -> set[tuple[str, str, bool]]:
+    return {(v["method"], h["encoding"], h["in_intended_region"]) for v in doc["verdicts"]
+            if (v["scenario"], v["checkpoint"]) == (scenario, checkpoint) for h in v["hits"] if h["full"]
+            and h["encoding"].startswith("aes")}
+
+
+@pytest.mark.e2e
+def test_libsodium_aes256gcm_state_keeps_the_schedule_of_a_wiped_key(tmp_path):
+    if cpu_lacks(("aes", "pclmulqdq")):
+        pytest.skip("this CPU has no AES-NI: libsodium's aes256gcm is unavailable")
+    code, doc = run_scenarios(tmp_path, "c", ["sodium.aes256gcm.state_kept", "sodium.aes256gcm.state_wiped"])
+    assert [(v["scenario"], v["checkpoint"], v["method"], v["reason"]) for v in doc["verdicts"]
+            if v["outcome"] != "PASS"] == [] and code == 0
+    # Found as the schedule itself, in the state, by every method; the raw key it begins with is not a second hit.
+    assert schedule_hits(doc, "sodium.aes256gcm.state_kept", "key_wiped") == {
+        (m, "aes256-schedule", True) for m in ("procmem", "gcore", "kernel-core")}
+    assert not [h for v in doc["verdicts"] if v["scenario"] == "sodium.aes256gcm.state_kept"
+                and v["checkpoint"] == "key_wiped" for h in v["hits"] if h["encoding"] == "raw"]
+
+
+@pytest.mark.e2e
+def test_go_aes_cipher_keeps_the_schedule_until_secret_do_frees_it(tmp_path):
+    code, doc = run_scenarios(tmp_path, "go", ["go.aes.cipher_kept", "go.aes.cipher_dropped"])
+    assert [(v["scenario"], v["checkpoint"], v["method"], v["reason"]) for v in doc["verdicts"]
+            if v["outcome"] != "PASS"] == [] and code == 0
+    assert schedule_hits(doc, "go.aes.cipher_kept", "key_wiped") == {
+        (m, "aes256-schedule", True) for m in ("procmem", "gcore")}
+
+
+def test_a_missing_cpu_flag_skips_the_scenario_with_the_reason(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 pclmulqdq\n")
+    assert cpu_lacks(("aes", "pclmulqdq"), cpuinfo) == f"this CPU lacks aes (flags in {cpuinfo}), which the scenario requires"
+    assert cpu_lacks(("sse2",), cpuinfo) is None and cpu_lacks((), tmp_path / "missing") is None
+    scenario = tmp_path / "needs.toml"
+    scenario.write_text((PROJECT_ROOT / "scenarios" / "c" / "sodium.aes256gcm.state_kept.toml").read_text()
+                        .replace('requires_cpu = ["aes", "pclmulqdq"]', 'requires_cpu = ["no_such_flag"]'))
+    require("c")
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        code = main(["run", str(scenario), "--out", str(tmp_path / "out"), "--format", "json", "--repeat", "1"])
+    doc = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert code == 3 and {(v["outcome"], v["reason"]) for v in doc["verdicts"]} == {
+        ("SKIP", "this CPU lacks no_such_flag (flags in /proc/cpuinfo), which the scenario requires")}
+
+
+def test_a_cpu_flag_must_be_spelled_as_cpuinfo_does(tmp_path):
+    scenario = tmp_path / "bad.toml"
+    scenario.write_text((PROJECT_ROOT / "scenarios" / "c" / "sodium.aes256gcm.state_kept.toml").read_text()
+                        .replace('requires_cpu = ["aes", "pclmulqdq"]', 'requires_cpu = ["AES-NI"]'))
+    with pytest.raises(ScenarioError, match=r"requires_cpu\[0\]: expected a CPU flag"):
+        load_scenario(scenario)
