@@ -13,7 +13,7 @@ from remanence.plan import cpu_lacks
 from remanence.scenario import ScenarioError, load_scenario
 from remanence.targets import PROJECT_ROOT
 from remanence.scan.aes_schedule import expand_key, word_swapped
-from remanence.scan.encodings import patterns_for
+from remanence.scan.encodings import fragment_text, patterns_for
 from remanence.scan.engine import scan_snapshot
 
 from suite_run import require
@@ -179,3 +179,8 @@ def test_a_cpu_flag_must_be_spelled_as_cpuinfo_does(tmp_path):
                         .replace('requires_cpu = ["aes", "pclmulqdq"]', 'requires_cpu = ["AES-NI"]'))
     with pytest.raises(ScenarioError, match=r"requires_cpu\[0\]: expected a CPU flag"):
         load_scenario(scenario)
+
+
+def test_reports_name_a_schedule_window_by_its_round_keys():
+    assert fragment_text("aes256-schedule", (80, 192)) == "round keys 5-11 [80:192)"
+    assert fragment_text("raw", [16, 32]) == "fragment [16:32)"

@@ -55,6 +55,14 @@ def is_schedule(encoding: str) -> bool:
     return encoding.startswith("aes")
 
 
+def fragment_text(encoding: str, fragment: tuple[int, int] | list[int]) -> str:
+    """How reports name a partial copy: its byte range, and for a key schedule the round keys it holds."""
+    start, end = fragment
+    if is_schedule(encoding):
+        return f"round keys {start // ROUND_KEY_SIZE}-{(end - 1) // ROUND_KEY_SIZE} [{start}:{end})"
+    return f"fragment [{start}:{end})"
+
+
 def schedule_forms(value: bytes) -> list[tuple[str, bytes, tuple[int, int] | None]]:
     """A 16-, 24- or 32-byte value's AES-128/192/256 encryption key schedule in the byte orders real code keeps it
     in (measured: libsodium 1.0.18's AES-NI aes256gcm state and Go 1.26's crypto/aes on amd64 keep FIPS-197 byte
