@@ -37,6 +37,7 @@ class Language:
     exit_status: dict[str, int] = field(default_factory=dict)  # scenarios that end the process themselves
     no_address: frozenset[tuple[str, str]] = frozenset()       # (scenario, checkpoint) reported as `-`
     one_address: bool = True                   # every checkpoint of a scenario reports the same address
+    key_moves: tuple[str, ...] = ()             # ... except these: the key lives on in another object
     quiet: bool = False                        # a full conversation writes nothing on stdout or stderr
     listed_extras: str | None = None           # --list may add scenarios with this prefix (C's selftest.*)
     length_message: str | None = None          # the exact error line for a refused length ({n}: the length)
@@ -60,6 +61,8 @@ C = Language(
         "stack.nowipe": ["in_use", "returned"],
         "stack.explicit_bzero": ["in_use", "returned"],
         "stdio.copy": ["in_use", "closed", "freed"],
+        "sodium.aes256gcm.state_kept": ["key_loaded", "key_wiped"],
+        "sodium.aes256gcm.state_wiped": ["key_loaded", "key_wiped"],
     },
     sample="sodium.live",
     eof_scenarios=("sodium.live", "stdio.copy", "stack.nowipe"),
@@ -68,6 +71,7 @@ C = Language(
     refused_lengths=(("stack.nowipe", 65), ("stack.explicit_bzero", 4096), ("stdio.copy", 4096)),
     extreme_length_scenarios=("sodium.live", "malloc.nowipe"),
     notes={"sodium.mlock_denied": [r"mlock=denied errno=\d+"]},
+    key_moves=("sodium.aes256gcm.state_kept", "sodium.aes256gcm.state_wiped"),
     listed_extras="selftest.",
 )
 
@@ -82,6 +86,9 @@ GO = Language(
         "secret.panic_value_nodo": ["inside", "recovered", "dropped"],
         "secret.goexit": ["inside", "in_defer", "after"],
         "secret.goexit_nodo": ["inside", "in_defer", "after"],
+        "go.aes.cipher_kept": ["key_loaded", "key_wiped"],
+        "go.aes.cipher_dropped": ["key_loaded", "key_wiped", "after_gc"],
+        "go.aes.cipher_dropped_nodo": ["key_loaded", "key_wiped", "after_gc"],
         "secret.heap": ["before_gc", "after_gc"],
         "secret.heap_nodo": ["before_gc", "after_gc"],
         "secret.map": ["inside", "before_gc", "after_gc"],
@@ -124,6 +131,8 @@ GO = Language(
         "secret.goexit": [r"secret_enabled_in_outer_defer=true"],
         "secret.goexit_nodo": [r"secret_enabled_in_outer_defer=false"],
         "secret.heap": [r"gc_cycles=\d+"],
+        "go.aes.cipher_dropped": [r"gc_cycles=\d+"],
+        "go.aes.cipher_dropped_nodo": [r"gc_cycles=\d+"],
         "secret.heap_nodo": [r"gc_cycles=\d+"],
         "secret.map": [r"gc_cycles=\d+"],
         "secret.map_nodo": [r"gc_cycles=\d+"],
