@@ -61,6 +61,9 @@ class Secret:
     label: str                       # "secret" or "canary"
     value: bytes = field(repr=False)
     textual: bool = False            # printable: its raw form is text, so UTF-16 of it matters too
+    # A positive control (the canary): only its bytes as planted are searched, the proof that ordinary memory was
+    # captured; encodings, fragments and key schedules of it would cost scan time and prove nothing more.
+    control: bool = False
 
     @property
     def fingerprint(self) -> str:

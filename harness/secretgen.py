@@ -22,4 +22,5 @@ def make_secret(spec: SecretSpec) -> Secret:
 def make_canary(textual: bool = False) -> Secret:
     """Random bytes, or (for a program's environment, which holds only text) their hex digits."""
     value = secrets.token_bytes(CANARY_LENGTH)
-    return Secret("canary", value.hex().encode(), textual=True) if textual else Secret("canary", value)
+    return Secret("canary", value.hex().encode(), textual=True, control=True) if textual else \
+        Secret("canary", value, control=True)

@@ -57,11 +57,11 @@ def grep_count(patterns_file: Path, image: Path) -> str:
                           env={**os.environ, "LC_ALL": "C"}).stdout.decode().strip()
 
 
-def secret_without_newline(label: str) -> Secret:
+def secret_without_newline(label: str, control: bool = False) -> Secret:
     """A 32-byte secret none of whose patterns (its key schedules included) holds a newline: grep -f reads one
     needle per line."""
     while True:
-        secret = Secret(label, os.urandom(32))
+        secret = Secret(label, os.urandom(32), control=control)
         if not any(b"\n" in p.needle for p in patterns_for(secret)):
             return secret
 
@@ -80,7 +80,7 @@ def main() -> None:
     size = int(sys.argv[1] if len(sys.argv) > 1 else 2048) << 20
     repeats = int(sys.argv[2] if len(sys.argv) > 2 else 3)
     workdir = Path(tempfile.mkdtemp(dir=sys.argv[3] if len(sys.argv) > 3 else "/tmp"))
-    secret, canary = secret_without_newline("secret"), secret_without_newline("canary")
+    secret, canary = secret_without_newline("secret"), secret_without_newline("canary", control=True)
     needles = [p.needle for s in (secret, canary) for p in patterns_for(s)]
     assert not any(b"\n" in n for n in needles)
     plants = [(size // 3 + 12345, secret.value), (size // 2 + 777, secret.value.hex().encode()),

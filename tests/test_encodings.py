@@ -110,3 +110,10 @@ def test_short_needles_dropped():
 def test_needle_kept_out_of_repr():
     pattern = patterns_for(Secret("s", b"hunter2-hunter2-hunter2"))[0]
     assert "hunter2" not in repr(pattern) and "s" in repr(pattern)
+
+
+def test_a_control_value_is_searched_only_as_planted():
+    value = os.urandom(32)
+    [only] = patterns_for(Secret("canary", value, control=True))
+    assert (only.needle, only.encoding, only.fragment) == (value, "raw", None)
+    assert len(patterns_for(Secret("secret", value))) > 80      # encodings, fragments, key schedules

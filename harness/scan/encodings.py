@@ -85,6 +85,8 @@ def patterns_for(secret: Secret, fragment_size: int = 16) -> list[Pattern]:
     """Every form of `secret` worth searching for, most specific first, identical needles merged."""
     value = secret.value
     forms: list[tuple[str, bytes, tuple[int, int] | None]] = [("raw", value, None)]
+    if secret.control:
+        return [Pattern(value, secret.label, "raw", None)]
     forms.append(("hex-lower", value.hex().encode(), None))
     forms.append(("hex-upper", value.hex().upper().encode(), None))
     for alphabet, altchars in (("base64", None), ("base64url", b"-_")):
