@@ -2,11 +2,22 @@
 and its chart in the HTML report."""
 from __future__ import annotations
 
+import contextlib
+import io
+import json
+import re
 from pathlib import Path
 
+import jsonschema
 import pytest
+from suite_run import SCHEMA, require
 
+from remanence.cli import main
+from remanence.document import ABSENT, Document
+from remanence.report.html_report import HtmlReporter
 from remanence.scenario import Repeat, ScenarioError, load_scenario
+
+GOLDEN = Path(__file__).parent / "golden" / "sample-results.json"   # a document written before steps existed
 
 SCENARIO = """
 name = "demo.curve"
@@ -77,3 +88,63 @@ def test_the_exit_checkpoint_cannot_repeat(tmp_path):
     text = SCENARIO.replace('methods = ["procmem", "gcore"]', 'methods = ["exit"]').replace('"dropped"', '"exit"')
     with pytest.raises(ScenarioError, match=r"checkpoints\[0\]\.repeat: the 'exit' checkpoint happens once"):
         load_scenario(write(tmp_path, text))
+
+
+@pytest.fixture(scope="module")
+def go_curves(tmp_path_factory):
+    """secret.heap and its no-Do twin, procmem only, twice each: copies per collection."""
+    require("go", "procmem")
+    out = tmp_path_factory.mktemp("curves")
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        code = main(["run", "secret.heap", "secret.heap_nodo", "--method", "procmem", "--repeat", "2",
+                     "--out", str(out), "--format", "json"])
+    return code, json.loads((out / "results.json").read_text())
+
+
+def test_the_runner_records_copies_per_collection_in_the_series(go_curves):
+    """runtime/secret's promise over time: the heap copy made inside Do is gone from the first collection on;
+    without Do it stays through every collection."""
+    code, doc = go_curves
+    assert code == 0 and all(v["outcome"] == "PASS" for v in doc["verdicts"])
+    jsonschema.validate(doc, SCHEMA)
+    series = {s["scenario"]: s for s in doc["series"]}
+    assert set(series) == {"secret.heap", "secret.heap_nodo"}
+    for name, s in series.items():
+        assert (s["checkpoint"], s["method"], s["subject"], s["repetitions"]) == ("before_gc", "procmem", "secret", [1, 2])
+        assert [st["label"] for st in s["steps"]] == ["at the checkpoint"] + [
+            f"after {n} collection{'s' if n > 1 else ''}" for n in range(1, 6)]
+        assert all(st["measured"] == 2 for st in s["steps"])
+    assert [st["found"] for st in series["secret.heap"]["steps"]] == [2, 0, 0, 0, 0, 0]
+    assert all(st["full"] == [0, 0] for st in series["secret.heap"]["steps"][1:])
+    assert [st["found"] for st in series["secret.heap_nodo"]["steps"]] == [2] * 6
+    stepped = [v for v in doc["verdicts"] if v["scenario"] == "secret.heap" and v["repetition"] == 1 and "step" in v]
+    assert [v["checkpoint"] for v in stepped] == [f"before_gc [step {i}/6]" for i in range(1, 7)]
+    assert [v["expect"] for v in stepped] == ["present"] + ["absent"] * 5    # the repeat's own expectation
+    seconds = [v["step"]["seconds"] for v in stepped]
+    assert seconds[0] == 0 and seconds == sorted(seconds)
+
+
+def test_the_html_report_draws_one_chart_per_series_with_a_point_per_step(go_curves):
+    _, doc = go_curves
+    page = HtmlReporter().render(doc)
+    charts = re.findall(r'<svg class="curve".*?</svg>', page, re.S)
+    assert len(charts) == 2                     # one per scenario x checkpoint x subject: its methods are lines
+    for chart in charts:
+        assert "<title " in chart and "<desc " in chart and "copies" in chart and "rate" in chart
+        for panel in ("copies", "rate"):
+            line = re.search(rf'<g class="line" data-method="procmem" data-panel="{panel}".*?</g>', chart, re.S)[0]
+            assert line.count("<circle") == 6
+    heap = next(c for c in charts if 'id="c-secret.heap-before_gc-' in c)
+    rate = re.search(r'data-panel="rate".*?</g>', heap, re.S)[0]
+    assert "2 of 2 repetition(s) had a full copy" in rate and rate.count("0 of 2 repetition(s)") == 5
+
+
+def test_a_document_with_steps_reads_back_and_an_old_one_without_still_reads(go_curves):
+    _, doc = go_curves
+    back = Document.from_json(json.loads(json.dumps(doc)), "results.json")
+    assert back.to_json() == doc
+    assert {v.scenario_checkpoint for v in back.verdicts if v.scenario == "secret.heap"} == {"before_gc", "after_gc"}
+    old = Document.from_json(json.loads(GOLDEN.read_text()), str(GOLDEN))
+    assert old.series is ABSENT and "series" not in old.to_json()
+    assert all(v.step is ABSENT for v in old.verdicts)
+    jsonschema.validate(old.to_json(), SCHEMA)
