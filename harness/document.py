@@ -223,6 +223,17 @@ class ScanEntry(_Record):
 
 
 @dataclass
+class StepEntry(_Record):
+    """A repeating checkpoint's step: the verdict's `checkpoint` is then "<checkpoint> [step <index>/<count>]"."""
+
+    checkpoint: str
+    index: int
+    count: int
+    label: str
+    seconds: float
+
+
+@dataclass
 class VerdictEntry(_Record):
     scenario: str
     repetition: int
@@ -242,6 +253,7 @@ class VerdictEntry(_Record):
     fingerprints: list[str] = field(default_factory=list)
     processes: list[ProcessEntry] | _Absent = ABSENT    # only when following the target's process tree
     gate: dict | None | _Absent = ABSENT                # only once gated (gate.apply_gate)
+    step: StepEntry | _Absent = ABSENT                  # only at a repeating checkpoint
 
     @classmethod
     def from_json(cls, data, where: str):
@@ -261,6 +273,11 @@ class VerdictEntry(_Record):
         if self.hits:
             return sorted({h.fingerprint for h in self.hits})
         return [fingerprint(self.scenario, self.method, self.checkpoint, "-", "none")]
+
+    @property
+    def scenario_checkpoint(self) -> str:
+        """The checkpoint's name in the scenario file (without a repeating checkpoint's step)."""
+        return self.step.checkpoint if isinstance(self.step, StepEntry) else self.checkpoint
 
     def effective_kind(self) -> Kind | None:
         """Its kind, or for a document written before verdicts had one, fallback_kind's."""
@@ -318,6 +335,34 @@ class Aggregate(_Record):
 
 
 @dataclass
+class SeriesStep(_Record):
+    """One step of a series over the run's repetitions: `full` and `fragments` give, per repetition (in the order of
+    the series' `repetitions`), the copies found (null: no measurement, an ERROR or SKIP); `found` counts the
+    repetitions with at least one full copy, out of `measured`."""
+
+    index: int
+    label: str
+    seconds: float             # since the series' first step, in its first repetition that measured it
+    full: list[int | None]
+    fragments: list[int | None]
+    found: int
+    measured: int
+
+
+@dataclass
+class Series(_Record):
+    """What a repeating checkpoint saw, step by step: per scenario x checkpoint x method x subject."""
+
+    scenario: str
+    checkpoint: str
+    method: str
+    subject: str
+    expect: str
+    repetitions: list[int]
+    steps: list[SeriesStep]
+
+
+@dataclass
 class Tool(_Record):
     name: str = "remanence"
     version: str = __version__
@@ -350,6 +395,7 @@ class Document(_Record):
     summary: dict[str, int] = field(default_factory=dict)
     aggregates: list[Aggregate] = field(default_factory=list)
     runs: list[RunEntry] = field(default_factory=list)
+    series: list[Series] | _Absent = ABSENT            # only when a checkpoint repeats
     gate: dict | _Absent = ABSENT                      # once gated
     shard: str | _Absent = ABSENT                      # a shard's document: "i/N"
     planned_runs: list[str] | _Absent = ABSENT         # a shard's or a merged document: the whole plan's run ids
@@ -363,7 +409,7 @@ class Document(_Record):
     def to_json(self) -> dict:
         data = super().to_json()
         verdicts = data.pop("verdicts")
-        extras = {k: data.pop(k) for k in ("gate", "shard", "planned_runs", "shard_runs", "merged_from") if k in data}
+        extras = {k: data.pop(k) for k in ("series", "gate", "shard", "planned_runs", "shard_runs", "merged_from") if k in data}
         return {**data, "verdicts": verdicts, **extras}
 
     @classmethod
@@ -388,7 +434,7 @@ class Document(_Record):
                   secrets_shown=show_secrets, started_at=results.started_at, finished_at=results.finished_at,
                   interrupted=results.interrupted, exit_code=results.exit_code(), machine=results.machine,
                   runs=[_run(r) for r in results.runs])
-        doc.summary, doc.aggregates = counts(doc.verdicts), aggregates(doc.verdicts)
+        doc.summary, doc.aggregates, doc.series = counts(doc.verdicts), aggregates(doc.verdicts), series(doc.verdicts)
         return doc
 
     def ungated_exit_code(self, allow_skip: bool = False) -> int:
@@ -440,6 +486,35 @@ def aggregates(verdicts: list[VerdictEntry]) -> list[Aggregate]:
     return list(groups.values())
 
 
+def series(verdicts: list[VerdictEntry]) -> list[Series] | _Absent:
+    """The repeating checkpoints' verdicts as series (ABSENT when none repeats): copies per step and repetition,
+    full copies and fragments apart, and how many repetitions had a full copy at each step."""
+    stepped: dict[tuple[str, str, str, str], list[VerdictEntry]] = {}
+    for v in verdicts:
+        if isinstance(v.step, StepEntry):
+            stepped.setdefault((v.scenario, v.step.checkpoint, v.method, v.subject), []).append(v)
+    if not stepped:
+        return ABSENT
+    made = []
+    for key, group in stepped.items():
+        repetitions = sorted({v.repetition for v in group})
+        steps: dict[int, SeriesStep] = {}
+        for v in sorted(group, key=lambda v: v.repetition):
+            width = len(repetitions)
+            step = steps.setdefault(v.step.index, SeriesStep(v.step.index, v.step.label, v.step.seconds,
+                                                             [None] * width, [None] * width, 0, 0))
+            if v.outcome in (Outcome.ERROR, Outcome.SKIP):
+                continue
+            column, full = repetitions.index(v.repetition), sum(h.full for h in v.hits)
+            if step.measured == 0:
+                step.seconds = v.step.seconds
+            step.full[column], step.fragments[column] = full, len(v.hits) - full
+            step.found += full > 0
+            step.measured += 1
+        made.append(Series(*key, group[0].expect, repetitions, [steps[i] for i in sorted(steps)]))
+    return made
+
+
 def fallback_kind(outcome: str, expect: str, has_hits: bool) -> Kind | None:
     """The kind of a verdict from a document written before verdicts had one, from what the document says
     without reading the reason: ERROR and SKIP are their own kind; an `observe` expectation FAILs only on the
@@ -484,7 +559,7 @@ def merge(docs: list[Document], run_order: list[str] | None = None, allow_skip: 
                       secrets_shown=any(d.secrets_shown for d in docs), tool=first.tool,
                       started_at=min(d.started_at for d in docs), finished_at=max(d.finished_at for d in docs),
                       interrupted=any(d.interrupted for d in docs), machine=first.machine,
-                      summary=counts(verdicts), aggregates=aggregates(verdicts), runs=runs)
+                      summary=counts(verdicts), aggregates=aggregates(verdicts), runs=runs, series=series(verdicts))
     merged.exit_code = merged.ungated_exit_code(allow_skip)
     return merged
 
@@ -533,7 +608,8 @@ def _verdict(v: Verdict, show_secrets: bool) -> VerdictEntry:
         [_finding(v, f, show_secrets) for f in v.findings], verdict_fingerprints(v),
         # following the target's process tree: what each process showed, the target first
         [ProcessEntry(p.snapshot.pid, p.snapshot.command, p.canary_seen, len(p.hits), _snapshot(p.snapshot))
-         for p in v.processes] if v.processes else ABSENT)
+         for p in v.processes] if v.processes else ABSENT,
+        step=StepEntry(v.step.checkpoint, v.step.index, v.step.count, v.step.label, v.step.seconds) if v.step else ABSENT)
 
 
 def _project_path(path: Path) -> str:

@@ -345,6 +345,10 @@ class TargetProcess(SpawnedGroup):
     def resume(self) -> None:
         self._send(b"continue\n", "resuming it")
 
+    def collect(self) -> None:
+        """One full collection of its runtime; it announces the same checkpoint again."""
+        self._send(b"collect\n", "asking it to collect")
+
     def _send(self, data: bytes, doing: str) -> None:
         try:
             self._sock.sendall(data)

@@ -253,7 +253,7 @@ class ScenarioItem(pytest.Item):
 
     def runtest(self) -> None:
         doc = self.parent.document({self.method})
-        verdicts = [v for v in doc.verdicts if v.checkpoint == self.checkpoint and v.method == self.method]
+        verdicts = [v for v in doc.verdicts if v.scenario_checkpoint == self.checkpoint and v.method == self.method]
         if not verdicts:
             raise VerdictFailure(f"remanence ERROR: no verdict was recorded for {self.scenario.name} at "
                                  f"{self.checkpoint} with {self.method}")

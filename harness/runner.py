@@ -25,7 +25,7 @@ from .secretgen import make_canary, make_secret
 from .snapshot import SnapshotError, dispose_snapshot, held_still, resume, scratch
 from .snapshot.exitstop import ExitStop
 from .snapshot.methods import Occasion, Timing, method as snapshot_method
-from .verdict import Kind, ProcessView, Verdict, judge_processes, process_name
+from .verdict import Kind, ProcessView, Step, Verdict, judge_processes, process_name
 from .workspace import workspace
 
 Progress = Callable[[str], None]
@@ -230,7 +230,10 @@ class _Run:
                 raise TargetError(f"target reached checkpoint {event.text!r}, the scenario expects {spec.name!r} next")
             if spec in self.pending:
                 self.pending.remove(spec)
-                self.record.verdicts += self._checkpoint(spec, event.address)
+                if spec.repeat:
+                    self._steps(spec, event.address)
+                else:
+                    self.record.verdicts += self._checkpoint(spec, event.address)
             if self.target.status is not None:   # kernel-core ended it
                 return
             if spec is announced[-1] and exit_spec:
@@ -241,6 +244,25 @@ class _Run:
             return
         self._next(("done",))
         self.target.wait_exit(EXIT_TIMEOUT_S)
+
+    def _steps(self, spec: CheckpointSpec, address: int | None) -> None:
+        """A repeating checkpoint: its snapshots, then again after each full collection the target runs (held at the
+        checkpoint), or every S seconds (the target left running, unheld, between steps)."""
+        repeat, first = spec.repeat, time.monotonic()
+        for index in range(repeat.steps):
+            if index and repeat.collections:
+                self.target.collect()
+                event = self._next(("checkpoint",))
+                if event.text != spec.name:
+                    raise TargetError(f"target announced {event.text!r} after a collection, not {spec.name!r} again")
+            elif index:
+                due = first + index * repeat.every
+                while not self.runner.stopping and time.monotonic() < due:
+                    time.sleep(min(0.2, due - time.monotonic()))
+                if self.runner.stopping:
+                    return
+            step = Step(spec.name, index + 1, repeat.steps, repeat.label(index), round(time.monotonic() - first, 3))
+            self.record.verdicts += self._checkpoint(spec.step(index), address, step)
 
     def _arm_exit_stop(self) -> None:
         self.exit_stop = ExitStop(self.target.pid)
@@ -329,8 +351,9 @@ class _Run:
         """The process's command line for reports, with anything of the secret (or a derived value) masked."""
         return mask_secret(command_line(pid), self.secret_material).decode("utf-8", errors="replace")
 
-    def _checkpoint(self, spec: CheckpointSpec, address: int | None) -> list[Verdict]:
-        """Take every snapshot first, so the positive control may come from any method at this checkpoint; then judge."""
+    def _checkpoint(self, spec: CheckpointSpec, address: int | None, step: Step | None = None) -> list[Verdict]:
+        """Take every snapshot first, so the positive control may come from any method at this checkpoint; then judge.
+        `step`: where these snapshots lie in a repeating checkpoint's series."""
         planned = self.planned
         self._establish_control(spec)
         with self._hold(spec) as held:
@@ -358,13 +381,16 @@ class _Run:
                     verdict.reason = f"the target did not note {', '.join(missing)} (its notes: {'; '.join(self.record.notes) or 'none'}); " + verdict.reason
             verdicts.append(verdict)
             verdicts += self._derived_verdicts(spec, t)
+        for verdict in verdicts if step else ():
+            verdict.step, verdict.checkpoint = step, step.shown
+        name = f"{spec.name}.step{step.index}" if step else spec.name
         for t in taken:
             for capture in t.captures:
                 if capture.served_from is not None:   # its image is the other method's: freed or kept with it
                     capture.snapshot.path = capture.served_from.snapshot.path
                     continue
-                self._dispose(capture.snapshot, spec.name if capture is t.captures[0]
-                              else f"{spec.name}.pid{capture.snapshot.pid}")
+                self._dispose(capture.snapshot, name if capture is t.captures[0]
+                              else f"{name}.pid{capture.snapshot.pid}")
         return verdicts
 
     def _take_all(self, spec: CheckpointSpec, method: str, processes: list[int], commands: dict[int, str],

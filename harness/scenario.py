@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .model import Expect
@@ -33,6 +33,8 @@ EXIT_CHECKPOINT = "exit"
 SECRET_FORMS = ("binary", "password")
 MAX_SECONDS = 3600          # the longest timeout or trigger wait
 MAX_REPEAT = 1000
+MAX_COLLECTIONS = 100       # a repeating checkpoint's full collections
+MAX_TIMED_STEPS = 1000      # a repeating checkpoint's snapshots every S seconds
 SECRET_LENGTHS = (8, 4096)
 # Where hits must lie for a `present` expectation to hold.
 WHERE_CHOICES = ("any", "intended", "elsewhere", "heap", "stack", "anonymous", "registers")
@@ -71,6 +73,31 @@ class MethodExpectation:
 
 
 @dataclass(frozen=True)
+class Repeat:
+    """A checkpoint taken again and again: after each of `collections` full collections of the target's runtime
+    (the target held at the checkpoint), or every `every` seconds until `until` (the target running free between).
+    The first step is the checkpoint itself; the later ones take `methods` and judge by `expectation` (for the secret
+    and every derived value) when the repeat table gives them, else the checkpoint's."""
+
+    collections: int = 0
+    every: float = 0.0
+    until: float = 0.0
+    methods: tuple[str, ...] = ()
+    expectation: MethodExpectation | None = None
+
+    @property
+    def steps(self) -> int:
+        """How many times the checkpoint's snapshots are taken, the first one included."""
+        return 1 + (self.collections or int(self.until / self.every + 1e-9))
+
+    def label(self, index: int) -> str:
+        """How reports name step `index` (0 is the checkpoint itself)."""
+        if self.collections:
+            return "at the checkpoint" if index == 0 else f"after {index} collection{'s' if index > 1 else ''}"
+        return f"at {index * self.every:g} s"
+
+
+@dataclass(frozen=True)
 class CheckpointSpec:
     name: str
     default: MethodExpectation
@@ -84,10 +111,28 @@ class CheckpointSpec:
     derived: dict[str, MethodExpectation] = field(default_factory=dict)
     # command targets: when to take this checkpoint's snapshots (None for the exit checkpoint)
     trigger: Trigger | None = None
+    repeat: Repeat | None = None           # None: one step
 
     @property
     def is_exit(self) -> bool:
         return self.name == EXIT_CHECKPOINT
+
+    def step(self, index: int) -> CheckpointSpec:
+        """This repeating checkpoint as its step `index` (0: the first) takes it. The first takes its live methods,
+        the later ones the repeat's methods and expectation; a method that ends the target comes at the last step
+        only, judged as at the checkpoint."""
+        repeat = self.repeat
+        ending = tuple(m for m in self.methods if snapshot_methods.method(m).timing is Timing.ENDS_TARGET)
+        last = ending if index == repeat.steps - 1 else ()
+        if index == 0:
+            return replace(self, methods=tuple(m for m in self.methods if m not in ending) + last)
+        e = repeat.expectation
+        if e is None:
+            return replace(self, methods=repeat.methods + last)
+        return replace(self, methods=repeat.methods + last, default=e,
+                       per_method={m: self.for_method(m) for m in last},
+                       derived={label: e if e.where not in ("intended", "elsewhere") else replace(e, where="any")
+                                for label in self.derived})
 
     def for_method(self, method: str) -> MethodExpectation:
         return self.per_method.get(method, self.default)
@@ -211,7 +256,7 @@ def _trigger(r: TomlTable, name: str) -> Trigger | None:
 
 def _checkpoint(r: TomlTable, methods: tuple[str, ...], last: bool, command: bool) -> CheckpointSpec:
     r.reject_unknown(("name", "expect", "why", "where", "methods", "per_method", "intended_region", "require_notes",
-                      "derived") + (("trigger",) if command else ()))
+                      "derived", "repeat") + (("trigger",) if command else ()))
     name = r.get("name", str, required=True)
     if problem := name_problem(name):
         raise r.fail("name", problem)
@@ -253,7 +298,48 @@ def _checkpoint(r: TomlTable, methods: tuple[str, ...], last: bool, command: boo
             derived[label] = expectation
     trigger = _trigger(r, name) if command else None
     return CheckpointSpec(name, default, tuple(sorted(at, key=SNAPSHOT_METHODS.index)), per_method, flags, tuple(notes),
-                          derived, trigger)
+                          derived, trigger, _repeat(r, name, at, command))
+
+
+def _repeat(r: TomlTable, name: str, methods: list[str], command: bool) -> Repeat | None:
+    t = r.sub("repeat")
+    if t is None:
+        return None
+    if command or name == EXIT_CHECKPOINT:
+        raise r.fail("repeat", "only a checkpoint a protocol target announces can repeat" if command else
+                     f"the {EXIT_CHECKPOINT!r} checkpoint happens once: it cannot repeat")
+    t.reject_unknown(("collections", "every", "until", "methods", "expect", "why", "where"))
+    live = [m for m in methods if snapshot_methods.method(m).timing is Timing.LIVE]
+    later = tuple(t.get("methods", list, live))
+    for i, method in enumerate(later):
+        if method not in live:
+            raise t.fail(f"methods[{i}]", f"{method!r} is not a live method taken at this checkpoint ({', '.join(live)}): "
+                         "a method that ends the target comes at the last step only")
+    if not later:
+        raise t.fail("methods", "name one or more of this checkpoint's methods")
+    later = tuple(sorted(later, key=SNAPSHOT_METHODS.index))
+    expectation = _expectation(t.child({k: v for k, v in t.table.items() if k in ("expect", "why", "where")}, t.prefix),
+                               None) if "expect" in t.table else None
+    if expectation is None and ("why" in t.table or "where" in t.table):
+        raise t.fail("expect", "required with why or where: the later steps' expectation")
+    if "collections" in t.table:
+        if "every" in t.table or "until" in t.table:
+            raise t.fail("collections", "give either collections = N or every = S with until = T, not both")
+        collections = t.get("collections", int)
+        if not 1 <= collections <= MAX_COLLECTIONS:
+            raise t.fail("collections", f"{collections} is out of range 1..{MAX_COLLECTIONS}")
+        return Repeat(collections=collections, methods=later, expectation=expectation)
+    if "every" not in t.table or "until" not in t.table:
+        raise r.fail("repeat", "give collections = N (1..100), or every = S and until = T seconds")
+    every, until = t.get("every", (int, float)), t.get("until", (int, float))
+    for key, seconds in (("every", every), ("until", until)):
+        if problem := seconds_problem(seconds):
+            raise t.fail(key, problem)
+    if until < every:
+        raise t.fail("until", f"{until} is shorter than every = {every}: not even one more step")
+    if until / every > MAX_TIMED_STEPS:
+        raise t.fail("every", f"every = {every} until = {until} makes more than {MAX_TIMED_STEPS} steps")
+    return Repeat(every=float(every), until=float(until), methods=later, expectation=expectation)
 
 
 def _command(r: TomlTable, path: Path, secret: SecretSpec) -> CommandSpec:

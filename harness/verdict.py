@@ -65,6 +65,22 @@ class Finding:
         return f"{what} ({h.encoding}) in {where}" + (f" [{', '.join(marks)}]" if marks else "")
 
 
+@dataclass(frozen=True)
+class Step:
+    """Where a verdict of a repeating checkpoint lies in its series."""
+
+    checkpoint: str        # the checkpoint's name in the scenario file
+    index: int             # 1-based
+    count: int
+    label: str             # "after 3 collections", "at 4 s"
+    seconds: float         # since the series' first snapshots
+
+    @property
+    def shown(self) -> str:
+        """The checkpoint as verdicts and every reporter name it: unique per step."""
+        return f"{self.checkpoint} [step {self.index}/{self.count}]"
+
+
 @dataclass
 class Verdict:
     scenario: str
@@ -88,6 +104,7 @@ class Verdict:
     # (`snapshot` is the target's own); empty otherwise.
     processes: list[ProcessView] = field(default_factory=list)
     kind: Kind | None = None               # the judge's; see outcome_kind for ERROR and SKIP
+    step: Step | None = None               # a repeating checkpoint's step (`checkpoint` is then step.shown)
 
 
 @dataclass(frozen=True)

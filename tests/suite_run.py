@@ -47,8 +47,10 @@ def run_suite(language: str, scenarios: Path, out: Path) -> tuple[int, dict]:
 
 
 def verdicts(doc: dict, scenario: str, checkpoint: str, method: str, subject: str = "secret") -> list[dict]:
+    """The verdicts at a checkpoint of the scenario file: every step of a repeating one."""
     found = [v for v in doc["verdicts"]
-             if (v["scenario"], v["checkpoint"], v["method"], v["subject"]) == (scenario, checkpoint, method, subject)]
+             if (v["scenario"], v.get("step", {}).get("checkpoint", v["checkpoint"]), v["method"], v["subject"])
+             == (scenario, checkpoint, method, subject)]
     assert found, f"no verdict for {scenario} {checkpoint} {method} {subject}"
     return found
 

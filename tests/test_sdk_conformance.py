@@ -173,7 +173,7 @@ def build_python(folder: Path) -> tuple[str, ...]:
 def build_node(folder: Path) -> tuple[str, ...]:
     (folder / "program.js").write_text(NODE_PROGRAM.replace("process.env.SDK_UNDER_TEST",
                                                             json.dumps(str(TARGETS_DIR / "sdk" / "node"))))
-    return shutil.which("node"), str(folder / "program.js")
+    return shutil.which("node"), "--expose-gc", str(folder / "program.js")
 
 
 @dataclass(frozen=True)
@@ -258,3 +258,30 @@ def test_the_sdk_before_start_stops_the_program_without_a_word_on_the_channel(sd
         t.kill()
     assert line is None and SDKS[language].before_start_status(rc), (rc, t.stderr)
     assert SDKS[language].before_start_message in t.stderr, t.stderr
+
+
+def test_collect_runs_a_collection_and_announces_the_same_checkpoint_again(sdk):
+    """`collect` instead of `continue`: the program collects (C has nothing to collect) and stops at the same
+    checkpoint, at the same address, as often as asked; `continue` then goes on as usual."""
+    t = start(sdk[1], "full", 32)
+    try:
+        assert t.readline() == "ready 1"
+        t.send(fresh(16) + fresh(32))
+        assert t.readline() == "derived mask 32"
+        t.read_exact(32)
+        assert t.readline() == "note parts=2 head=16"
+        held = t.readline()
+        assert held.startswith("checkpoint held 0x"), held
+        again = []
+        for _ in range(3):
+            t.send(b"collect\n")
+            again.append(t.readline())
+        assert again == [held] * 3, (again, t.stderr)
+        t.send(b"continue\n")
+        assert t.readline() == "checkpoint gone -"
+        t.send(b"collect\n")
+        assert t.readline() == "checkpoint gone -"
+        t.send(b"continue\n")
+        assert t.readline() == "done" and t.wait() == 0, t.stderr
+    finally:
+        t.kill()

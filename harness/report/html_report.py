@@ -51,6 +51,12 @@ STRIP_H = 40.0         # the register-set strip
 PAGE = 4096
 
 
+# --- series charts (a repeating checkpoint's copies per step) ------------------------------------------------
+CHART_W, CHART_LEFT, CHART_RIGHT = 360.0, 40.0, 10.0
+PANEL_H, PANEL_GAP, CHART_TOP = 64.0, 34.0, 10.0
+METHOD_COLOURS = ("#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed")
+
+
 def _num(x: float) -> str:
     """Coordinates as short, stable strings."""
     return f"{x:.1f}".rstrip("0").rstrip(".") if x != int(x) else str(int(x))
@@ -636,7 +642,11 @@ def build_view(doc: dict) -> dict:
                            "pid": None, "exit": None,
                            "notes": [], "error": None, "skip_reason": None, "target_output": "", "duration": None,
                            "verdicts": views})
+    curves = _curves(doc.get("series") or [])
     for sc in scenarios.values():
+        sc["curves"] = curves.get(sc["name"], [])
+        for chart in sc["curves"]:
+            chart["id"] = ids.make("c", sc["name"], chart["title"])
         for run in sc["runs"]:
             timeline: dict[str, list[dict]] = {}
             for vd in run["verdicts"]:
@@ -738,6 +748,77 @@ def _matrix(scenarios: dict[str, dict], views: list[dict], methods: list[str]) -
                                                 else "copies" if failing_subjects else SECRET)})
         group["rows"].append(row)
     return list(groups.values())
+
+
+def _curves(series: list[dict]) -> dict[str, list[dict]]:
+    """Per scenario, one chart per repeating checkpoint and subject: a line per method of the mean full copies per
+    step over the repetitions that measured it, and a line of the rate (repetitions with a full copy); the document's
+    series (document.series) are the data, nothing is recomputed from verdicts here."""
+    charts: dict[tuple, dict] = {}
+    for s in series:
+        key = (s.get("scenario"), s.get("checkpoint"), s.get("subject"))
+        chart = charts.setdefault(key, {"scenario": key[0], "checkpoint": key[1], "subject": key[2],
+                                        "repetitions": len(s.get("repetitions") or []), "lines": []})
+        chart["lines"].append(s)
+    by_scenario: dict[str, list[dict]] = {}
+    for chart in charts.values():
+        by_scenario.setdefault(chart["scenario"], []).append(_chart(chart))
+    return by_scenario
+
+
+def _chart(chart: dict) -> dict:
+    steps = max((len(s.get("steps") or []) for s in chart["lines"]), default=0)
+    labels = {}
+    for s in chart["lines"]:
+        for st in s.get("steps") or []:
+            labels.setdefault(st["index"], st["label"])
+    count = max(labels, default=1)
+    plot_w = CHART_W - CHART_LEFT - CHART_RIGHT
+    top = max([1] + [max(c for c in st["full"] if c is not None) for s in chart["lines"] for st in s.get("steps") or []
+                     if any(c is not None for c in st["full"])])
+
+    def x(index: int) -> float:
+        return CHART_LEFT + (plot_w * (index - 1) / (count - 1) if count > 1 else plot_w / 2)
+
+    panels = [("copies", CHART_TOP, top), ("rate", CHART_TOP + PANEL_H + PANEL_GAP, 1)]
+    lines = []
+    for n, s in enumerate(chart["lines"]):
+        colour = METHOD_COLOURS[n % len(METHOD_COLOURS)]
+        for panel, y0, high in panels:
+            points = []
+            for st in s.get("steps") or []:
+                measured = [c for c in st["full"] if c is not None]
+                if not measured:
+                    continue
+                value = sum(measured) / len(measured) if panel == "copies" else st["found"] / st["measured"]
+                fragments = sum(c for c in st["fragments"] if c is not None)
+                title = (f"{s['method']}, step {st['index']} ({st['label']}): " +
+                         (f"{_num(round(value, 2))} full cop{'y' if value == 1 else 'ies'} on average over {len(measured)} "
+                          f"repetition(s), {fragments} fragment(s)" if panel == "copies" else
+                          f"{st['found']} of {st['measured']} repetition(s) had a full copy"))
+                points.append({"x": _num(round(x(st["index"]), 1)),
+                               "y": _num(round(y0 + PANEL_H * (1 - value / high), 1)), "title": title})
+            lines.append({"method": s["method"], "panel": panel, "colour": colour, "points": points,
+                          "path": " ".join(f"{p['x']},{p['y']}" for p in points)})
+    ticks = [{"x": _num(round(x(i), 1)), "text": str(i)} for i in sorted(labels)
+             if count <= 12 or i in (1, count) or (i - 1) % max(1, round(count / 6)) == 0]
+    subject = "" if chart["subject"] == SECRET else f" ({chart['subject']})"
+    first, last = labels.get(1, ""), labels.get(count, "")
+    return {
+        "title": f"{chart['checkpoint']}{subject}: copies per step",
+        "desc": f"Full copies of the {chart['subject']} found at each of {steps} steps of checkpoint {chart['checkpoint']} "
+                f"(step 1: {first}; step {count}: {last}), one line per method: above, the mean over "
+                f"{chart['repetitions']} repetition(s); below, the share of repetitions with at least one full copy.",
+        "width": _num(CHART_W), "height": _num(CHART_TOP + 2 * PANEL_H + PANEL_GAP + 30),
+        "left": _num(CHART_LEFT), "right": _num(CHART_W - CHART_RIGHT),
+        "panels": [{"name": name, "top": _num(y0), "bottom": _num(y0 + PANEL_H), "mid": _num(y0 + PANEL_H / 2),
+                    "high": ("100%" if name == "rate" else str(high)),
+                    "axis": "copies" if name == "copies" else "rate"} for name, y0, high in panels],
+        "ticks": ticks, "tick_y": _num(CHART_TOP + 2 * PANEL_H + PANEL_GAP + 12),
+        "label_y": _num(CHART_TOP + 2 * PANEL_H + PANEL_GAP + 26), "xlabel": f"step: 1 = {first}, {count} = {last}",
+        "lines": lines, "methods": [{"method": s["method"], "colour": METHOD_COLOURS[n % len(METHOD_COLOURS)]}
+                                    for n, s in enumerate(chart["lines"])],
+    }
 
 
 @lru_cache(maxsize=1)

@@ -369,7 +369,8 @@ class SarifReporter:
         scenario_at = None
         if source:
             scenario_at = {"artifactLocation": locator.artifact(source),
-                           "region": {"startLine": _checkpoint_line(source, case.checkpoint, locator, cache)}}
+                           "region": {"startLine": _checkpoint_line(source, (first.get("step") or {}).get(
+                               "checkpoint", case.checkpoint), locator, cache)}}   # a repeating one's own name
         # Where a developer fixes it: the user's own program (the scenario only says how it was driven), else the
         # scenario file, with the line where the built-in target registers the scenario related.
         related = None

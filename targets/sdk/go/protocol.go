@@ -24,6 +24,7 @@ package remanence
 import (
 	"fmt"
 	"os"
+	"runtime"
 	"strconv"
 	"syscall"
 	"unsafe"
@@ -298,11 +299,19 @@ func Checkpoint(name string, addr uintptr) {
 		line = strconv.AppendUint(line, uint64(addr), 16)
 	}
 	line = append(line, '\n')
-	sendAll(line)
 	var reply [32]byte
-	got, ok := readControlLine(reply[:])
-	if !ok || string(got) != "continue" {
-		Failf("expected 'continue' after checkpoint %s", name)
+	for {
+		sendAll(line)
+		got, ok := readControlLine(reply[:])
+		if ok && string(got) == "collect" {
+			// A full collection, then the same checkpoint again.
+			runtime.GC()
+			continue
+		}
+		if !ok || string(got) != "continue" {
+			Failf("expected 'continue' after checkpoint %s", name)
+		}
+		return
 	}
 }
 

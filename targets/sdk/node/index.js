@@ -201,8 +201,16 @@ function checkpoint (name, address = null) {
   requireStarted('checkpoint()')
   if (typeof name !== 'string' || !NAME_RE.test(name)) fail('invalid checkpoint name')
   requireWholeSecret(`checkpoint ${name} reached`)
-  sendLine('checkpoint ', `${name} ${formatAddress(address)}`)
-  if (readControlLine() !== 'continue') fail(`expected 'continue' after checkpoint ${name}`)
+  const line = `${name} ${formatAddress(address)}`
+  for (;;) {
+    sendLine('checkpoint ', line)
+    const reply = readControlLine()
+    if (reply === 'continue') return
+    if (reply !== 'collect') fail(`expected 'continue' after checkpoint ${name}`)
+    // A full collection, then the same checkpoint again.
+    if (typeof global.gc !== 'function') fail('collect needs node --expose-gc')
+    global.gc()
+  }
 }
 
 // `note k=v ...`: facts worth recording in the report. Never the secret.
