@@ -501,7 +501,8 @@ def _hit_view(hit: dict, secrets_shown: bool, n: int) -> dict:
 
 
 def _expect_text(expect: str) -> str:
-    return {"present": "expect present", "absent": "expect absent", "observe": "observe only"}.get(expect, expect)
+    return {"present": "expect present", "absent": "expect absent", "observe": "observe only",
+            "crash": "expect a crash"}.get(expect, expect)
 
 
 class _MapCache:
