@@ -222,10 +222,13 @@ def doc_checkpoint(doc: dict, scenario: str) -> str:
     return next(v["checkpoint"] for v in doc["verdicts"] if v["scenario"] == scenario and v["subject"] == "crash")
 
 
-@pytest.mark.parametrize("language, scenario, signal", [
-    ("go", "memguard.frozen_write", "SIGABRT"),
+@pytest.mark.parametrize("language, scenario, signal, core_kind, core_words", [
+    ("go", "memguard.frozen_write", "SIGABRT", "no-image-by-policy", "the program set its own core limit to 0"),
+    ("node", "node.sodium.readonly_write", "SIGSEGV", "absent", "MADV_DONTDUMP"),
 ])
-def test_a_go_crash_dies_as_measured_and_memguard_forbids_the_core(tmp_path, language, scenario, signal):
+def test_go_and_node_crashes_die_as_measured(tmp_path, language, scenario, signal, core_kind, core_words):
+    """Go's runtime turns the fault into a fatal error (SIGABRT under GOTRACEBACK=crash) and memguard forbids the
+    core; Node's SIGSEGV handler hands a fault outside WebAssembly back to the default action."""
     require(language, "procmem", "kernel-core")
     folder = tmp_path / "scenarios"
     folder.mkdir()
@@ -235,4 +238,4 @@ def test_a_go_crash_dies_as_measured_and_memguard_forbids_the_core(tmp_path, lan
     checkpoint = doc_checkpoint(doc, scenario)
     assert all(f"killed by {signal}" in v["reason"] for v in verdicts(doc, scenario, checkpoint, "kernel-core", "crash"))
     for v in verdicts(doc, scenario, checkpoint, "kernel-core"):
-        assert v["kind"] == "no-image-by-policy" and "the program set its own core limit to 0" in v["reason"]
+        assert v["kind"] == core_kind and core_words in v["reason"]
