@@ -239,3 +239,34 @@ def test_go_and_node_crashes_die_as_measured(tmp_path, language, scenario, signa
     assert all(f"killed by {signal}" in v["reason"] for v in verdicts(doc, scenario, checkpoint, "kernel-core", "crash"))
     for v in verdicts(doc, scenario, checkpoint, "kernel-core"):
         assert v["kind"] == core_kind and core_words in v["reason"]
+
+
+def test_a_crash_where_none_is_expected_says_how_the_target_died(tmp_path):
+    """A checkpoint after an unexpected crash is never reached, and its verdict names the signal."""
+    require("c", "procmem")
+    (tmp_path / "x.toml").write_text('''
+name = "x.unexpected"
+target = "c"
+entry = "sodium.overflow"
+methods = ["procmem"]
+
+[[checkpoints]]
+name = "in_use"
+expect = "present"
+why = "the key is live"
+
+[[checkpoints]]
+name = "past_end"
+expect = "present"
+why = "the key is live"
+
+[[checkpoints]]
+name = "after"
+expect = "present"
+why = "a twin would go on"
+''')
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        code = main(["run", str(tmp_path / "x.toml"), "--out", str(tmp_path / "out"), "--format", "json"])
+    doc = json.loads((tmp_path / "out" / "results.json").read_text())
+    [v] = verdicts(doc, "x.unexpected", "after", "procmem")
+    assert code == 3 and v["outcome"] == "ERROR" and "checkpoint never reached: target ended (killed by SIGSEGV)" in v["reason"]
