@@ -172,7 +172,8 @@ def test_every_report_names_a_missing_crash(deaths):
     rules = sarif["runs"][0]["tool"]["driver"]["rules"]
     assert {rules[r["ruleIndex"]]["name"] for r in sarif["runs"][0]["results"]} >= {"no-crash"}
     assert 'type="no-crash"' in (out / "junit.xml").read_text()
-    assert "expect a crash" in (out / "report.html").read_text()
+    html = (out / "report.html").read_text()
+    assert "expect a crash" in html and "crash: how the target died" in html
     assert "| crash |" in (out / "summary.md").read_text()
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import jinja2
 
 from ..snapshot import methods as snapshot_methods
-from ..verdict import hit_process
+from ..verdict import CRASH_SUBJECT, hit_process
 
 TEMPLATES = Path(__file__).with_name("templates")
 
@@ -535,6 +535,8 @@ def _subject_title(subject: str) -> str:
     if subject.startswith("derived:"):
         return (f"{subject}: a value the target derived from the secret, judged with its own expectation "
                 "at this checkpoint and method")
+    if subject == CRASH_SUBJECT:
+        return f"{subject}: how the target died, against the signals the checkpoint accepts (its core is judged apart)"
     return f"{subject}: the value this verdict looked for"
 
 
