@@ -113,6 +113,14 @@ def check_gdb() -> Check:
     return _check("gdb", OK, f"{version} at {gdb}; dump-excluded-mappings supported")
 
 
+def check_swap() -> Check:
+    reason = method_unavailable("swap")
+    if reason:
+        return _check("swap", MISSING, reason, ["method:swap"])
+    return _check("swap", OK, "a private swap file swapped on, a page paged out with process_madvise(MADV_PAGEOUT) "
+                  "and read back from it with O_DIRECT")
+
+
 def check_c_toolchain() -> Check:
     found = {tool: shutil.which(tool) for tool in ("gcc", "make", "pkg-config")}
     missing = [t for t in ("gcc", "make") if not found[t]]
@@ -169,7 +177,7 @@ def check_python_venv() -> Check:
 
 def run_checks(build: bool = True) -> list[Check]:
     c_needs = [check_c_toolchain(), check_libsodium()]
-    checks = [check_ptrace(), check_core_pattern(), check_core_limit(), check_gdb(), *c_needs]
+    checks = [check_ptrace(), check_core_pattern(), check_core_limit(), check_gdb(), check_swap(), *c_needs]
     if build:
         checks.append(check_target("c", c_needs))
     go = check_go()

@@ -146,6 +146,19 @@ def program_for(scenario: Scenario, cache: dict[str, TargetProgram | str]) -> Ta
     return _command_program(scenario) if scenario.command else availability(scenario.target, cache)
 
 
+def cpu_lacks(flags: tuple[str, ...], cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
+    """Why this CPU cannot run code that needs `flags` (as /proc/cpuinfo names them), or None when it can."""
+    if not flags:
+        return None
+    try:
+        present = {flag for line in cpuinfo.read_text().splitlines() if line.startswith("flags")
+                   for flag in line.split(":", 1)[1].split()}
+    except OSError as exc:
+        return f"cannot tell the CPU's features ({cpuinfo}: {exc.strerror})"
+    missing = [flag for flag in flags if flag not in present]
+    return f"this CPU lacks {', '.join(missing)} (flags in {cpuinfo}), which the scenario requires" if missing else None
+
+
 def make_plan(scenarios: list[Scenario], methods: list[str] | None = None, repeat: int | None = None) -> Plan:
     if repeat is not None and repeat < 1:
         raise UsageError("--repeat must be at least 1")
@@ -166,7 +179,7 @@ def make_plan(scenarios: list[Scenario], methods: list[str] | None = None, repea
                      for repetition in range(1, (repeat or scenario.repeat) + 1)]
             continue
         program = program_for(scenario, programs)
-        skip = program if isinstance(program, str) else None
+        skip = program if isinstance(program, str) else cpu_lacks(scenario.requires_cpu)
         if not skip and not program.registers(scenario.entry):
             raise ScenarioError(scenario.source, "entry", f"{scenario.entry!r} is not registered in the {scenario.target} target "
                                 f"(known: {', '.join(program.entries)})")

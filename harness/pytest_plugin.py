@@ -45,6 +45,7 @@ import pytest
 from .document import Document, HitEntry, VerdictEntry, merge
 from .entry import raise_interrupt
 from .model import Outcome
+from .scan.encodings import fragment_text
 from .snapshot import machine_facts
 from .schedule import MAX_JOBS, default_jobs
 from .scenario import COMMAND_TARGET, PROGRAM_TARGET, SNAPSHOT_METHODS, TARGET_KINDS, Scenario, ScenarioError, load_scenario
@@ -339,7 +340,7 @@ def _hit_summary(hits: list[HitEntry]) -> list[str]:
         if region.kind != "registers" and region.name.strip("[]") != region.kind:
             label += f" ({region.kind})"
         marks = [m for m, on in (("intended region", h.in_intended_region), ("guarded", h.guarded)) if on]
-        what = "full" if h.full else f"fragment {h.fragment[0]}:{h.fragment[1]}"
+        what = "full" if h.full else fragment_text(h.encoding, h.fragment)
         groups.setdefault(label + (f" [{', '.join(marks)}]" if marks else ""), []).append(
             f"{h.encoding} {what}" + (f" at {h.address}" if h.address else ""))
     lines = [f"hits: {len(hits)} in {len(groups)} region(s)"]

@@ -24,7 +24,7 @@ from .scenario import CheckpointSpec
 from .secretgen import make_canary, make_secret
 from .snapshot import SnapshotError, dispose_snapshot, held_still, resume, scratch
 from .snapshot.exitstop import ExitStop
-from .snapshot.methods import Occasion, method as snapshot_method
+from .snapshot.methods import Occasion, Timing, method as snapshot_method
 from .verdict import CRASH_SUBJECT, Kind, ProcessView, Verdict, judge_death, judge_processes, process_name
 from .workspace import workspace
 
@@ -194,7 +194,9 @@ class Runner:
 
 
 def _methods_at(planned: PlannedRun, spec: CheckpointSpec) -> tuple[str, ...]:
-    return tuple(m for m in spec.methods if m in planned.methods)
+    """The checkpoint's methods in the scenario's order, except that one ending the target comes after the rest."""
+    return tuple(sorted((m for m in spec.methods if m in planned.methods),
+                        key=lambda m: snapshot_method(m).timing is Timing.ENDS_TARGET))
 
 
 def _missing_notes(required: tuple[str, ...], notes: list[str]) -> list[str]:

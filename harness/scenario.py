@@ -171,6 +171,9 @@ class Scenario:
     program: ProgramSpec | None = None   # only for target = "program"
     # Snapshot every process of the target's tree (its children, daemons it started), not only the target.
     follow: bool = False
+    # CPU features (flags of /proc/cpuinfo) the code under test needs: without one the scenario is SKIPped, since
+    # the library would refuse or take another code path (libsodium's aes256gcm exists only with AES-NI: "aes")
+    requires_cpu: tuple[str, ...] = ()
 
     def checkpoint(self, name: str) -> CheckpointSpec | None:
         return next((c for c in self.checkpoints if c.name == name), None)
@@ -364,7 +367,7 @@ def load_scenario(path: Path) -> Scenario:
     path = Path(path)
     r = TomlTable(path, load_toml(path, ScenarioError), "", ScenarioError)
     r.reject_unknown(("name", "description", "target", "entry", "methods", "repeat", "timeout", "secret", "checkpoints",
-                      "command", "program", "follow"))
+                      "command", "program", "follow", "requires_cpu"))
     name = r.get("name", str, required=True)
     if problem := name_problem(name):
         raise r.fail("name", problem)
@@ -375,7 +378,7 @@ def load_scenario(path: Path) -> Scenario:
             raise r.fail(kind, f"only for target = \"{kind}\"")
         if target == kind and "entry" in r.table:
             raise r.fail("entry", f"a {kind} target has no entry: [{kind}] argv says what runs")
-    methods = r.get("methods", list, list(LIVE_METHODS))
+    methods = r.get("methods", list, list(snapshot_methods.default_names()))
     for i, method in enumerate(methods):
         if method not in SNAPSHOT_METHODS:
             raise r.fail(f"methods[{i}]", f"unknown method {method!r} (known: {', '.join(SNAPSHOT_METHODS)})")
@@ -429,7 +432,16 @@ def load_scenario(path: Path) -> Scenario:
         command=_command(r, path, secret) if is_command else None,
         program=_program(r, path) if target == PROGRAM_TARGET else None,
         follow=r.get("follow", bool, False),
+        requires_cpu=_cpu_flags(r),
     )
+
+
+def _cpu_flags(r: TomlTable) -> tuple[str, ...]:
+    flags = r.get("requires_cpu", list, [])
+    for i, flag in enumerate(flags):
+        if not isinstance(flag, str) or not re.fullmatch(r"[a-z0-9_]+", flag):
+            raise r.fail(f"requires_cpu[{i}]", f"expected a CPU flag as /proc/cpuinfo spells it (e.g. \"aes\"), got {flag!r}")
+    return tuple(flags)
 
 
 def load_scenarios(directory: Path) -> list[Scenario]:

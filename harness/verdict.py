@@ -14,6 +14,7 @@ from typing import NamedTuple
 from .model import Expect, Gap, GapKind, Hit, NoImageCause, Outcome, Region, RegionKind, Snapshot
 from .process import describe_status, signal_name
 from .scan.context import HitContext
+from .scan.encodings import fragment_text
 from .scenario import MethodExpectation
 
 
@@ -61,7 +62,7 @@ class Finding:
 
     def describe(self) -> str:
         h = self.hit
-        what = "full copy" if h.full else f"fragment [{h.fragment[0]}:{h.fragment[1]}]"
+        what = "full copy" if h.full else fragment_text(h.encoding, h.fragment)
         where = f"{h.region.register_set} of thread {h.region.thread}" if h.region.kind == RegionKind.REGISTERS \
             else f"{h.region.name or h.region.kind.value} at {h.address:#x}" if h.address is not None else h.region.name
         marks = [m for m, on in (("intended region", self.in_intended_region), ("guarded", self.guarded)) if on]

@@ -173,9 +173,16 @@ def _start_sentinel(root: Path, cgroup: Path | None) -> tuple[int, int]:
             pass
         if cgroup is not None:
             kill_cgroup(cgroup, reap_them=False)
+        _release_swap(root)
         shutil.rmtree(root, ignore_errors=True)
     finally:
         os._exit(0)
+
+
+def _release_swap(folder: Path) -> None:
+    """A swap file swapped on in the folder (the swap method's) cannot be deleted: swap it off first."""
+    from .snapshot.swap import release_swap_under
+    release_swap_under(folder)
 
 
 def remove_stale() -> list[str]:
@@ -183,6 +190,7 @@ def remove_stale() -> list[str]:
     removed = []
     for entry in Path(tempfile.gettempdir()).glob(PREFIX + "*"):
         if entry.is_dir() and not entry.is_symlink() and _owner_gone(entry.name):
+            _release_swap(entry)
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(str(entry))
     root = _cgroup2_root()

@@ -39,6 +39,7 @@ class Language:
     crashes: dict[str, str] = field(default_factory=dict)
     no_address: frozenset[tuple[str, str]] = frozenset()       # (scenario, checkpoint) reported as `-`
     one_address: bool = True                   # every checkpoint of a scenario reports the same address
+    key_moves: tuple[str, ...] = ()             # ... except these: the key lives on in another object
     quiet: bool = False                        # a full conversation writes nothing on stdout or stderr
     listed_extras: str | None = None           # --list may add scenarios with this prefix (C's selftest.*)
     length_message: str | None = None          # the exact error line for a refused length ({n}: the length)
@@ -70,6 +71,8 @@ C = Language(
         "sodium.readonly_write.readwrite": ["in_use", "written"],
         "sodium.noaccess_read": ["in_use", "read"],
         "sodium.noaccess_read.readwrite": ["in_use", "read"],
+        "sodium.aes256gcm.state_kept": ["key_loaded", "key_wiped"],
+        "sodium.aes256gcm.state_wiped": ["key_loaded", "key_wiped"],
     },
     crashes={"sodium.overflow": "SIGSEGV", "sodium.underflow": "SIGSEGV", "sodium.readonly_write": "SIGSEGV",
              "sodium.noaccess_read": "SIGSEGV"},
@@ -80,6 +83,7 @@ C = Language(
     refused_lengths=(("stack.nowipe", 65), ("stack.explicit_bzero", 4096), ("stdio.copy", 4096)),
     extreme_length_scenarios=("sodium.live", "malloc.nowipe"),
     notes={"sodium.mlock_denied": [r"mlock=denied errno=\d+"]},
+    key_moves=("sodium.aes256gcm.state_kept", "sodium.aes256gcm.state_wiped"),
     listed_extras="selftest.",
 )
 
@@ -94,6 +98,9 @@ GO = Language(
         "secret.panic_value_nodo": ["inside", "recovered", "dropped"],
         "secret.goexit": ["inside", "in_defer", "after"],
         "secret.goexit_nodo": ["inside", "in_defer", "after"],
+        "go.aes.cipher_kept": ["key_loaded", "key_wiped"],
+        "go.aes.cipher_dropped": ["key_loaded", "key_wiped", "after_gc"],
+        "go.aes.cipher_dropped_nodo": ["key_loaded", "key_wiped", "after_gc"],
         "secret.heap": ["before_gc", "after_gc"],
         "secret.heap_nodo": ["before_gc", "after_gc"],
         "secret.map": ["inside", "before_gc", "after_gc"],
@@ -122,6 +129,10 @@ GO = Language(
         "memguard.safe_exit": ["in_use"],
         "memguard.interrupt": ["in_use"],
         "memguard.with_secret_do": ["loaded", "sealed", "inside", "after"],
+        "memguard.finalizer": ["in_use", "collected"],
+        "memguard.finalizer_cleanup": ["in_use", "collected"],
+        "memguard.from_bytes": ["read", "moved", "plain_copy", "wiped", "destroyed"],
+        "memguard.from_bytes_copy": ["read", "copied", "destroyed"],
     },
     sample="secret.return",
     eof_scenarios=("secret.return", "secret.goroutine", "memguard.locked_live"),
@@ -136,6 +147,8 @@ GO = Language(
         "secret.goexit": [r"secret_enabled_in_outer_defer=true"],
         "secret.goexit_nodo": [r"secret_enabled_in_outer_defer=false"],
         "secret.heap": [r"gc_cycles=\d+"],
+        "go.aes.cipher_dropped": [r"gc_cycles=\d+"],
+        "go.aes.cipher_dropped_nodo": [r"gc_cycles=\d+"],
         "secret.heap_nodo": [r"gc_cycles=\d+"],
         "secret.map": [r"gc_cycles=\d+"],
         "secret.map_nodo": [r"gc_cycles=\d+"],
@@ -149,6 +162,9 @@ GO = Language(
         "secret.registers_nodo": [r"register_sets=general\+sse\S*"],
         "secret.signal": [r"register_sets=general\+sse\S*"],
         "secret.signal_nodo": [r"register_sets=general\+sse\S*"],
+        "memguard.finalizer": [r"gc_cycles=\d+ data_mapped=true"],
+        "memguard.finalizer_cleanup": [r"gc_cycles=\d+ data_mapped=false"],
+        "memguard.from_bytes": [r"src_wiped=true"],
     },
     # Scenarios that end the process themselves after `done`, and their status.
     exit_status={"memguard.safe_exit": 0, "memguard.interrupt": 1},

@@ -12,7 +12,7 @@ from remanence.cli import main
 from remanence.targets import PROJECT_ROOT
 
 SCENARIOS = PROJECT_ROOT / "scenarios"
-CHECKS = ["ptrace", "core_pattern", "core limit", "gdb", "C toolchain", "libsodium", "C target build", "go",
+CHECKS = ["ptrace", "core_pattern", "core limit", "gdb", "swap", "C toolchain", "libsodium", "C target build", "go",
           "Go target build", "node", "Node.js target build", "python venv", "Python target build"]
 
 

@@ -60,3 +60,68 @@ def test_memguard_end_of_life(go_suite):
     [core] = verdicts(doc, "memguard.locked_live", "in_use", "kernel-core")
     if not has_capability(CAP_SYS_RESOURCE):  # without CAP_SYS_RESOURCE memguard's hard core limit 0 stands
         assert core["snapshot"]["not_produced"].startswith("no core produced: RLIMIT_CORE hard limit is 0")
+
+
+# --- memguard's dropped buffers and source slices --------------------------------------------------------------------
+
+def planted(verdict: dict) -> bool:
+    """A full copy where the target said it keeps the key."""
+    return any(h["full"] and h["in_intended_region"] for h in verdict["hits"])
+
+
+def seen_nothing(verdict: dict) -> bool:
+    """No hit, and the snapshot could show ordinary memory (its canary)."""
+    return verdict["hits"] == [] and verdict["canary_seen"] is True
+
+
+def each(doc: dict, scenario: str, checkpoint: str, method: str, holds) -> bool:
+    """`holds` for the verdict of every repetition."""
+    return all(holds(v) for v in verdicts(doc, scenario, checkpoint, method))
+
+
+def run_notes(doc: dict, scenario: str) -> list[list[str]]:
+    return [r["notes"] for r in doc["runs"] if r["scenario"] == scenario]
+
+
+def test_a_dropped_locked_buffer_keeps_the_key_after_the_gc_freed_it(go_suite):
+    """memguard v0.23.0 sets no finalizer: the GC never wipes a LockedBuffer dropped without Destroy."""
+    _, doc = go_suite
+    assert each(doc, "memguard.finalizer", "in_use", "procmem", planted)
+    for method in ("procmem", "gcore-all"):
+        assert each(doc, "memguard.finalizer", "collected", method, planted), method
+    # A debugger's default dump leaves the forgotten MADV_DONTDUMP buffer out: it does not show the leak.
+    assert each(doc, "memguard.finalizer", "collected", "gcore", seen_nothing)
+    for [note] in run_notes(doc, "memguard.finalizer"):
+        assert note.startswith("gc_cycles=") and note.endswith(" data_mapped=true")
+
+
+def test_a_cleanup_of_the_programs_own_destroys_the_dropped_buffer(go_suite):
+    _, doc = go_suite
+    assert each(doc, "memguard.finalizer_cleanup", "in_use", "procmem", planted)
+    for method in ("procmem", "gcore", "gcore-all"):
+        assert each(doc, "memguard.finalizer_cleanup", "collected", method, seen_nothing), method
+    for [note] in run_notes(doc, "memguard.finalizer_cleanup"):
+        assert note.endswith(" data_mapped=false")
+
+
+def test_new_buffer_from_bytes_and_wipe_bytes_leave_no_plain_copy(go_suite):
+    _, doc = go_suite
+    # gcore dumps the Go heap and leaves out the LockedBuffer: it sees the plain copies before, and none after.
+    assert each(doc, "memguard.from_bytes", "read", "gcore", planted)
+    assert each(doc, "memguard.from_bytes", "moved", "gcore", seen_nothing)
+    assert each(doc, "memguard.from_bytes", "plain_copy", "gcore", planted)
+    assert each(doc, "memguard.from_bytes", "wiped", "gcore", seen_nothing)
+    # What procmem still sees after WipeBytes is the LockedBuffer, between its guard pages.
+    assert each(doc, "memguard.from_bytes", "wiped", "procmem",
+                lambda v: v["hits"] and all(not h["in_intended_region"] and h["guarded"] for h in v["hits"]))
+    for method in ("procmem", "gcore", "gcore-all"):
+        assert each(doc, "memguard.from_bytes", "destroyed", method, seen_nothing), method
+    assert all(notes == ["src_wiped=true"] for notes in run_notes(doc, "memguard.from_bytes"))
+
+
+def test_a_plain_copy_into_a_locked_buffer_leaves_the_source_behind(go_suite):
+    _, doc = go_suite
+    assert each(doc, "memguard.from_bytes_copy", "copied", "gcore",
+                lambda v: v["hits"] and not any(h["in_intended_region"] for h in v["hits"]))
+    for method in ("procmem", "gcore", "gcore-all"):
+        assert each(doc, "memguard.from_bytes_copy", "destroyed", method, planted), method

@@ -4,7 +4,7 @@ import os
 import pytest
 
 from remanence.model import Secret
-from remanence.scan.encodings import MIN_NEEDLE_LEN, Pattern, base64_aligned, patterns_for
+from remanence.scan.encodings import MIN_NEEDLE_LEN, Pattern, base64_aligned, is_schedule, patterns_for
 
 VALUE = bytes(range(32))          # contains NUL and bytes that differ between base64 alphabets
 SECRET = Secret("secret", VALUE)
@@ -68,7 +68,7 @@ def test_utf16_of_textual_forms():
 
 
 def test_fragments_cover_every_window():
-    fragments = [p for p in patterns_for(SECRET) if p.fragment is not None]
+    fragments = [p for p in patterns_for(SECRET) if p.fragment is not None and not is_schedule(p.encoding)]
     windows = len(VALUE) - 16 + 1
     assert len(fragments) == 3 * windows          # raw, hex-lower and hex-upper of every 16-byte window
     expected = {"raw": lambda w: w, "hex-lower": lambda w: w.hex().encode(), "hex-upper": lambda w: w.hex().upper().encode()}
@@ -76,7 +76,7 @@ def test_fragments_cover_every_window():
         start, end = p.fragment
         assert end - start == 16 and p.needle == expected[p.encoding](VALUE[start:end])
     assert {p.fragment for p in fragments if p.encoding == "hex-upper"} == {(i, i + 16) for i in range(windows)}
-    assert not [p for p in patterns_for(Secret("s", os.urandom(16))) if p.fragment]   # not longer: none
+    assert not [p for p in patterns_for(Secret("s", os.urandom(16))) if p.fragment and not is_schedule(p.encoding)]
     assert len([p for p in patterns_for(Secret("s", os.urandom(40)), fragment_size=24) if p.fragment]) == 3 * 17
 
 

@@ -50,8 +50,9 @@ def holder():
 
 
 def test_registry_lists_every_method_once_in_report_order():
-    assert methods.names() == SNAPSHOT_METHODS == ("procmem", "gcore", "gcore-all", "kernel-core", "exit")
-    assert methods.live_names() == LIVE_METHODS == ("procmem", "gcore", "gcore-all")
+    assert methods.names() == SNAPSHOT_METHODS == ("procmem", "gcore", "gcore-all", "kernel-core", "exit", "swap")
+    assert methods.live_names() == LIVE_METHODS == ("procmem", "gcore", "gcore-all", "swap")
+    assert methods.default_names() == ("procmem", "gcore", "gcore-all")
     assert [methods.method(n).timing for n in ("kernel-core", "exit")] == [methods.Timing.ENDS_TARGET, methods.Timing.AT_EXIT]
     with pytest.raises(ValueError, match="unknown snapshot method 'telepathy'; known: procmem, gcore"):
         methods.method("telepathy")

@@ -158,7 +158,7 @@ def test_buffer_alloc_lives_in_the_c_heap_and_fill_wipes_the_only_copy():
     assert key == bytes(32) and copies == []
 
 
-def test_dropped_buffer_is_freed_not_wiped_first():
+def test_dropped_buffer_goes_back_to_malloc():
     secret = fresh(32)
 
     def probe(t, name, addr, probes):
@@ -167,9 +167,9 @@ def test_dropped_buffer_is_freed_not_wiped_first():
     run = converse("node", "node.buffer.dropped", secret, fresh(16), probe)
     assert run.rc == 0, run.stderr
     assert run.probes["in_use"] == secret
-    after = run.probes["after_gc"]
-    assert after[:16] != secret[:16]      # glibc's free-list pointers (the rest may or may not be reused yet)
-    assert after != bytes(32)             # nobody zeroed it: what is there is allocator data or key, never a wipe
+    # Freed: glibc's free-list pointers over the first 16 bytes. What follows is the key's tail or, once the
+    # chunk is reused (a calloc zeroes it) or the arena trimmed, something else: the scenario observes it.
+    assert run.probes["after_gc"][:16] != secret[:16]
 
 
 ENCODINGS = {

@@ -44,7 +44,7 @@ def test_kernel_and_excluded_gaps_do_not_block_absent_but_are_explained():
 
 def test_absent_fails_on_any_copy_even_a_fragment():
     outcome, reason, findings, _ = decide(Expect.ABSENT, [hit(HEAP, fragment=(16, 32))])
-    assert outcome == Outcome.FAIL and "fragment [16:32]" in reason and "[heap]" in reason
+    assert outcome == Outcome.FAIL and "fragment [16:32)" in reason and "[heap]" in reason
     assert findings[0].in_intended_region is False and findings[0].guarded is False
 
 

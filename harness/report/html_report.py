@@ -20,6 +20,7 @@ from pathlib import Path
 
 import jinja2
 
+from ..scan.encodings import fragment_text
 from ..snapshot import methods as snapshot_methods
 from ..verdict import CRASH_SUBJECT, hit_process
 
@@ -454,7 +455,7 @@ def overlay(layout: dict, verdict: dict) -> dict:
     for n, hit in enumerate(verdict.get("hits") or [], 1):
         region = hit.get("region") or {}
         address = _int(hit.get("address"))
-        what = ("full copy" if hit.get("full") else f"fragment {hit.get('fragment')}") + f" ({hit.get('encoding')})"
+        what = ("full copy" if hit.get("full") else _fragment_text(hit)) + f" ({hit.get('encoding')})"
         title = f"hit {n}: {what} in {region.get('name') or region.get('kind')}" + (
             f" at {address:#x}" if address is not None else "")
         if hit.get("pid") not in (None, (verdict.get("snapshot") or {}).get("pid")):
@@ -479,15 +480,18 @@ def overlay(layout: dict, verdict: dict) -> dict:
 
 # --- the view --------------------------------------------------------------------------------------------
 
+def _fragment_text(hit: dict) -> str:
+    fragment = hit.get("fragment")
+    return fragment_text(hit.get("encoding") or "", fragment) if isinstance(fragment, list) and len(fragment) == 2 \
+        else "fragment"
+
+
 def _hit_view(hit: dict, secrets_shown: bool, n: int) -> dict:
     region = hit.get("region") or {}
-    fragment = hit.get("fragment")
     return {
         "n": n, "address": hit.get("address") or "—", "encoding": hit.get("encoding") or "?",
         "full": bool(hit.get("full")),
-        "copy_text": "full copy" if hit.get("full") else (
-            f"fragment [{fragment[0]}:{fragment[1]})" if isinstance(fragment, list) and len(fragment) == 2
-            else "fragment"),
+        "copy_text": "full copy" if hit.get("full") else _fragment_text(hit),
         "length": hit.get("length"), "intended": bool(hit.get("in_intended_region")),
         "guarded": bool(hit.get("guarded")), "fingerprint": hit.get("fingerprint") or "",
         "region_name": region.get("name") or "", "region_base": _basename(region.get("name") or ""),

@@ -19,6 +19,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
 from ..document import kind_of
+from ..scan.encodings import fragment_text
 from ..verdict import Kind, hit_process
 
 # --- shared helpers (also used by sarif_report and markdown_report) ---------------------------------
@@ -172,7 +173,7 @@ def _hit_line(hit: dict) -> str:
     where = region.get("name") or region.get("kind") or "?"
     if region.get("register_set"):
         where = f"{region['register_set']} of thread {region.get('thread')}"
-    what = "full copy" if hit.get("full", True) else f"fragment {hit.get('fragment')}"
+    what = "full copy" if hit.get("full", True) else fragment_text(hit.get("encoding") or "", hit["fragment"])
     at = f" at {hit['address']}" if hit.get("address") else ""
     process = f" of {hit_process(hit)}" if hit_process(hit) else ""
     return (f"    hit: {what} ({hit.get('encoding')}) in {where}{at}{process}, {hit.get('length')} bytes"

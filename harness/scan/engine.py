@@ -16,7 +16,7 @@ from typing import BinaryIO, Callable, Iterator
 import hyperscan
 
 from ..model import Hit, Region, RegionKind, ScanResult, Secret, Snapshot
-from .encodings import Pattern, patterns_for
+from .encodings import Pattern, is_schedule, patterns_for
 
 # Two cores is what the harness is built for; hyperscan and the reads release the GIL, so threads scale.
 SCAN_THREADS = min(2, os.cpu_count() or 1)
@@ -120,7 +120,7 @@ def scan_snapshot(snapshot: Snapshot, secrets: list[Secret], chunk_size: int = 1
                     unverified.append((pattern.needle, hit))
 
     raw_hits += verified(snapshot.path, unverified)
-    hits = merge_fragments(raw_hits)
+    hits = without_raw_inside_schedules(merge_fragments(raw_hits))
     if snapshot.pid is not None:    # each hit names the process it was found in
         hits = [replace(h, pid=snapshot.pid, command=snapshot.command) for h in hits]
     hits.sort(key=lambda h: (h.file_offset, h.secret, h.encoding, h.length))
@@ -219,6 +219,17 @@ def make_hit(secret: str, encoding: str, region: Region, offset: int, length: in
     return Hit(secret=secret, encoding=encoding,
                address=None if in_notes else region.start + offset,
                file_offset=region.file_offset + offset, length=length, region=region, fragment=fragment)
+
+
+def without_raw_inside_schedules(hits: list[Hit]) -> list[Hit]:
+    """Drop raw copies (whole or fragments) of a secret that lie inside a key schedule hit of it: a schedule in FIPS
+    order begins with the key itself, and that is one copy of the secret, the schedule, not two."""
+    schedules = [h for h in hits if is_schedule(h.encoding)]
+
+    def inside_schedule(hit: Hit) -> bool:
+        return any(s.secret == hit.secret and s.region == hit.region and s.file_offset <= hit.file_offset
+                   and hit.file_offset + hit.length <= s.file_offset + s.length for s in schedules)
+    return [h for h in hits if h.encoding != "raw" or not inside_schedule(h)]
 
 
 def bytes_per_secret_byte(encoding: str) -> int:

@@ -23,6 +23,7 @@ import signal
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,8 @@ CORE_USES_PID = Path("/proc/sys/kernel/core_uses_pid")
 SUID_DUMPABLE = Path("/proc/sys/fs/suid_dumpable")
 _ULONG_MAX = (1 << 64) - 1           # how the kernel prints RLIM_INFINITY for %c
 _MTIME_SLACK_S = 2.0                 # file timestamps are coarse (jiffies); accept a core this much "older"
+_folder_locks: dict[str, threading.Lock] = {}
+_folder_locks_guard = threading.Lock()
 
 
 # --- core_pattern ----------------------------------------------------------------------------------------
@@ -703,6 +706,27 @@ def _no_core(core_dir: Path, pid: int, cause: NoImageCause, reason: str, notes: 
 
 def take_kernel_core(pid: int, core_dir: Path, wait_for_exit: Callable[[float], int], timeout: float = 120,
                      crash: Callable[[], None] | None = None) -> Snapshot:
+    """`_take_kernel_core`, one at a time per folder the core goes to: two runs at once whose cores land in the same
+    file (core_pattern `core`, user programs sharing a cwd) would otherwise take each other's."""
+    with _one_core_at_a_time_in(_core_folder_key(pid)):
+        return _take_kernel_core(pid, core_dir, wait_for_exit, timeout, crash)
+
+
+def _core_folder_key(pid: int) -> str:
+    try:
+        pattern, _ = read_core_pattern()
+        return os.path.dirname(pattern) if pattern.startswith("/") else os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return ""      # _take_kernel_core says what is wrong; meanwhile one lock for all
+
+
+def _one_core_at_a_time_in(folder: str) -> threading.Lock:
+    with _folder_locks_guard:
+        return _folder_locks.setdefault(folder, threading.Lock())
+
+
+def _take_kernel_core(pid: int, core_dir: Path, wait_for_exit: Callable[[float], int], timeout: float,
+                      crash: Callable[[], None] | None) -> Snapshot:
     """SIGABRT the (blocked, live) child `pid` with its core limit raised, wait for it with `wait_for_exit`,
     find the core per core_pattern and move it into `core_dir` (0600). Returns the core's Snapshot, or a
     region-less Snapshot with `not_produced` (`no core produced: <reason>`) and `not_produced_cause`.
@@ -801,6 +825,11 @@ def take_kernel_core(pid: int, core_dir: Path, wait_for_exit: Callable[[float], 
     except CoreFormatError as exc:
         path.unlink(missing_ok=True)     # never leave a copy of the target's memory we cannot describe
         raise SnapshotError(f"the kernel wrote an unreadable core: {exc}") from exc
+    threads = {r.thread for r in snapshot.regions if r.thread is not None}
+    if threads and facts.pid not in threads:     # another crash wrote the same file after ours
+        path.unlink()
+        return _finish(_no_core(core_dir, pid, NoImageCause.UNKNOWN, f"{outcome}, but the core found ({how}) is "
+                                f"another process's (threads {', '.join(map(str, sorted(threads)))})", notes), started)
     snapshot.notes[:0] = notes
     return _finish(snapshot, started)
 

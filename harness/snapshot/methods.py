@@ -53,6 +53,7 @@ class SnapshotMethod:
     unavailable: Callable[[], str | None]    # None if this machine can take it, else why not
     # Takes the snapshot and calls `inspect` on it (procmem: while the process is still stopped); returns both.
     capture: Callable[[Occasion, Callable[[Snapshot], T]], tuple[Snapshot, T]]
+    by_default: bool = True                  # a scenario that names no methods gets it (live methods only)
 
     @property
     def live(self) -> bool:
@@ -83,6 +84,11 @@ def names() -> tuple[str, ...]:
 
 def live_names() -> tuple[str, ...]:
     return tuple(name for name, m in _REGISTRY.items() if m.live)
+
+
+def default_names() -> tuple[str, ...]:
+    """The methods of a scenario that names none."""
+    return tuple(name for name, m in _REGISTRY.items() if m.live and m.by_default)
 
 
 # --- what each method needs of the machine ----------------------------------------------------------------------
@@ -129,6 +135,11 @@ def _exit_unavailable() -> str | None:
     return _ptrace_forbidden() or exit_unavailable()
 
 
+def _swap_unavailable() -> str | None:
+    from .swap import swap_unavailable
+    return _ptrace_forbidden() or swap_unavailable()
+
+
 # --- how each is taken ---------------------------------------------------------------------------------------------
 
 def _inspected_afterwards(take: Callable[[Occasion], Snapshot]):
@@ -171,6 +182,12 @@ def _take_kernel_core(occasion: Occasion) -> Snapshot:
     return snapshot
 
 
+def _take_swap(occasion: Occasion) -> Snapshot:
+    from .swap import take_swap
+    from ..workspace import workspace
+    return take_swap(occasion.pid, occasion.workdir or workspace().root)
+
+
 def _take_at_exit(occasion: Occasion) -> Snapshot:
     return occasion.exit_stop.snapshot()
 
@@ -191,3 +208,7 @@ register(SnapshotMethod(
 register(SnapshotMethod(
     "exit", "/proc/PID/mem and registers at the target's final exit_group, after its exit-time wipes (ptrace exit stop)",
     Timing.AT_EXIT, ("ptrace",), ".raw", _exit_unavailable, _inspected_afterwards(_take_at_exit)))
+register(SnapshotMethod(
+    "swap", "what reaches swap: the target paged out (MADV_PAGEOUT) to a private swap file read back past the page cache; "
+    "mlocked pages stay in RAM", Timing.LIVE, ("ptrace", "root", "swapon", "process_madvise"), ".raw", _swap_unavailable,
+    _inspected_afterwards(_take_swap), by_default=False))   # it pages the whole target out: only where asked for

@@ -13,8 +13,10 @@ import (
 	"syscall"
 	"time"
 	"unsafe"
+	"weak"
 
 	"github.com/awnumar/memguard"
+	"github.com/awnumar/memguard/core"
 )
 
 func init() {
@@ -27,6 +29,10 @@ func init() {
 	register("memguard.safe_exit", memguardSafeExit)
 	register("memguard.interrupt", memguardInterrupt)
 	register("memguard.with_secret_do", memguardWithSecretDo)
+	register("memguard.finalizer", memguardFinalizer)
+	register("memguard.finalizer_cleanup", memguardFinalizerCleanup)
+	register("memguard.from_bytes", memguardFromBytes)
+	register("memguard.from_bytes_copy", memguardFromBytesCopy)
 }
 
 // lockedKey: a LockedBuffer holding the secret, read straight into it.
@@ -178,4 +184,145 @@ func memguardWithSecretDo() {
 	})
 	remanence.Checkpoint("after", where)
 	runtime.KeepAlive(enclave)
+}
+
+// dataMapped reports whether the page holding addr is mapped: mincore fails
+// with ENOMEM on an unmapped page. Only an address is needed, so asking does
+// not keep a dropped buffer reachable.
+func dataMapped(addr uintptr) bool {
+	pageSize := uintptr(os.Getpagesize())
+	var vec [1]byte
+	_, _, e := syscall.RawSyscall(syscall.SYS_MINCORE, addr&^(pageSize-1), pageSize, uintptr(unsafe.Pointer(&vec[0])))
+	switch e {
+	case 0:
+		return true
+	case syscall.ENOMEM:
+		return false
+	}
+	remanence.Failf("mincore: %v", e)
+	return false
+}
+
+// dropLockedKey: a LockedBuffer holding the key (in_use), handed to
+// beforeDrop, then dropped without Destroy. Only a weak pointer and the
+// data's address come back: nothing keeps the buffer reachable.
+//
+//go:noinline
+func dropLockedKey(beforeDrop func(*memguard.LockedBuffer)) (weak.Pointer[memguard.LockedBuffer], uintptr) {
+	buf, where := lockedKey()
+	remanence.Checkpoint("in_use", where)
+	beforeDrop(buf)
+	return weak.Make(buf), where
+}
+
+// awaitDropped runs garbage collections until the dropped LockedBuffer has
+// been freed, waits until done is closed (by a finalizer or cleanup that the
+// same collection queued), and notes the cycles and whether the buffer's
+// data pages are still mapped.
+func awaitDropped(wp weak.Pointer[memguard.LockedBuffer], where uintptr, done chan struct{}) {
+	cycles := collect(wp, "the dropped LockedBuffer")
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		remanence.Fail("the finalizer queued by the collection did not run within 10 s")
+	}
+	remanence.Notef("gc_cycles=%d data_mapped=%t", cycles, dataMapped(where))
+}
+
+// finalizerSentinel is dropped with the buffer in memguard.finalizer; its
+// finalizer having run means the finalizers that collection queued have
+// run, memguard's own if it had one. (Pointer-free and 32 bytes: not in a
+// tiny-allocator block shared with other objects.)
+type finalizerSentinel [32]byte
+
+// memguard.finalizer: a LockedBuffer dropped without Destroy, then garbage
+// collected. memguard v0.23.0 registers no finalizer (its PR #157 removed
+// it; the comment on newBuffer still mentions one), and core's list of
+// buffers keeps the core.Buffer reachable: the region stays mapped and
+// locked, with the key, until Destroy, Purge or exit.
+func memguardFinalizer() {
+	growStack()
+	var wp weak.Pointer[memguard.LockedBuffer]
+	var where uintptr
+	done := make(chan struct{})
+	padded(func() {
+		wp, where = dropLockedKey(func(*memguard.LockedBuffer) {
+			runtime.SetFinalizer(new(finalizerSentinel), func(*finalizerSentinel) { close(done) })
+		})
+	})
+	awaitDropped(wp, where, done)
+	remanence.Checkpoint("collected", where)
+}
+
+// memguard.finalizer_cleanup: the same, with the cleanup a program has to
+// add itself: runtime.AddCleanup on the LockedBuffer destroys its
+// core.Buffer (passed as the argument: the LockedBuffer must not be
+// reachable from the cleanup) once the LockedBuffer is unreachable.
+func memguardFinalizerCleanup() {
+	growStack()
+	var wp weak.Pointer[memguard.LockedBuffer]
+	var where uintptr
+	destroyed := make(chan struct{})
+	padded(func() {
+		wp, where = dropLockedKey(func(buf *memguard.LockedBuffer) {
+			runtime.AddCleanup(buf, func(b *core.Buffer) { b.Destroy(); close(destroyed) }, buf.Buffer)
+		})
+	})
+	awaitDropped(wp, where, destroyed)
+	remanence.Checkpoint("collected", where)
+}
+
+// plainKey: the key read into a plain heap slice (announced at read).
+func plainKey() []byte {
+	src := make([]byte, remanence.SecretLen())
+	remanence.ReadSecret(src)
+	remanence.Use(src)
+	remanence.Checkpoint("read", remanence.AddressOf(&src[0]))
+	return src
+}
+
+// memguard.from_bytes: NewBufferFromBytes(src) moves the key into a frozen
+// LockedBuffer and wipes src, byte by byte (moved; note src_wiped). A plain
+// copy of the buffer's bytes is made (plain_copy) and wiped with
+// memguard.WipeBytes (wiped); then the buffer is destroyed (destroyed).
+func memguardFromBytes() {
+	src := plainKey()
+	buf := memguard.NewBufferFromBytes(src)
+	if !buf.IsAlive() {
+		remanence.Failf("memguard.NewBufferFromBytes(%d bytes) returned a dead buffer", len(src))
+	}
+	remanence.Notef("src_wiped=%t", allZero(src))
+	where := remanence.AddressOf(&buf.Bytes()[0])
+	remanence.Checkpoint("moved", where)
+	// Byte by byte: the builtin copy's memmove would leave the key in vector
+	// registers, which gcore dumps (see secret.registers_nodo), whatever
+	// WipeBytes does to the memory.
+	plain := make([]byte, buf.Size())
+	for i, b := range buf.Bytes() {
+		plain[i] = b
+	}
+	remanence.Use(plain)
+	remanence.Checkpoint("plain_copy", remanence.AddressOf(&plain[0]))
+	memguard.WipeBytes(plain)
+	remanence.Checkpoint("wiped", remanence.AddressOf(&plain[0]))
+	buf.Destroy()
+	remanence.Checkpoint("destroyed", where)
+	runtime.KeepAlive(src)
+	runtime.KeepAlive(plain)
+}
+
+// memguard.from_bytes_copy: the key copied into a LockedBuffer with the
+// builtin copy (copied): src is not wiped, and outlives the buffer's
+// Destroy (destroyed; address: src).
+func memguardFromBytesCopy() {
+	src := plainKey()
+	buf := memguard.NewBuffer(len(src))
+	if !buf.IsAlive() {
+		remanence.Failf("memguard.NewBuffer(%d) returned a dead buffer", len(src))
+	}
+	copy(buf.Bytes(), src)
+	remanence.Checkpoint("copied", remanence.AddressOf(&buf.Bytes()[0]))
+	buf.Destroy()
+	remanence.Checkpoint("destroyed", remanence.AddressOf(&src[0]))
+	runtime.KeepAlive(src)
 }
