@@ -26,7 +26,7 @@ from .results import EXIT_FAIL, EXIT_USAGE
 from .probe import ProbeRequest, probe_scenario
 from .runner import RunOptions, Runner
 from .schedule import MAX_JOBS, default_jobs
-from .scenario import (LANGUAGES, LIVE_METHODS, MAX_REPEAT, SECRET_LENGTHS, SNAPSHOT_METHODS, Scenario,
+from .scenario import (LANGUAGES, LIVE_METHODS, MAX_REPEAT, SECRET_LENGTHS, SNAPSHOT_EXPECTS, SNAPSHOT_METHODS, Scenario,
                        ScenarioError, load_scenarios, seconds_problem)
 from .shard import ShardError, load_shard, merge_documents, parse_shard, shard_inputs, shard_slice
 from .snapshot import machine_facts, method_unavailable
@@ -194,7 +194,7 @@ def _add_probe_parser(sub) -> None:
     probe.add_argument("--in-use", metavar="TRIGGER", default=None,
                        help="first snapshot the program while it should still hold the secret (expected present): "
                             "proves the methods can see it there")
-    probe.add_argument("--expect", choices=[e.value for e in Expect], default=Expect.ABSENT.value,
+    probe.add_argument("--expect", choices=SNAPSHOT_EXPECTS, default=Expect.ABSENT.value,
                        help="what every snapshot should show (default: absent; needs the program to have read the secret)")
     probe.add_argument("--method", type=_method_list(SNAPSHOT_METHODS), default=None, metavar="LIST",
                        help=f"snapshot methods, comma-separated: {', '.join(SNAPSHOT_METHODS)} (default: "

@@ -529,6 +529,8 @@ def fallback_kind(outcome: str, expect: str, has_hits: bool) -> Kind | None:
         return judged
     if expect == "observe":
         return Kind.REGION_FLAGS
+    if expect == "crash":
+        return Kind.NO_CRASH
     if expect == "present":
         return Kind.MISPLACED if has_hits else Kind.NOT_FOUND
     return Kind.LEAK

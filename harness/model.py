@@ -16,6 +16,7 @@ class Expect(str, enum.Enum):
     PRESENT = "present"
     ABSENT = "absent"
     OBSERVE = "observe"
+    CRASH = "crash"            # the target must die by one of the checkpoint's signals (its core has its own expectation)
 
 
 class Outcome(str, enum.Enum):

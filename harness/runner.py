@@ -25,7 +25,7 @@ from .secretgen import make_canary, make_secret
 from .snapshot import SnapshotError, dispose_snapshot, held_still, resume, scratch
 from .snapshot.exitstop import ExitStop
 from .snapshot.methods import Occasion, Timing, method as snapshot_method
-from .verdict import Kind, ProcessView, Step, Verdict, judge_processes, process_name
+from .verdict import CRASH_SUBJECT, Kind, ProcessView, Step, Verdict, judge_death, judge_processes, process_name
 from .workspace import workspace
 
 Progress = Callable[[str], None]
@@ -181,6 +181,9 @@ class Runner:
     def _close_unreached(self, planned: PlannedRun, record: RunRecord, checkpoints: list[CheckpointSpec],
                          outcome: Outcome, reason: str) -> None:
         for spec in checkpoints:
+            if spec.expects_crash and _methods_at(planned, spec):
+                record.verdicts.append(Verdict(planned.scenario.name, planned.repetition, spec.name, spec.methods[0],
+                                               Expect.CRASH, spec.default.why, outcome, reason, subject=CRASH_SUBJECT))
             for method in _methods_at(planned, spec):
                 expectation = spec.for_method(method)
                 record.verdicts.append(Verdict(planned.scenario.name, planned.repetition, spec.name, method,
@@ -215,6 +218,8 @@ class _Run:
         self.derived_controls: dict[str, _Control] = {}
         self.timeout = runner.options.timeout_s or planned.scenario.timeout_s
         self.exit_stop: ExitStop | None = None
+        self.crash_let_go = False        # an expected crash: the target was sent `continue` to commit it
+        self.crash_timed_out = False     # ... and was still running when the scenario's timeout ran out
 
     def carry_out(self) -> None:
         self.target.expect_ready(STARTUP_TIMEOUT_S)
@@ -234,7 +239,9 @@ class _Run:
                     self._steps(spec, event.address)
                 else:
                     self.record.verdicts += self._checkpoint(spec, event.address)
-            if self.target.status is not None:   # kernel-core ended it
+            elif spec.expects_crash:   # no method selected takes its core: nothing to judge there
+                self.target.kill()
+            if self.target.status is not None:   # kernel-core (or the expected crash) ended it
                 return
             if spec is announced[-1] and exit_spec:
                 self._arm_exit_stop()  # only now: gdb cannot attach to a process we trace
@@ -321,7 +328,31 @@ class _Run:
             return contextlib.nullcontext([self.target.pid])
         return held_still(self.target.pid, self.target.processes if self.following else None)
 
-    def _capture(self, method: str, pid: int, command: str, earlier: list[_Capture]) -> _Capture:
+    def _let_crash(self) -> None:
+        """An expected crash: let the held target go on to its illegal act."""
+        self.crash_let_go = True
+        resume(self.target.pid)
+        self.target.resume()
+
+    def _wait_crash(self, timeout: float) -> int:
+        try:
+            return self.target.wait_exit(timeout)
+        except TargetError as e:      # it was killed: still running after the timeout
+            self.crash_timed_out = True
+            raise TimeoutError(str(e)) from None
+
+    def _death_verdict(self, spec: CheckpointSpec) -> Verdict:
+        """How the target expected to crash at `spec` died: let go by the kernel-core capture, else let go here."""
+        if not self.crash_let_go:
+            self._let_crash()
+            with contextlib.suppress(TimeoutError):
+                self._wait_crash(self.timeout)
+        outcome, reason, _, kind = judge_death(None if self.crash_timed_out else self.target.status,
+                                               spec.signal_numbers, self.timeout)
+        return Verdict(self.planned.scenario.name, self.planned.repetition, spec.name, spec.methods[0], Expect.CRASH,
+                       spec.default.why, outcome, reason, subject=CRASH_SUBJECT, kind=kind)
+
+    def _capture(self, method: str, pid: int, command: str, earlier: list[_Capture], crash: bool = False) -> _Capture:
         """`method`'s snapshot of `pid`, scanned; an image taken earlier at this checkpoint that is identical by
         `method`'s own rules serves it instead of a second one."""
         for capture in earlier:
@@ -331,6 +362,8 @@ class _Run:
         occasion = Occasion(pid, held=True, keep=self.runner.options.keep_snapshots, workdir=self.workdir,
                             wait_exit=self.target.wait_exit, resume_target=lambda: resume(self.target.pid),
                             exit_stop=self.exit_stop)
+        if crash:
+            occasion.crash, occasion.wait_exit, occasion.timeout = self._let_crash, self._wait_crash, self.timeout
 
         def inspect(snapshot: Snapshot) -> tuple[ScanResult, dict]:
             """Scan, and read each finding's surroundings, while the image is as captured."""
@@ -367,7 +400,7 @@ class _Run:
         self.runner.gauge.observe(sum(c.snapshot.captured_bytes for t in taken for c in t.captures
                                       if c.served_from is None and scratch.is_scratch(c.snapshot.path)))
         missing = _missing_notes(spec.require_notes, self.record.notes)
-        verdicts = []
+        verdicts = [self._death_verdict(spec)] if spec.expects_crash else []
         for t in taken:
             expectation = spec.for_method(t.method)
             verdict = Verdict(planned.scenario.name, planned.repetition, spec.name, t.method, expectation.expect,
@@ -408,7 +441,7 @@ class _Run:
             who = "" if pid == self.target.pid else f" of {process_name(pid, commands[pid])}"
             progress(f"{planned.run_id}: {spec.name}: {method} snapshot{who}")
             try:
-                capture = self._capture(method, pid, commands[pid], earlier)
+                capture = self._capture(method, pid, commands[pid], earlier, crash=spec.expects_crash)
             except (SnapshotError, ScanError, EOFError) as e:
                 for earlier in t.captures:
                     dispose_snapshot(earlier.snapshot, None, "")

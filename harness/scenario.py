@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import signal
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -39,6 +40,15 @@ SECRET_LENGTHS = (8, 4096)
 # Where hits must lie for a `present` expectation to hold.
 WHERE_CHOICES = ("any", "intended", "elsewhere", "heap", "stack", "anonymous", "registers")
 REGION_FLAG_KEYS = ("locked", "dont_dump")
+# What a snapshot may be expected to show; `crash` is a checkpoint's own expectation (its core takes one of these).
+SNAPSHOT_EXPECTS = tuple(e.value for e in Expect if e is not Expect.CRASH)
+CRASH_METHOD = "kernel-core"     # the one method of a crash checkpoint: the core the crash itself leaves
+
+
+def signal_number(name: str) -> int | None:
+    """The number of the signal named `name` ("SIGSEGV"), or None."""
+    member = signal.Signals.__members__.get(name) if name.startswith("SIG") else None
+    return None if member is None else int(member)
 
 
 def name_problem(name: str) -> str | None:
@@ -112,6 +122,17 @@ class CheckpointSpec:
     # command targets: when to take this checkpoint's snapshots (None for the exit checkpoint)
     trigger: Trigger | None = None
     repeat: Repeat | None = None           # None: one step
+    # expect = "crash": the signals by which the target may die (names, "SIGSEGV"); its core's expectation is
+    # per_method[CRASH_METHOD].
+    signals: tuple[str, ...] = ()
+
+    @property
+    def expects_crash(self) -> bool:
+        return self.default.expect is Expect.CRASH
+
+    @property
+    def signal_numbers(self) -> tuple[int, ...]:
+        return tuple(signal_number(name) for name in self.signals)
 
     @property
     def is_exit(self) -> bool:
@@ -203,10 +224,11 @@ class Scenario:
         return next((c for c in self.checkpoints if c.name == name), None)
 
 
-def _expectation(r: TomlTable, inherit: MethodExpectation | None) -> MethodExpectation:
+def _expectation(r: TomlTable, inherit: MethodExpectation | None, crash_allowed: bool = False) -> MethodExpectation:
     r.reject_unknown(("expect", "why", "where"))
     required = inherit is None
-    expect = r.choice("expect", tuple(e.value for e in Expect), inherit and inherit.expect.value, required)
+    expect = r.choice("expect", SNAPSHOT_EXPECTS + ((Expect.CRASH.value,) if crash_allowed else ()),
+                      inherit and inherit.expect.value, required)
     changed = inherit is None or expect != inherit.expect.value
     # A changed expectation must say why: the scenario records what really happens and the reason.
     why = r.get("why", str, None if changed else inherit.why, required=changed)
@@ -256,7 +278,7 @@ def _trigger(r: TomlTable, name: str) -> Trigger | None:
 
 def _checkpoint(r: TomlTable, methods: tuple[str, ...], last: bool, command: bool) -> CheckpointSpec:
     r.reject_unknown(("name", "expect", "why", "where", "methods", "per_method", "intended_region", "require_notes",
-                      "derived", "repeat") + (("trigger",) if command else ()))
+                      "derived", "repeat", "signals", "core") + (("trigger",) if command else ()))
     name = r.get("name", str, required=True)
     if problem := name_problem(name):
         raise r.fail("name", problem)
@@ -266,11 +288,20 @@ def _checkpoint(r: TomlTable, methods: tuple[str, ...], last: bool, command: boo
             raise r.fail(f"methods[{i}]", f"{method!r} is not in this scenario's methods ({', '.join(methods)})")
         if problem := _timing_problem(method, name, last):
             raise r.fail(f"methods[{i}]", problem)
+    default = _expectation(r.child({k: v for k, v in r.table.items() if k in ("expect", "why", "where")}, r.prefix), None,
+                           crash_allowed=not command)
+    crash = default.expect is Expect.CRASH
+    if crash:
+        at = _crash_methods(r, methods, last)
+    elif problem := next((key for key in ("signals", "core") if key in r.table), None):
+        raise r.fail(problem, 'only with expect = "crash"')
     if not at:
         raise r.fail("methods", "no snapshot method applies at this checkpoint")
-    default = _expectation(r.child({k: v for k, v in r.table.items() if k in ("expect", "why", "where")}, r.prefix), None)
-    per_method: dict[str, MethodExpectation] = {}
+    per_method: dict[str, MethodExpectation] = {CRASH_METHOD: _expectation(r.sub("core", required=True), None)} \
+        if crash else {}
     overrides = r.sub("per_method")
+    if overrides and crash:
+        raise r.fail("per_method", "a crash checkpoint's one snapshot is its core: its expectation is [checkpoints.core]")
     if overrides:
         for method in overrides.table:
             if method not in SNAPSHOT_METHODS:
@@ -298,16 +329,17 @@ def _checkpoint(r: TomlTable, methods: tuple[str, ...], last: bool, command: boo
             derived[label] = expectation
     trigger = _trigger(r, name) if command else None
     return CheckpointSpec(name, default, tuple(sorted(at, key=SNAPSHOT_METHODS.index)), per_method, flags, tuple(notes),
-                          derived, trigger, _repeat(r, name, at, command))
+                          derived, trigger, _repeat(r, name, at, command, crash), _signals(r) if crash else ())
 
 
-def _repeat(r: TomlTable, name: str, methods: list[str], command: bool) -> Repeat | None:
+def _repeat(r: TomlTable, name: str, methods: list[str], command: bool, crash: bool) -> Repeat | None:
     t = r.sub("repeat")
     if t is None:
         return None
-    if command or name == EXIT_CHECKPOINT:
+    if command or name == EXIT_CHECKPOINT or crash:
         raise r.fail("repeat", "only a checkpoint a protocol target announces can repeat" if command else
-                     f"the {EXIT_CHECKPOINT!r} checkpoint happens once: it cannot repeat")
+                     f"the {EXIT_CHECKPOINT!r} checkpoint happens once: it cannot repeat" if not crash else
+                     "a crash happens once: a crash checkpoint cannot repeat")
     t.reject_unknown(("collections", "every", "until", "methods", "expect", "why", "where"))
     live = [m for m in methods if snapshot_methods.method(m).timing is Timing.LIVE]
     later = tuple(t.get("methods", list, live))
@@ -340,6 +372,28 @@ def _repeat(r: TomlTable, name: str, methods: list[str], command: bool) -> Repea
     if until / every > MAX_TIMED_STEPS:
         raise t.fail("every", f"every = {every} until = {until} makes more than {MAX_TIMED_STEPS} steps")
     return Repeat(every=float(every), until=float(until), methods=later, expectation=expectation)
+
+
+def _crash_methods(r: TomlTable, methods: tuple[str, ...], last: bool) -> tuple[str, ...]:
+    """A crash checkpoint's methods: exactly the core the crash leaves, at the last checkpoint the target announces."""
+    if not last:
+        raise r.fail("expect", "a crash ends the target: only the last checkpoint the target announces may expect one")
+    if CRASH_METHOD not in methods:
+        raise r.fail("expect", f"a crash checkpoint needs {CRASH_METHOD!r} in the scenario's methods: the core the "
+                               "crash leaves is its snapshot")
+    if r.table.get("methods", [CRASH_METHOD]) != [CRASH_METHOD]:
+        raise r.fail("methods", f"a crash checkpoint takes exactly [\"{CRASH_METHOD}\"]: the core the crash leaves")
+    return (CRASH_METHOD,)
+
+
+def _signals(r: TomlTable) -> tuple[str, ...]:
+    names = r.string_list("signals") if "signals" in r.table else []
+    if not names:
+        raise r.fail("signals", 'required with expect = "crash": the signals the crash may kill by, e.g. ["SIGSEGV", "SIGBUS"]')
+    for i, name in enumerate(names):
+        if signal_number(name) is None:
+            raise r.fail(f"signals[{i}]", f"{name!r} is not a signal name (e.g. SIGSEGV, SIGBUS, SIGABRT)")
+    return tuple(dict.fromkeys(names))
 
 
 def _command(r: TomlTable, path: Path, secret: SecretSpec) -> CommandSpec:

@@ -7,10 +7,12 @@ memory), and nothing the method failed to read could hide the secret. Otherwise:
 from __future__ import annotations
 
 import enum
+import os
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from .model import Expect, Gap, GapKind, Hit, NoImageCause, Outcome, Region, RegionKind, Snapshot
+from .process import describe_status, signal_name
 from .scan.context import HitContext
 from .scan.encodings import fragment_text
 from .scenario import MethodExpectation
@@ -25,12 +27,14 @@ class Kind(str, enum.Enum):
     REGION_FLAGS = "region-flags"          # the intended region's locked / dont_dump differ from the scenario's
     NOT_FOUND = "not-found"                # expected present, not found although the snapshot saw the canary
     MISSING_NOTES = "missing-notes"        # the target did not note what the checkpoint requires
+    NO_CRASH = "no-crash"                  # expected a crash by given signals: it exited, hung or died otherwise
     # FAIL for `present`, PASS otherwise: the method produced no image by the program's own policy (a finding)
     NO_IMAGE_BY_POLICY = "no-image-by-policy"
     # PASS
     FOUND = "found"                        # present where expected
     ABSENT = "absent"                      # absent, with canary, positive control and full coverage
     OBSERVED = "observed"                  # `observe`: whatever was found is recorded
+    CRASHED = "crashed"                    # `crash`: killed by one of the accepted signals
     # INCONCLUSIVE
     NO_IMAGE = "no-image"                  # no image, the environment's doing or of unknown cause
     NO_CANARY = "no-canary"                # the snapshot did not show the canary: it could not see ordinary memory
@@ -307,3 +311,22 @@ def judge_processes(*, expectation: MethodExpectation, views: list[ProcessView],
     every = len(deciding) == len(views) and outcome != Outcome.FAIL
     return Judgement(outcome, (f"all {len(views)} processes of the tree: " if every else "") + reasons, findings,
                      deciding[0][1].kind)
+
+
+# The subject of the verdict on how a target expected to crash died (the core it left is judged as the secret's).
+CRASH_SUBJECT = "crash"
+
+
+def judge_death(status: int | None, accepted: tuple[int, ...], waited_s: float) -> Judgement:
+    """An expected crash: PASS when the target was killed by one of the `accepted` signals; FAIL when it exited (any
+    status), was killed by another signal, or was still running `waited_s` seconds after it was let go (status None)."""
+    wanted = " or ".join(signal_name(s) for s in accepted)
+    if status is None:
+        return Judgement(Outcome.FAIL, f"still running {waited_s:.0f} s after continue (expected {wanted}): killed",
+                         [], Kind.NO_CRASH)
+    if os.WIFSIGNALED(status) and os.WTERMSIG(status) in accepted:
+        return Judgement(Outcome.PASS, f"{describe_status(status)}, as expected", [], Kind.CRASHED)
+    if os.WIFSIGNALED(status):
+        return Judgement(Outcome.FAIL, f"{describe_status(status)}, not by {wanted}", [], Kind.NO_CRASH)
+    return Judgement(Outcome.FAIL, f"{describe_status(status)} instead of crashing (expected {wanted})", [], Kind.NO_CRASH)
+

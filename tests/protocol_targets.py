@@ -35,6 +35,8 @@ class Language:
     notes: dict[str, list[str]] = field(default_factory=dict)   # scenario -> regular expressions over each note
     derived: dict[str, list[tuple[str, int]]] = field(default_factory=dict)   # scenario -> (label, length) sent
     exit_status: dict[str, int] = field(default_factory=dict)  # scenarios that end the process themselves
+    # Expected crashes: scenarios killed by this signal once let go from their last checkpoint (no `done`).
+    crashes: dict[str, str] = field(default_factory=dict)
     no_address: frozenset[tuple[str, str]] = frozenset()       # (scenario, checkpoint) reported as `-`
     one_address: bool = True                   # every checkpoint of a scenario reports the same address
     key_moves: tuple[str, ...] = ()             # ... except these: the key lives on in another object
@@ -61,9 +63,19 @@ C = Language(
         "stack.nowipe": ["in_use", "returned"],
         "stack.explicit_bzero": ["in_use", "returned"],
         "stdio.copy": ["in_use", "closed", "freed"],
+        "sodium.overflow": ["in_use", "past_end"],
+        "sodium.overflow.in_bounds": ["in_use", "last_byte"],
+        "sodium.underflow": ["in_use", "before_start"],
+        "sodium.underflow.intact": ["in_use", "freed"],
+        "sodium.readonly_write": ["in_use", "write"],
+        "sodium.readonly_write.readwrite": ["in_use", "written"],
+        "sodium.noaccess_read": ["in_use", "read"],
+        "sodium.noaccess_read.readwrite": ["in_use", "read"],
         "sodium.aes256gcm.state_kept": ["key_loaded", "key_wiped"],
         "sodium.aes256gcm.state_wiped": ["key_loaded", "key_wiped"],
     },
+    crashes={"sodium.overflow": "SIGSEGV", "sodium.underflow": "SIGSEGV", "sodium.readonly_write": "SIGSEGV",
+             "sodium.noaccess_read": "SIGSEGV"},
     sample="sodium.live",
     eof_scenarios=("sodium.live", "stdio.copy", "stack.nowipe"),
     bogus_reply_scenario="malloc.nowipe",
@@ -105,6 +117,10 @@ GO = Language(
         "secret.signal": ["inside", "after", "after_gc"],
         "secret.signal_nodo": ["inside", "after", "after_gc"],
         "memguard.locked_live": ["in_use"],
+        "memguard.overflow": ["in_use", "past_end"],
+        "memguard.overflow.in_bounds": ["in_use", "last_byte"],
+        "memguard.frozen_write": ["in_use", "write"],
+        "memguard.frozen_write.melted": ["in_use", "written"],
         "memguard.destroyed": ["in_use", "destroyed"],
         "memguard.enclave": ["loaded", "sealed"],
         "memguard.enclave_open": ["open", "destroyed"],
@@ -152,6 +168,7 @@ GO = Language(
     },
     # Scenarios that end the process themselves after `done`, and their status.
     exit_status={"memguard.safe_exit": 0, "memguard.interrupt": 1},
+    crashes={"memguard.overflow": "SIGABRT", "memguard.frozen_write": "SIGABRT"},
     no_address=frozenset({("secret.map", "before_gc"), ("secret.map", "after_gc"), ("secret.map_nodo", "before_gc"),
                           ("secret.map_nodo", "after_gc"), ("memguard.with_secret_do", "sealed")}),
     one_address=False,
@@ -169,7 +186,12 @@ NODE = Language(
         "node.string.hex": ["converted", "wiped", "dropped"],
         "node.string.base64": ["converted", "wiped", "dropped"],
         "node.string.latin1": ["converted", "wiped", "dropped"],
+        "node.sodium.readonly_write": ["in_use", "write"],
+        "node.sodium.readonly_write.readwrite": ["in_use", "written"],
+        "node.sodium.noaccess_read": ["in_use", "read"],
+        "node.sodium.noaccess_read.readwrite": ["in_use", "read"],
     },
+    crashes={"node.sodium.readonly_write": "SIGSEGV", "node.sodium.noaccess_read": "SIGSEGV"},
     sample="node.sodium.live",
     eof_scenarios=("node.sodium.live", "node.sodium.freed", "node.buffer.alloc"),
     bogus_reply_scenario="node.sodium.live",
@@ -183,6 +205,7 @@ NODE = Language(
         "node.string.hex": [r"gc_rounds=\d+"],
         "node.string.base64": [r"gc_rounds=\d+"],
         "node.string.latin1": [r"gc_rounds=\d+"],
+        "node.sodium.noaccess_read.readwrite": [r"read=\d+"],
     },
 )
 
@@ -245,7 +268,7 @@ def run_listing(command, *argv: str, env: dict[str, str]) -> subprocess.Complete
 def converse(language: str, scenario: str, secret: bytes, canary: bytes, on_checkpoint=None) -> Run:
     """A full conversation with the built target of `language` (see target_driver.drive)."""
     t = start(program(language).command, [scenario], harness_env(language, len(secret), len(canary)))
-    return drive(t, secret, canary, on_checkpoint)
+    return drive(t, secret, canary, on_checkpoint, crash=scenario in LANGUAGES[language].crashes)
 
 
 # ---------------------------------------------------------------- a copy that registers one name twice

@@ -135,15 +135,18 @@ class Run:
 DERIVED_LINE = re.compile(r"derived ([a-z0-9_]{1,64}) ([0-9]+)")
 
 
-def drive(t: Target, secret: bytes, canary: bytes, on_checkpoint=None) -> Run:
+def drive(t: Target, secret: bytes, canary: bytes, on_checkpoint=None, crash: bool = False) -> Run:
     """Full conversation with a started target; on_checkpoint(target, name, addr, probes)
-    runs while the target is stopped at a checkpoint (t.derived holds the derived values sent so far)."""
+    runs while the target is stopped at a checkpoint (t.derived holds the derived values sent so far).
+    `crash`: the target is expected to die after a checkpoint, so its channel ends without `done`."""
     lines, checkpoints, notes, probes, derived = [], [], [], {}, []
     try:
         assert t.readline() == "ready 1"
         t.send(canary + secret)
         while True:
             line = t.readline()
+            if line is None and crash and checkpoints:
+                break
             assert line is not None, f"EOF before done; lines so far: {lines}"
             lines.append(line)
             if line.startswith("checkpoint "):

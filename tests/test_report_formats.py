@@ -290,7 +290,8 @@ def test_sarif_rules_one_per_kind():
     rules = RULES
     assert len({r["id"] for r in rules}) == len(rules) and all(re.fullmatch(r"REM\d{3}", r["id"]) for r in rules)
     assert [r["name"] for r in rules] == ["secret-copy-remains", "expected-copy-missing", "secret-copy-misplaced",
-                                          "region-flags-wrong", "inconclusive", "harness-error", "notes-missing"]
+                                          "region-flags-wrong", "inconclusive", "harness-error", "notes-missing",
+                                          "no-crash"]
     for r in rules:
         assert r["shortDescription"]["text"] and r["fullDescription"]["text"]
         assert r["help"]["text"] and r["help"]["markdown"]

@@ -184,4 +184,5 @@ def test_error_and_skip_are_their_own_kind_and_every_kind_has_a_producer():
     assert outcome_kind(Outcome.FAIL, Kind.LEAK) == Kind.LEAK and outcome_kind(Outcome.ERROR, None) == Kind.ERROR
     # The runner's own: missing notes (FAIL) and processes not followed (INCONCLUSIVE) override the judge's.
     produced = {k for k, *_ in JUDGED_KINDS} | {Kind.ERROR, Kind.SKIP, Kind.MISSING_NOTES, Kind.NOT_FOLLOWED}
+    produced |= {Kind.CRASHED, Kind.NO_CRASH}    # judge_death's: tests/test_crash.py runs real deaths through it
     assert produced == set(Kind)

@@ -22,7 +22,7 @@ import jinja2
 
 from ..scan.encodings import fragment_text
 from ..snapshot import methods as snapshot_methods
-from ..verdict import hit_process
+from ..verdict import CRASH_SUBJECT, hit_process
 
 TEMPLATES = Path(__file__).with_name("templates")
 
@@ -511,7 +511,8 @@ def _hit_view(hit: dict, secrets_shown: bool, n: int) -> dict:
 
 
 def _expect_text(expect: str) -> str:
-    return {"present": "expect present", "absent": "expect absent", "observe": "observe only"}.get(expect, expect)
+    return {"present": "expect present", "absent": "expect absent", "observe": "observe only",
+            "crash": "expect a crash"}.get(expect, expect)
 
 
 class _MapCache:
@@ -544,6 +545,8 @@ def _subject_title(subject: str) -> str:
     if subject.startswith("derived:"):
         return (f"{subject}: a value the target derived from the secret, judged with its own expectation "
                 "at this checkpoint and method")
+    if subject == CRASH_SUBJECT:
+        return f"{subject}: how the target died, against the signals the checkpoint accepts (its core is judged apart)"
     return f"{subject}: the value this verdict looked for"
 
 

@@ -134,7 +134,8 @@ def verdict_seconds(v: dict) -> float:
 # The reports' name (the SARIF rule's) for each kind of FAIL the judge gives (verdict.Kind).
 _FAIL_NAMES = {Kind.LEAK: "secret-copy-remains", Kind.NOT_FOUND: "expected-copy-missing",
                Kind.NO_IMAGE_BY_POLICY: "expected-copy-missing", Kind.MISPLACED: "secret-copy-misplaced",
-               Kind.REGION_FLAGS: "region-flags-wrong", Kind.MISSING_NOTES: "notes-missing"}
+               Kind.REGION_FLAGS: "region-flags-wrong", Kind.MISSING_NOTES: "notes-missing",
+               Kind.NO_CRASH: "no-crash"}
 
 
 def leak_kind(verdict: dict) -> str | None:

@@ -146,6 +146,24 @@ RULES: list[dict] = [
         "properties": {"tags": _SECURITY + ["correctness"], "precision": "high", "problem.severity": "error",
                        "security-severity": "4.0"},
     },
+    {
+        "id": "REM008", "name": "no-crash",
+        "shortDescription": {"text": "The target did not crash as its protection promises"},
+        "fullDescription": {"text": "The checkpoint expects the target to be killed by a given signal (a guard page, a "
+                                    "read-only or no-access protection, a canary check), but it exited, kept running or "
+                                    "died by another signal."},
+        "help": {
+            "text": "A protection that should kill the program at once (a guard page, sodium_mprotect_readonly or "
+                    "_noaccess, a canary checked on free, memguard's Freeze) did not: the illegal access went through.",
+            "markdown": "**The target did not crash as expected**: a protection that should kill the program at once (a "
+                        "guard page, `sodium_mprotect_readonly`/`_noaccess`, a canary checked on free, memguard's "
+                        "`Freeze`) let the illegal access through, or the program died by another signal. The message "
+                        "says how it ended.",
+        },
+        "defaultConfiguration": {"level": "error"},
+        "properties": {"tags": _SECURITY + ["correctness"], "precision": "high", "problem.severity": "error",
+                       "security-severity": "6.0"},
+    },
 ]
 RULE_INDEX = {rule["name"]: i for i, rule in enumerate(RULES)}
 _HIT_KINDS = ("secret-copy-remains", "secret-copy-misplaced")
@@ -157,6 +175,7 @@ _WHAT = {
     "inconclusive": "the check{of} was inconclusive",
     "harness-error": "the check{of} could not run",
     "notes-missing": "the target did not note what the check{of} requires",
+    "no-crash": "the target did not crash as the check{of} expects",
 }
 
 

@@ -612,10 +612,26 @@ def _limits_from_proc(pid: int, name: str = "Max core file size") -> tuple[int, 
     return None
 
 
-def raise_core_limit(pid: int) -> tuple[tuple[int, int] | None, tuple[int, int] | None, str | None]:
-    """Raise RLIMIT_CORE of `pid` alone to unlimited (or as far as its hard limit lets us).
-    Returns (limit before, limit after, why it is not unlimited or None)."""
+OWN_LIMIT_ZERO = "the program set its own core limit to 0"
+
+
+def raise_core_limit(pid: int, program_policy: bool = False) -> tuple[tuple[int, int] | None, tuple[int, int] | None, str | None]:
+    """Raise RLIMIT_CORE of `pid` alone to unlimited (or as far as its hard limit lets us). With `program_policy` (a
+    crash of the program's own), only the soft limit, up to the hard limit the program left: a hard limit it lowered
+    is its policy. Returns (limit before, limit after, why it is not unlimited or None)."""
     inf = resource.RLIM_INFINITY
+    if program_policy:
+        try:
+            before = resource.prlimit(pid, resource.RLIMIT_CORE)
+            if before[1] == 0:
+                return before, before, OWN_LIMIT_ZERO
+            resource.prlimit(pid, resource.RLIMIT_CORE, (before[1], before[1]))
+        except ProcessLookupError as exc:
+            raise SnapshotError(f"process {pid} does not exist (exited?)") from exc
+        except OSError as exc:
+            return None, None, f"cannot raise the soft RLIMIT_CORE of process {pid}: {errno.errorcode.get(exc.errno, exc.errno)}"
+        return before, (before[1], before[1]), None if before[1] == inf else \
+            f"RLIMIT_CORE hard limit is {before[1]} (the program's): the core is cut at that size"
     no_cap = "" if has_capability(CAP_SYS_RESOURCE) else ", which the harness lacks"
     try:
         before = resource.prlimit(pid, resource.RLIMIT_CORE)
@@ -688,11 +704,12 @@ def _no_core(core_dir: Path, pid: int, cause: NoImageCause, reason: str, notes: 
                     not_produced_cause=cause)
 
 
-def take_kernel_core(pid: int, core_dir: Path, wait_for_exit: Callable[[float], int], timeout: float = 120) -> Snapshot:
+def take_kernel_core(pid: int, core_dir: Path, wait_for_exit: Callable[[float], int], timeout: float = 120,
+                     crash: Callable[[], None] | None = None) -> Snapshot:
     """`_take_kernel_core`, one at a time per folder the core goes to: two runs at once whose cores land in the same
     file (core_pattern `core`, user programs sharing a cwd) would otherwise take each other's."""
     with _one_core_at_a_time_in(_core_folder_key(pid)):
-        return _take_kernel_core(pid, core_dir, wait_for_exit, timeout)
+        return _take_kernel_core(pid, core_dir, wait_for_exit, timeout, crash)
 
 
 def _core_folder_key(pid: int) -> str:
@@ -708,10 +725,14 @@ def _one_core_at_a_time_in(folder: str) -> threading.Lock:
         return _folder_locks.setdefault(folder, threading.Lock())
 
 
-def _take_kernel_core(pid: int, core_dir: Path, wait_for_exit: Callable[[float], int], timeout: float) -> Snapshot:
+def _take_kernel_core(pid: int, core_dir: Path, wait_for_exit: Callable[[float], int], timeout: float,
+                      crash: Callable[[], None] | None) -> Snapshot:
     """SIGABRT the (blocked, live) child `pid` with its core limit raised, wait for it with `wait_for_exit`,
     find the core per core_pattern and move it into `core_dir` (0600). Returns the core's Snapshot, or a
-    region-less Snapshot with `not_produced` (`no core produced: <reason>`) and `not_produced_cause`."""
+    region-less Snapshot with `not_produced` (`no core produced: <reason>`) and `not_produced_cause`.
+    `crash`, instead of SIGABRT: lets the target go on to crash by itself (an expected crash); its core then
+    follows the program's own core limit (only the soft limit is raised, up to the hard limit it left)."""
+    provocation = "continue" if crash else "SIGABRT"
     core_dir = Path(core_dir)
     started = time.monotonic()
     try:
@@ -729,7 +750,7 @@ def _take_kernel_core(pid: int, core_dir: Path, wait_for_exit: Callable[[float],
     except OSError as exc:
         raise SnapshotError(f"process {pid} does not exist (exited?)") from exc
     cwd = cwd or core_dir
-    before, after, limit_problem = raise_core_limit(pid)
+    before, after, limit_problem = raise_core_limit(pid, program_policy=crash is not None)
     if after is not None:
         facts = CoreFacts(**{**facts.__dict__, "core_limit": after[0]})
     dumpable, dumpable_note = dumpable_observation(pid)
@@ -746,7 +767,9 @@ def _take_kernel_core(pid: int, core_dir: Path, wait_for_exit: Callable[[float],
         f"core_pattern {pattern!r}, core_uses_pid {int(uses_pid)}, fs.suid_dumpable {suid_dumpable}; target cwd {cwd}",
         "RLIMIT_CORE (soft, hard): " + (f"{tuple(map(_limit_text, before))} -> {tuple(map(_limit_text, after))}"
                                         if before and after else "unknown")
-        + (f"; {limit_problem}" if limit_problem else ""),
+        + (f"; {limit_problem}" if limit_problem else "")
+        + (f"; {OWN_LIMIT_ZERO} (soft and hard)" + ("" if after == before else ": raised by the harness")
+           if before == (0, 0) and limit_problem != OWN_LIMIT_ZERO else ""),
         dumpable_note,
         f"coredump_filter: {coredump_filter}",
         "where the core goes: " + "; ".join(obstacles + checked),
@@ -757,7 +780,7 @@ def _take_kernel_core(pid: int, core_dir: Path, wait_for_exit: Callable[[float],
     preexisting = existing_cores(pattern, cwd, uses_pid, facts.pid)
     signal_wall = time.time()
     try:
-        os.kill(pid, signal.SIGABRT)
+        crash() if crash else os.kill(pid, signal.SIGABRT)
     except ProcessLookupError as exc:
         raise SnapshotError(f"process {pid} does not exist (exited before SIGABRT)") from exc
     signalled = time.monotonic()
@@ -765,12 +788,15 @@ def _take_kernel_core(pid: int, core_dir: Path, wait_for_exit: Callable[[float],
     try:
         status = wait_for_exit(remaining)
     except (TimeoutError, subprocess.TimeoutExpired) as exc:
-        raise SnapshotError(f"process {pid} did not exit within {remaining:.0f}s of SIGABRT") from exc
+        raise SnapshotError(f"process {pid} did not exit within {remaining:.0f}s of {provocation}") from exc
     exited = time.monotonic()
     outcome = describe_status(status)
-    notes.append(f"{outcome}, {exited - signalled:.3f}s after SIGABRT")
+    notes.append(f"{outcome}, {exited - signalled:.3f}s after {provocation}")
     obstacles += full_after_the_crash(folder)
 
+    if crash and os.WIFEXITED(status):       # no crash: the program's core policy was never put to the test
+        return _finish(_no_core(core_dir, pid, NoImageCause.UNKNOWN, f"{outcome}: the target did not crash", notes),
+                       started)
     if not (os.WIFSIGNALED(status) and os.WCOREDUMP(status)):
         cause, reason = no_core_cause(status, NoCoreFacts(before, after, limit_problem, dumpable, dumpable_note,
                                                           is_go, gotraceback, obstacles, checked))

@@ -37,6 +37,10 @@ class Occasion:
     wait_exit: Callable[[float], int] | None = None   # the runner owns the target's waitpid
     resume_target: Callable[[], None] | None = None
     exit_stop: object | None = None          # snapshot.exitstop.ExitStop, armed and stopped at the exit
+    # An expected crash: lets the held target go on to crash by itself (kernel-core then takes the core that crash
+    # leaves instead of sending SIGABRT), waiting at most `timeout` seconds for it.
+    crash: Callable[[], None] | None = None
+    timeout: float = 120
 
 
 @dataclass(frozen=True)
@@ -171,8 +175,8 @@ def _take_gcore(dump_all: bool) -> Callable[[Occasion], Snapshot]:
 def _take_kernel_core(occasion: Occasion) -> Snapshot:
     from . import scratch
     from .kernelcore import take_kernel_core
-    occasion.resume_target()     # the abort must be delivered: let the target run again if it is held
-    snapshot = take_kernel_core(occasion.pid, occasion.workdir, occasion.wait_exit)
+    occasion.resume_target()     # the abort (or the crash) must happen: let the target run again if it is held
+    snapshot = take_kernel_core(occasion.pid, occasion.workdir, occasion.wait_exit, occasion.timeout, occasion.crash)
     if snapshot.not_produced is None:   # off the disk at once: from here on it lives as long as we do
         snapshot.path = scratch.adopt(snapshot.path)
     return snapshot

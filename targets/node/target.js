@@ -149,6 +149,54 @@ register('node.string.hex', stringScenario('hex'))
 register('node.string.base64', stringScenario('base64'))
 register('node.string.latin1', stringScenario('latin1'))
 
+// Expected crashes: a write after sodium_mprotect_readonly, a read after sodium_mprotect_noaccess, each announced
+// right before the illegal access; their twins make the key read-write again first and must not crash. (One byte past
+// the end or before the start cannot be reached from JavaScript: Buffers are bounds-checked and every sodium-native
+// binding checks its buffers' lengths.) Node's own SIGSEGV handler (for WebAssembly traps) hands any other fault
+// back to the default action: the process dies by SIGSEGV.
+register('node.sodium.readonly_write', () => {
+  const s = lib()
+  const { key, address } = sodiumKey()
+  checkpoint('in_use', address)
+  s.sodium_mprotect_readonly(key)
+  checkpoint('write', address)
+  key[0] ^= 0x5a
+  fail('a write to a sodium_mprotect_readonly key did not crash')
+})
+
+register('node.sodium.readonly_write.readwrite', () => {
+  const s = lib()
+  const { key, address } = sodiumKey()
+  checkpoint('in_use', address)
+  s.sodium_mprotect_readonly(key)
+  s.sodium_mprotect_readwrite(key)
+  key[0] ^= 0x5a
+  key[0] ^= 0x5a // twice: the key is whole again
+  checkpoint('written', address)
+  use(key)
+})
+
+register('node.sodium.noaccess_read', () => {
+  const s = lib()
+  const { key, address } = sodiumKey()
+  checkpoint('in_use', address)
+  s.sodium_mprotect_noaccess(key)
+  checkpoint('read', address)
+  note({ read: key[0] })
+  fail('a read of a sodium_mprotect_noaccess key did not crash')
+})
+
+register('node.sodium.noaccess_read.readwrite', () => {
+  const s = lib()
+  const { key, address } = sodiumKey()
+  checkpoint('in_use', address)
+  s.sodium_mprotect_noaccess(key)
+  s.sodium_mprotect_readwrite(key)
+  note({ read: key[0] })
+  checkpoint('read', address)
+  use(key)
+})
+
 module.exports = { register, names }
 
 if (require.main === module) main(process.argv.slice(2), { requireGc: true })
