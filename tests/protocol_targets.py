@@ -119,6 +119,8 @@ GO = Language(
         "memguard.locked_live": ["in_use"],
         "memguard.overflow": ["in_use", "past_end"],
         "memguard.overflow.in_bounds": ["in_use", "last_byte"],
+        "memguard.underflow": ["in_use", "destroy"],
+        "memguard.underflow.intact": ["in_use", "destroyed"],
         "memguard.frozen_write": ["in_use", "write"],
         "memguard.frozen_write.melted": ["in_use", "written"],
         "memguard.destroyed": ["in_use", "destroyed"],
@@ -168,7 +170,7 @@ GO = Language(
     },
     # Scenarios that end the process themselves after `done`, and their status.
     exit_status={"memguard.safe_exit": 0, "memguard.interrupt": 1},
-    crashes={"memguard.overflow": "SIGABRT", "memguard.frozen_write": "SIGABRT"},
+    crashes={"memguard.overflow": "SIGABRT", "memguard.underflow": "SIGABRT", "memguard.frozen_write": "SIGABRT"},
     no_address=frozenset({("secret.map", "before_gc"), ("secret.map", "after_gc"), ("secret.map_nodo", "before_gc"),
                           ("secret.map_nodo", "after_gc"), ("memguard.with_secret_do", "sealed")}),
     one_address=False,

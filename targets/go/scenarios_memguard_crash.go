@@ -1,7 +1,9 @@
 // memguard expected crashes: memguard.overflow (one byte written past the end
-// of a LockedBuffer through unsafe: the guard page), memguard.frozen_write (a
-// write after Freeze: the data pages are read-only), each with a twin that
-// does the legal thing (the last byte; a write after Melt) and must not crash.
+// of a LockedBuffer through unsafe: the guard page), memguard.underflow (one
+// byte written before its start, into the canary, then Destroy: the canary
+// check panics), memguard.frozen_write (a write after Freeze: the data pages
+// are read-only), each with a twin that does the legal thing (the last byte;
+// no stray write; a write after Melt) and must not crash.
 //
 // Each crash scenario announces its last checkpoint right before the illegal
 // act. The fault is not a Go panic: the runtime reports "unexpected fault
@@ -16,6 +18,8 @@ import (
 func init() {
 	register("memguard.overflow", memguardOverflow)
 	register("memguard.overflow.in_bounds", memguardOverflowInBounds)
+	register("memguard.underflow", memguardUnderflow)
+	register("memguard.underflow.intact", memguardUnderflowIntact)
 	register("memguard.frozen_write", memguardFrozenWrite)
 	register("memguard.frozen_write.melted", memguardFrozenWriteMelted)
 }
@@ -41,6 +45,22 @@ func memguardOverflowInBounds() {
 	flipAt(&buf.Bytes()[0], buf.Size()-1) // twice: the key is whole again
 	remanence.Checkpoint("last_byte", where)
 	buf.Destroy()
+}
+
+func memguardUnderflow() {
+	buf, where := lockedKey()
+	remanence.Checkpoint("in_use", where)
+	remanence.Checkpoint("destroy", where)
+	flipAt(&buf.Bytes()[0], -1) // the canary's last byte, right before the data
+	buf.Destroy()
+	remanence.Failf("Destroy of a LockedBuffer whose canary was overwritten did not crash")
+}
+
+func memguardUnderflowIntact() {
+	buf, where := lockedKey()
+	remanence.Checkpoint("in_use", where)
+	buf.Destroy()
+	remanence.Checkpoint("destroyed", where)
 }
 
 func memguardFrozenWrite() {
