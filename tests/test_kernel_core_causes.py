@@ -167,7 +167,7 @@ def abort(proc: subprocess.Popen, private: Path):
 CASES = {
     # name: (target settings, the target runs as nobody, cwd writable by it, cause, words the reason must hold)
     "hard-limit-0": (dict(core="0:0"), False, True, NoImageCause.POLICY,
-                     ["RLIMIT_CORE hard limit is 0 (set by the target)"]),
+                     ["the program set its own core limit to 0, and it could not be raised"]),
     "not-dumpable": (dict(core=f"{INF}:{INF}", dumpable="0"), True, True, NoImageCause.POLICY,
                      ["(process not dumpable)"]),
     "root-not-dumpable": (dict(dumpable="0"), False, True, NoImageCause.UNKNOWN,

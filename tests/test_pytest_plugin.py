@@ -54,6 +54,12 @@ WRONG_ORIGINAL = 'name = "freed"\nexpect = "present"\nwhere = "heap"'
 WRONG_REPLACED = 'name = "freed"\nexpect = "absent"'
 FOUR_METHODS = 'methods = ["procmem", "gcore", "gcore-all", "kernel-core"]'
 
+
+def without_swap(scenario: str) -> str:
+    """A scenario file without the swap method and its expectations: these tests count the items of four methods."""
+    scenario = scenario.replace(', "swap"]', "]")
+    return re.sub(r"\[checkpoints\.per_method\.swap\]\n(?:\w[^\n]*\n)*\n?", "", scenario)
+
 IDS = [
     "scenarios/c/malloc.nowipe.toml::in_use[procmem]",
     "scenarios/c/malloc.nowipe.toml::in_use[gcore]",
@@ -98,11 +104,11 @@ def project(pytester, monkeypatch):
     pytester.makeconftest(CONFTEST)
     c = pytester.path / "scenarios" / "c"
     c.mkdir(parents=True)
-    nowipe = (SCENARIOS / "malloc.nowipe.toml").read_text()
+    nowipe = without_swap((SCENARIOS / "malloc.nowipe.toml").read_text())
     assert FOUR_METHODS in nowipe and WRONG_ORIGINAL in nowipe
     reduced = nowipe.replace(FOUR_METHODS, 'methods = ["procmem", "gcore"]')
     (c / "malloc.nowipe.toml").write_text(reduced)
-    (c / "sodium.live.toml").write_text((SCENARIOS / "sodium.live.toml").read_text())
+    (c / "sodium.live.toml").write_text(without_swap((SCENARIOS / "sodium.live.toml").read_text()))
     (c / "wrong.toml").write_text(reduced.replace('name = "malloc.nowipe"', 'name = "wrong.nowipe"\nentry = "malloc.nowipe"')
                                   .replace(WRONG_ORIGINAL, WRONG_REPLACED))
     (c / "unknown.toml").write_text(selftest("nosuch.scenario", 5))

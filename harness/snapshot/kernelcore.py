@@ -657,10 +657,11 @@ def raise_core_limit(pid: int, program_policy: bool = False) -> tuple[tuple[int,
     except OSError as exc:
         first_error = errno.errorcode.get(exc.errno, str(exc.errno))
     hard = before[1]
-    why = (f"RLIMIT_CORE hard limit is {_limit_text(hard)} (set by the target) and could not be raised: {first_error}"
-           + (f" (raising a hard limit needs CAP_SYS_RESOURCE{no_cap})" if no_cap else ""))
-    if hard == 0:
-        return before, before, why
+    could_not = f"could not be raised: {first_error}" + (f" (raising a hard limit needs CAP_SYS_RESOURCE{no_cap})"
+                                                          if no_cap else "")
+    if hard == 0:      # below the harness's own (inherited from it otherwise): the program lowered it
+        return before, before, f"{OWN_LIMIT_ZERO}, and it {could_not}"
+    why = f"RLIMIT_CORE hard limit is {_limit_text(hard)} (set by the target) and {could_not}"
     try:
         resource.prlimit(pid, resource.RLIMIT_CORE, (hard, hard))
     except OSError as exc:
