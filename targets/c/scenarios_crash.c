@@ -17,6 +17,7 @@
  * act; the harness lets it go on and judges how it died and the core it left.
  */
 #include "remanence.h"
+#include "sodium_key.h"
 
 #include <errno.h>
 #include <sodium.h>
@@ -24,15 +25,8 @@
 
 static unsigned char *guarded_key(size_t n)
 {
-    unsigned char *key;
+    unsigned char *key = sodium_key(n);
 
-    if (sodium_init() < 0)
-        rem_fail("sodium_init failed");
-    key = sodium_malloc(n);
-    if (key == NULL)
-        rem_fail("sodium_malloc(%zu) failed", n);
-    rem_read_secret(key, n);
-    rem_use(key, n);
     rem_checkpoint("in_use", key);
     return key;
 }

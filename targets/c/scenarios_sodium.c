@@ -4,6 +4,7 @@
  */
 #define _GNU_SOURCE
 #include "remanence.h"
+#include "sodium_key.h"
 
 #include <errno.h>
 #include <linux/capability.h>
@@ -13,8 +14,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-/* sodium_init, sodium_malloc(n), read the secret straight into it, use it. */
-static unsigned char *sodium_key(size_t n)
+unsigned char *sodium_key(size_t n)
 {
     unsigned char *key;
 
