@@ -324,14 +324,22 @@ class RunEntry(_Record):
 
 @dataclass
 class Aggregate(_Record):
+    """One scenario x checkpoint x method x subject over its repetitions: the finding (where the secret survives)
+    beside the gate's outcomes. Every repetition counts once in `full`, `fragments`, `clean` or `unknown`."""
+
     scenario: str
     checkpoint: str
     method: str
     subject: str = "secret"
     expect: str = ""
     runs: int = 0
-    found: int = 0
+    found: int = 0                                       # runs with any copy, full or fragment
     outcomes: dict[str, int] = field(default_factory=dict)
+    full: int = 0                                        # runs with a full copy
+    fragments: int = 0                                   # runs with fragments only
+    clean: int = 0                                       # runs with no copy, judged on evidence (PASS or FAIL)
+    unknown: int = 0                                     # runs whose snapshot proves nothing (INCONCLUSIVE, ERROR, SKIP)
+    regions: list[str] = field(default_factory=list)    # kinds of the regions copies were found in
 
 
 @dataclass
@@ -483,6 +491,15 @@ def aggregates(verdicts: list[VerdictEntry]) -> list[Aggregate]:
         agg.runs += 1
         agg.found += bool(v.hits)
         agg.outcomes[v.outcome.value] = agg.outcomes.get(v.outcome.value, 0) + 1
+        if any(h.full for h in v.hits):
+            agg.full += 1
+        elif v.hits:
+            agg.fragments += 1
+        elif v.outcome in (Outcome.PASS, Outcome.FAIL):
+            agg.clean += 1
+        else:
+            agg.unknown += 1
+        agg.regions = sorted(set(agg.regions) | {h.region.kind for h in v.hits})
     return list(groups.values())
 
 

@@ -136,3 +136,19 @@ def test_merge_of_a_broken_document_is_one_line_on_the_command_line(tmp_path, ca
     err = capsys.readouterr().err
     assert err.strip() == f"remanence: {path}: verdicts[0]: scenario is missing"
     assert not (tmp_path / "merged").exists()
+
+
+def test_aggregates_say_where_the_secret_survives_beside_the_gate():
+    from remanence.document import HitEntry, RegionEntry, VerdictEntry, aggregates
+
+    def verdict(repetition: int, outcome: Outcome, *hits: tuple[bool, str]) -> VerdictEntry:
+        return VerdictEntry("s", repetition, "after", "procmem", expect="absent", outcome=outcome,
+                            hits=[HitEntry("f", full=full, region=RegionEntry(kind=kind)) for full, kind in hits])
+
+    [agg] = aggregates([verdict(1, Outcome.FAIL, (True, "heap"), (False, "stack")),
+                        verdict(2, Outcome.FAIL, (False, "registers")),
+                        verdict(3, Outcome.PASS), verdict(4, Outcome.INCONCLUSIVE), verdict(5, Outcome.ERROR)])
+    assert (agg.runs, agg.found, agg.full, agg.fragments, agg.clean, agg.unknown) == (5, 2, 1, 1, 1, 2)
+    assert agg.regions == ["heap", "registers", "stack"]
+    assert agg.outcomes == {"FAIL": 2, "PASS": 1, "INCONCLUSIVE": 1, "ERROR": 1}
+    jsonschema.validate({"aggregates": [agg.to_json()]}, {**schema(), "required": []})
