@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from remanence.report import write_report
-from remanence.report.html_report import HtmlReporter, build_view
+from remanence.report.html_report import DETAILED, HtmlReporter, build_view, layout_map, overlay
 
 GOLDEN = Path(__file__).parent / "golden"
 SAMPLE = GOLDEN / "sample-results.json"
@@ -164,7 +164,9 @@ def _dump_cells(text: str) -> tuple[tuple[str, ...], str]:
 
 def test_hexdumps_show_exactly_the_masked_context(doc, page):
     assert doc["secrets_shown"] is False
-    expected = Counter(tuple(h["context"]["bytes"].split()) for v in doc["verdicts"] for h in v["hits"] if h["context"])
+    expected = Counter(tuple(h["context"]["bytes"].split()) for v in doc["verdicts"] if v["outcome"] in DETAILED
+                       for h in v["hits"] if h["context"])
+    assert expected                                           # the FAIL's hit: its hexdump, masked
     parser = _Dumps()
     parser.feed(page)
     rendered = [_dump_cells(d) for d in parser.dumps]
@@ -201,6 +203,10 @@ def _verdict(view, scenario, checkpoint, method):
                 if (vd["scenario"], vd["checkpoint"], vd["method"]) == (scenario, checkpoint, method))
 
 
+def _document_verdict(doc, scenario, checkpoint, method):
+    return next(v for v in doc["verdicts"] if (v["scenario"], v["checkpoint"], v["method"]) == (scenario, checkpoint, method))
+
+
 def _block_at(layout, x):
     return next(it for it in layout["items"] if it["x"] <= x <= it["x"] + it["w"])
 
@@ -213,45 +219,75 @@ def test_map_shows_heap_copy_and_clean_guarded_page(doc):
     assert pin["tone"] == "fail" and _block_at(layout, float(pin["x"]))["kind"] == "heap"
     assert over["outline"] is not None and not over["outline"]["gap"]
 
-    live = _verdict(view, "sodium.live", "in_use", "procmem")
-    layout, over = live["snapshot"]["layout"], live["snapshot"]["overlay"]
-    (pin,) = over["pins"]
+    # a PASS is one line in the page, without a map; the map is still what the same code would draw
+    assert _verdict(view, "sodium.live", "in_use", "procmem")["snapshot"] is None
+    live = _document_verdict(doc, "sodium.live", "in_use", "procmem")
+    layout = layout_map(live["snapshot"])
+    (pin,) = overlay(layout, live)["pins"]
     block = _block_at(layout, float(pin["x"]))
     assert pin["tone"] == "seen" and block["guarded"] and block["locked"] and block["dont_dump"]
     assert any(label["text"] == "guarded page" for label in layout["labels"])
 
-    dumped = _verdict(view, "sodium.live", "in_use", "gcore")
-    layout, over = dumped["snapshot"]["layout"], dumped["snapshot"]["overlay"]
+    dumped = _document_verdict(doc, "sodium.live", "in_use", "gcore")
+    layout = layout_map(dumped["snapshot"])
+    over = overlay(layout, dumped)
     assert over["pins"] == [] and over["outline"]["gap"]          # the intended page was left out: hatched, clean
     assert {b["cls"] for b in layout["blocks"]} >= {"b g-excluded", "b k-heap", "b guard"}
     assert layout["strip"]["threads"] == 1 and any(c["text"] == "PRSTATUS" for c in layout["strip"]["cells"])
 
 
-def test_matrix_worst_outcome_and_rates(doc):
-    rows = {row["scenario"]: row for group in build_view(doc)["matrix"] for row in group["rows"]}
-    memset = {c["method"]: c for c in rows["malloc.memset"]["cells"]}
-    assert memset["procmem"]["outcome"] == "FAIL" and memset["gcore"]["outcome"] is None
-    memzero = {c["method"]: c for c in rows["malloc.memzero"]["cells"]}["procmem"]
-    assert memzero["outcome"] == "PASS" and [c["rate"] for c in memzero["chips"]] == ["2/2", "2/2"]
-    assert [g["language"] for g in build_view(doc)["matrix"]] == ["C", "Go"]
+def _findings(view) -> dict:
+    """(scenario, checkpoint, subject or None, method) -> the findings grid's cell."""
+    return {(sc["name"], row["checkpoint"], row["subject"], cell["method"]): cell
+            for group in view["findings"] for sc in group["scenarios"] for row in sc["rows"] for cell in row["cells"]}
 
 
-def test_big_document_renders_fast_and_draws_each_region_list_once(doc):
-    """Hundreds of verdicts: a snapshot whose regions and gaps equal an earlier one's refers to its drawing."""
-    import time
-    big = copy.deepcopy(doc)
-    big["runs"], big["verdicts"] = [], []
-    for i in range(30):
-        for run in doc["runs"]:
-            big["runs"].append({**run, "scenario": f"{run['scenario']}.{i}"})
-        for v in doc["verdicts"]:
-            big["verdicts"].append({**copy.deepcopy(v), "scenario": f"{v['scenario']}.{i}"})
-    started = time.monotonic()
-    out = HtmlReporter().render(big)
-    assert time.monotonic() - started < 15
-    drawn = len(re.findall(r'<g id="map-', out))
-    reused = len(re.findall(r'<use href="#map-', out))
-    assert drawn + reused == sum(1 for v in big["verdicts"] if v["snapshot"]) and drawn < reused
+def test_findings_say_what_survives_beside_the_outcome(doc):
+    view = build_view(doc)
+    cells = _findings(view)
+    seen = {key[:3] + (key[3],): (c["outcome"], c.get("kind"), c.get("tone"), c.get("regions"), c.get("rate"))
+            for key, c in cells.items() if c["outcome"]}
+    assert seen == {
+        ("malloc.memset", "in_use", None, "procmem"): ("PASS", "full", "expected", "heap", None),
+        ("malloc.memset", "freed", None, "procmem"): ("FAIL", "full", "unexpected", "heap", None),
+        ("malloc.memzero", "in_use", None, "procmem"): ("PASS", "full", "expected", "heap", "2/2"),
+        ("malloc.memzero", "freed", None, "procmem"): ("PASS", "clean", "expected", "", "2/2"),
+        # the leak the scenario expects: a full copy, as expected, beside a PASS -- not the same cell as a clean PASS
+        ("malloc.nowipe", "in_use", None, "procmem"): ("PASS", "full", "expected", "heap", None),
+        ("malloc.nowipe", "in_use", None, "gcore"): ("PASS", "full", "expected", "heap", None),
+        ("malloc.nowipe", "freed", None, "procmem"): ("PASS", "full", "expected", "heap", None),
+        ("malloc.nowipe", "freed", None, "gcore"): ("PASS", "full", "expected", "heap", None),
+        ("secret.return", "after", None, "procmem"): ("SKIP", "unknown", "neutral", "", None),
+        ("selftest.crash", "in_use", None, "procmem"): ("PASS", "full", "expected", "file", None),
+        ("selftest.crash", "after", None, "procmem"): ("ERROR", "unknown", "neutral", "", None),
+        ("sodium.live", "in_use", None, "procmem"): ("PASS", "full", "expected", "anonymous", None),
+        ("sodium.live", "in_use", None, "gcore"): ("PASS", "clean", "expected", "", None)}
+    assert cells[("malloc.memset", "in_use", None, "gcore")]["outcome"] is None
+    assert cells[("malloc.memset", "freed", None, "procmem")]["href"] == "#v-malloc.memset-1-freed-procmem"
+    assert [g["language"] for g in view["findings"]] == ["C", "Go"]
+    assert view["methods"] == ["procmem", "gcore"]
+
+
+def test_findings_are_the_documents_aggregates(doc):
+    """The grid renders what the document counted, it does not count again: an aggregate that says two runs had
+    fragments and another had no evidence is shown so, whatever the verdicts hold."""
+    changed = copy.deepcopy(doc)
+    agg = next(a for a in changed["aggregates"] if (a["scenario"], a["checkpoint"]) == ("malloc.memzero", "freed"))
+    agg.update(runs=3, full=0, fragments=2, clean=0, unknown=1, regions=["stack"], outcomes={"PASS": 1, "FAIL": 2})
+    cell = _findings(build_view(changed))[("malloc.memzero", "freed", None, "procmem")]
+    assert (cell["kind"], cell["word"], cell["rate"], cell["regions"], cell["outcome"], cell["tone"]) == (
+        "fragments", "fragments", "2/3", "stack", "FAIL", "unexpected")
+    assert "fragments only in 2" in cell["title"] and "no evidence in 1" in cell["title"]
+
+
+def test_passing_verdicts_are_one_line_each_and_failures_in_full(doc, page):
+    articles = re.findall(r'<article class="verdict o-([A-Z]+)" id="([^"]+)"', page)
+    lines = re.findall(r'<tr class="vl o-([A-Z]+)" id="([^"]+)"', page)
+    assert sorted(o for o, _ in articles) == sorted(v["outcome"] for v in doc["verdicts"] if v["outcome"] in DETAILED)
+    assert len(articles) + len(lines) == len(doc["verdicts"]) == len({i for _, i in articles + lines})
+    assert len(re.findall(r'<svg class="amap"', page)) == 1       # the FAIL's map, none for the passes
+    nowipe = re.search(r'<tr class="vl o-PASS" id="v-malloc.nowipe-1-freed-gcore".*?</tr>', page, re.S)[0]
+    assert "found as expected: full copy (raw) in [heap] at 0x556e0bcb82e0 [intended region]" in nowipe
 
 
 # --- a real browser -------------------------------------------------------------------------------------
@@ -332,20 +368,24 @@ def test_in_headless_chromium(doc, tmp_path):
     dom.feed(_chromium("--dump-dom", report.as_uri(), tmp=tmp_path))
     assert _find(dom.root, "body"), "chromium rendered no DOM"
 
-    (matrix,) = _find(dom.root, "table", class_="matrix")
-    (row,) = _find(matrix, "tr", data_scenario="malloc.memset")
-    (cell,) = _find(row, "td", data_method="procmem")
-    assert cell["attrs"]["data-outcome"] == "FAIL" and "FAIL" in _text(cell)
-    (memzero,) = _find(matrix, "tr", data_scenario="malloc.memzero")
-    assert _find(memzero, "td", data_method="procmem")[0]["attrs"]["data-outcome"] == "PASS"
+    (grid,) = _find(dom.root, "table", class_="findings")
+    (memset,) = _find(grid, "tbody", data_scenario="malloc.memset")
+    (freed,) = _find(memset, "tr", data_checkpoint="freed")
+    (cell,) = _find(freed, "td", data_method="procmem")
+    assert (cell["attrs"]["data-outcome"], cell["attrs"]["data-finding"]) == ("FAIL", "full")
+    assert "full copy" in _text(cell) and "FAIL" in _text(cell) and "heap" in _text(cell)
+    (memzero,) = _find(grid, "tbody", data_scenario="malloc.memzero")
+    (wiped,) = _find(_find(memzero, "tr", data_checkpoint="freed")[0], "td", data_method="procmem")
+    assert (wiped["attrs"]["data-outcome"], wiped["attrs"]["data-finding"]) == ("PASS", "clean")
 
-    freed = _find(dom.root, "article", data_scenario="malloc.nowipe", data_checkpoint="freed")
+    (leak,) = _find(dom.root, "article", data_scenario="malloc.memset", data_checkpoint="freed")
+    (hit,) = _find(leak, "tr", class_="hit")
+    assert "[heap]" in _text(hit) and "intended" in _text(hit)
+    assert _find(leak, "svg", class_="amap"), "no address map"
+    freed = _find(dom.root, "tr", class_="vl", data_scenario="malloc.nowipe", data_checkpoint="freed")
     assert {a["attrs"]["data-method"] for a in freed} == {"procmem", "gcore"}
-    for article in freed:
-        (hit,) = _find(article, "tr", class_="hit")
-        text = _text(hit)
-        assert "0x556e0bcb82e0" in text and "[heap]" in text and "intended" in text
-        assert _find(article, "svg", class_="amap"), "no address map"
+    for line in freed:
+        assert "0x556e0bcb82e0" in _text(line) and "[heap]" in _text(line) and "PASS" in _text(line)
 
     shot = tmp_path / "report.png"
     _chromium(f"--screenshot={shot}", "--window-size=1400,2000", "--hide-scrollbars", report.as_uri(), tmp=tmp_path)
@@ -364,13 +404,14 @@ def test_subjects_in_headless_chromium(derived_doc, tmp_path):
     dom.feed(_chromium("--dump-dom", report.as_uri(), tmp=tmp_path))
     assert _find(dom.root, "body"), "chromium rendered no DOM"
 
-    (matrix,) = _find(dom.root, "table", class_="matrix")
-    (row,) = _find(matrix, "tr", data_scenario="proto.kx")
-    (cell,) = _find(row, "td", data_method="procmem")
-    chips = [(_text(c).strip(), c["attrs"]["class"]) for c in _find(cell, "span", class_="chip")]
-    assert chips == [("exchanged 2/2", "chip o-PASS"), ("exchangedderived:session_rx 2/2", "chip o-PASS"),
-                     ("wiped 2/2", "chip o-PASS"), ("wipedderived:session_rx 1/2", "chip o-FAIL"),
-                     ("wipedderived:session_tx 2/2", "chip o-ERROR")]
+    (grid,) = _find(dom.root, "table", class_="findings")
+    (kx,) = _find(grid, "tbody", data_scenario="proto.kx")
+    rows = [(r["attrs"]["data-checkpoint"], r["attrs"].get("data-subject"),
+             _find(r, "td", data_method="procmem")[0]["attrs"]["data-outcome"],
+             _find(r, "td", data_method="procmem")[0]["attrs"]["data-finding"]) for r in _find(kx, "tr", class_="fr")]
+    assert rows == [("exchanged", None, "PASS", "full"), ("exchanged", "derived:session_rx", "PASS", "full"),
+                    ("wiped", None, "PASS", "clean"), ("wiped", "derived:session_rx", "FAIL", "full"),
+                    ("wiped", "derived:session_tx", "ERROR", "unknown")]
 
     failed = _find(dom.root, "article", data_scenario="proto.kx", data_checkpoint="wiped",
                    data_subject="derived:session_rx", data_outcome="FAIL")
@@ -380,7 +421,7 @@ def test_subjects_in_headless_chromium(derived_doc, tmp_path):
     (hit,) = _find(failed[0], "tr", class_="hit")
     intended = [td for td in hit["children"] if isinstance(td, dict) and td["tag"] == "td"][6]
     assert _text(intended) == "—"
-    assert len(_find(dom.root, "article", data_subject="secret")) == 4
+    assert len(_find(dom.root, "tr", class_="vl", data_subject="secret")) == 4
 
     (scan,) = _find(dom.root, "section", data_scenario="core.4242")
     keys = [_text(i) for i in _find(scan, "i")]

@@ -232,26 +232,32 @@ def test_markdown_no_subject_column_for_secret_only():
 
 # --- HTML ---------------------------------------------------------------------------------------------------
 
-def test_html_matrix_counts_per_subject():
+def test_html_findings_per_subject():
     view = build_view(derived())
-    rows = {row["scenario"]: row for group in view["matrix"] for row in group["rows"]}
-    cell = next(c for c in rows["proto.kx"]["cells"] if c["method"] == "procmem")
-    assert [(c["checkpoint"], c["subject"], c["outcome"], c["rate"]) for c in cell["chips"]] == [
-        ("exchanged", None, "PASS", "2/2"), ("exchanged", RX, "PASS", "2/2"), ("wiped", None, "PASS", "2/2"),
-        ("wiped", RX, "FAIL", "1/2"), ("wiped", TX, "ERROR", "2/2")]
-    assert cell["outcome"] == "FAIL" and cell["where_what"] == RX and cell["where"] == "[heap]"
-    scan = next(c for c in rows["core.4242"]["cells"] if c["method"] == "core-file")
-    assert [(c["subject"], c["outcome"]) for c in scan["chips"]] == [("api", "FAIL"), ("secret-2", "PASS")]
+    rows = {sc["name"]: sc["rows"] for group in view["findings"] for sc in group["scenarios"]}
+
+    def procmem(row):
+        return next(c for c in row["cells"] if c["method"] == "procmem")
+    assert [(r["checkpoint"], r["subject"], procmem(r)["outcome"], procmem(r)["word"], procmem(r)["rate"])
+            for r in rows["proto.kx"]] == [
+        ("exchanged", None, "PASS", "full copy", "2/2"), ("exchanged", RX, "PASS", "full copy", "2/2"),
+        ("wiped", None, "PASS", "clean", "2/2"), ("wiped", RX, "FAIL", "full copy", "1/2"),
+        ("wiped", TX, "ERROR", "no evidence", "2/2")]
+    assert procmem(rows["proto.kx"][3])["regions"] == "heap"
+    scan = [(r["subject"], next(c for c in r["cells"] if c["method"] == "core-file")["outcome"])
+            for r in rows["core.4242"]]
+    assert scan == [("api", "FAIL"), ("secret-2", "PASS")]
 
 
 def test_html_verdicts_show_subject():
     doc = derived()
     page = HtmlReporter().render(doc)
-    ids = re.findall(r'<article class="verdict [^"]*" id="([^"]+)"', page)
+    ids = re.findall(r'<(?:article class="verdict|tr class="vl) [^"]*" id="([^"]+)"', page)
     assert len(ids) == len(doc["verdicts"]) == len(set(ids)) and not any("~" in i for i in ids)
-    articles = re.findall(r'<article [^>]*data-subject="([^"]+)"', page)
-    assert Counter(articles) == Counter(v["subject"] for v in doc["verdicts"])
-    chips = re.findall(r'<span class="name">[^\n]*?</span> <span class="subj" title="[^"]*">([^<]+)</span>', page)
+    shown = re.findall(r'<(?:article class="verdict|tr class="vl) [^>]*data-subject="([^"]+)"', page)
+    assert Counter(shown) == Counter(v["subject"] for v in doc["verdicts"])
+    chips = re.findall(r'(?:<span class="name">[^\n]*?</span>|<td class="name">[^\n]*?) <span class="subj" title="[^"]*">'
+                       r'([^<]+)</span>', page)
     assert Counter(chips) == Counter(v["subject"] for v in doc["verdicts"] if v["subject"] != "secret")
 
 
@@ -266,9 +272,12 @@ def test_html_run_header_names_the_control_of_a_scan():
 
 def test_html_intended_column_without_intended_address():
     doc = derived()
+    for v in doc["verdicts"]:        # hit tables are drawn for failures: make every verdict with hits one
+        if v["hits"]:
+            v["outcome"] = "FAIL"
     page = HtmlReporter().render(doc)
     articles = re.findall(r'(<article [^>]*data-subject="([^"]+)".*?</article>)', page, re.S)
-    assert len(articles) == len(doc["verdicts"])
+    assert len(articles) == sum(1 for v in doc["verdicts"] if v["outcome"] == "FAIL")
     checked = Counter()
     for article, subject in articles:
         cells = re.findall(r'<tr class="hit">(?:.*?<td.*?</td>){6}\s*<td>(.*?)</td>', article, re.S)

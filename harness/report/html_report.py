@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -550,10 +551,16 @@ def _subject_title(subject: str) -> str:
     return f"{subject}: the value this verdict looked for"
 
 
+# Verdicts shown in full (the map, every hit with its hexdump, the snapshot's gaps): those that explain a failure or
+# a missing piece of evidence. The others are one line each (their reason names the first hits), passes collapsed.
+DETAILED = ("FAIL", "INCONCLUSIVE")
+
+
 def _verdict_view(v: dict, vid: str, secrets_shown: bool, maps: _MapCache, control_word: str) -> dict:
+    detailed = v.get("outcome") in DETAILED
     snap = v.get("snapshot") if isinstance(v.get("snapshot"), dict) else None
     snapshot = None
-    if snap is not None:
+    if snap is not None and detailed:
         layout, map_id, reused = maps.get(snap)
         gaps = snap.get("gaps") or []
         gap_kinds: dict[str, int] = {}
@@ -567,7 +574,6 @@ def _verdict_view(v: dict, vid: str, secrets_shown: bool, maps: _MapCache, contr
             "layout": layout, "map_id": map_id, "reused": reused,
             "overlay": overlay(layout, v) if layout else None,
         }
-    hits = [_hit_view(h, secrets_shown, n) for n, h in enumerate(v.get("hits") or [], 1)]
     scan = v.get("scan") or {}
     subject = _subject(v)
     return {
@@ -580,7 +586,9 @@ def _verdict_view(v: dict, vid: str, secrets_shown: bool, maps: _MapCache, contr
         "reason": v.get("reason") or "", "canary_seen": v.get("canary_seen"),
         "intended_address": v.get("intended_address"),
         "scan": f"{human_size(scan.get('bytes'))} in {scan.get('duration_s')} s" if scan.get("bytes") else None,
-        "snapshot": snapshot, "hits": hits, "gate": _gate(v), "fingerprints": v.get("fingerprints") or [],
+        "detailed": detailed, "snapshot": snapshot,
+        "hits": [_hit_view(h, secrets_shown, n) for n, h in enumerate(v.get("hits") or [], 1)] if detailed else [],
+        "gate": _gate(v), "fingerprints": v.get("fingerprints") or [],
     }
 
 
@@ -651,11 +659,12 @@ def build_view(doc: dict) -> dict:
         for chart in sc["curves"]:
             chart["id"] = ids.make("c", sc["name"], chart["title"])
         for run in sc["runs"]:
-            timeline: dict[str, list[dict]] = {}
-            for vd in run["verdicts"]:
-                timeline.setdefault(vd["checkpoint"], []).append(
-                    {"id": vd["id"], "method": vd["method"], "outcome": vd["outcome"], "subject": vd["subject"]})
-            run["timeline"] = [{"checkpoint": cp, "verdicts": vs} for cp, vs in timeline.items()]
+            run["detailed"] = [vd for vd in run["verdicts"] if vd["detailed"]]
+            lines = [vd for vd in run["verdicts"] if not vd["detailed"]]
+            run["lines"] = lines
+            run["lines_open"] = any(vd["outcome"] != "PASS" for vd in lines)
+            run["lines_counts"] = ", ".join(f"{n} {o}" for o, n in
+                                            Counter(vd["outcome"] for vd in lines).most_common())
         sc["repeated"] = len(sc["runs"]) > 1
         sc["worst"] = worst(v["outcome"] for run in sc["runs"] for v in run["verdicts"])
         for run in sc["runs"]:
@@ -669,7 +678,7 @@ def build_view(doc: dict) -> dict:
     methods = [m for m in snapshot_methods.names() if m in seen_methods] + \
         [m for m in seen_methods if m not in snapshot_methods.names()]
 
-    matrix = _matrix(scenarios, all_views, methods)
+    findings = _findings(doc.get("aggregates") or [], verdicts, all_views, scenarios, methods)
     summary = doc.get("summary") or {}
     counts = [{"outcome": o, "n": int(summary.get(o, 0) or 0)} for o in OUTCOMES]
     counts += [{"outcome": o, "n": int(n)} for o, n in summary.items() if o not in OUTCOMES]
@@ -688,7 +697,7 @@ def build_view(doc: dict) -> dict:
         "exit_code": exit_code, "exit_meaning": EXIT_MEANING.get(exit_code, ""),
         "exit_tone": {0: "PASS", 1: "FAIL", 3: "INCONCLUSIVE", 130: "ERROR"}.get(exit_code, "SKIP"),
         "counts": counts, "verdict_total": sum(c["n"] for c in counts), "run_total": len(runs),
-        "scenario_total": len(scenarios), "machine": machine, "matrix": matrix, "methods": methods,
+        "scenario_total": len(scenarios), "machine": machine, "findings": findings, "methods": methods,
         "has_subjects": has_subjects,
         "scenarios": list(scenarios.values()), "has_maps": any(v["snapshot"] and v["snapshot"]["layout"]
                                                              for v in all_views),
@@ -696,60 +705,97 @@ def build_view(doc: dict) -> dict:
     }
 
 
-def _matrix(scenarios: dict[str, dict], views: list[dict], methods: list[str]) -> list[dict]:
-    """Rows: scenarios grouped by target language; columns: methods; a cell: a chip per checkpoint (and per subject:
-    a derived value's verdicts are counted apart from the secret's) over repetitions."""
-    cells: dict[tuple[str, str], dict[tuple[str, str], list[dict]]] = {}
-    for v in views:
-        cells.setdefault((v["scenario"], v["method"]), {}).setdefault((v["checkpoint"], v["subject_key"]), []).append(v)
+# The finding of an aggregate (scenario x checkpoint x method x subject over its repetitions), as the document counts
+# it: the first kind with a run wins (any run with a full copy makes it "full copy"). `found`: a document written
+# before aggregates told full copies from fragments.
+FINDINGS = {"full": ("full copy", "●"), "found": ("found", "●"), "fragments": ("fragments", "◐"),
+            "clean": ("clean", "○"), "unknown": ("no evidence", "?")}
+
+
+def _finding(a: dict, step: dict | None) -> dict:
+    runs = int(a.get("runs") or 0)
+    counts = {k: int(a.get(k) or 0) for k in ("full", "fragments", "clean", "unknown")}
+    if "full" not in a:
+        counts["found"] = int(a.get("found") or 0)
+    kind = next((k for k in FINDINGS if counts.get(k)), "unknown")
+    found = kind in ("full", "found", "fragments")
+    expect = a.get("expect") or ""
+    if expect == "absent":
+        tone = "unexpected" if found else "expected" if kind == "clean" else "neutral"
+    elif expect == "present":
+        tone = "expected" if found else "unexpected" if kind == "clean" else "neutral"
+    else:
+        tone = "neutral"
+    outcomes = {o: int(n) for o, n in (a.get("outcomes") or {}).items() if n}
+    regions = ", ".join(a.get("regions") or [])
+    word, glyph = FINDINGS[kind]
+    title = (f"{a.get('checkpoint')} · {a.get('method')}"
+             + (f" · {_subject(a)}" if _subject(a) != SECRET else "") + f" · {_expect_text(expect)}: "
+             + (f"found in {counts['found']} of {runs} run(s)" if "found" in counts else
+                f"full copy in {counts['full']} of {runs} run(s), fragments only in {counts['fragments']}, "
+                f"clean in {counts['clean']}, no evidence in {counts['unknown']}")
+             + (f"; copies in {regions}" if regions else "") + " · "
+             + ", ".join(f"{o} {n}" for o, n in outcomes.items()))
+    return {"kind": kind, "word": word, "glyph": glyph, "tone": tone, "regions": regions,
+            "rate": f"{counts.get(kind, 0)}/{runs}" if runs > 1 else None, "title": title,
+            "outcome": worst(outcomes), "outcomes": outcomes, "step": step}
+
+
+def _findings(aggregates: list[dict], verdicts: list[dict], views: list[dict], scenarios: dict[str, dict],
+              methods: list[str]) -> list[dict]:
+    """Findings first: per language, per scenario, a row per checkpoint (and subject other than the secret), a cell per
+    method: what the aggregates say was found (full copy, fragments, clean, no evidence; in which kinds of region),
+    marked expected or unexpected, with the gate's outcome beside it. A repeating checkpoint's steps share a row: a
+    mark per step."""
+    steps = {(v.get("scenario"), v.get("checkpoint")): v["step"] for v in verdicts if isinstance(v.get("step"), dict)}
+    views_by_key: dict[tuple, list[dict]] = {}
+    for vd in views:
+        views_by_key.setdefault((vd["scenario"], vd["checkpoint"], vd["method"], vd["subject_key"]), []).append(vd)
+    rows: dict[tuple, dict] = {}
+    for a in aggregates:
+        step = steps.get((a.get("scenario"), a.get("checkpoint")))
+        checkpoint = step.get("checkpoint") if step else a.get("checkpoint")
+        subject = _subject(a)
+        row = rows.setdefault((a.get("scenario"), checkpoint, subject), {
+            "scenario": a.get("scenario"), "checkpoint": checkpoint, "subject": None if subject == SECRET else subject,
+            "stepped": step is not None, "by_method": {}})
+        point = _finding(a, step)
+        matching = views_by_key.get((a.get("scenario"), a.get("checkpoint"), a.get("method"), subject), [])
+        target = next((vd for vd in matching if vd["outcome"] == point["outcome"]), matching[0] if matching else None)
+        point["href"] = "#" + target["id"] if target else None
+        point["gated"] = bool(matching) and all(vd["gate"] for vd in matching if vd["outcome"] == point["outcome"])
+        row["by_method"].setdefault(a.get("method"), []).append(point)
     groups: dict[str, dict] = {}
-    for sc in scenarios.values():
-        group = groups.setdefault(sc["language"], {"language": sc["language"], "rows": []})
-        row = {"scenario": sc["name"], "id": sc["id"], "description": sc["description"], "runs": len(sc["runs"]),
-               "cells": []}
+    placed: dict[str, dict] = {}
+    for row in rows.values():
+        name = row["scenario"]
+        sc = placed.get(name)
+        if sc is None:
+            known = scenarios.get(name) or {"language": "other", "id": None, "description": "", "runs": []}
+            group = groups.setdefault(known["language"], {"language": known["language"], "scenarios": []})
+            sc = placed[name] = {"name": name, "id": known["id"], "description": known["description"],
+                                 "runs": len(known["runs"]), "rows": []}
+            group["scenarios"].append(sc)
+        cells = []
         for m in methods:
-            checkpoints = cells.get((sc["name"], m))
-            if not checkpoints:
-                row["cells"].append({"method": m, "outcome": None})
+            points = row["by_method"].get(m)
+            if not points:
+                cells.append({"method": m, "outcome": None})
                 continue
-            chips = []
-            for (cp, subject), vs in checkpoints.items():
-                outcome = worst(v["outcome"] for v in vs)
-                count = sum(1 for v in vs if v["outcome"] == outcome)
-                found = sum(1 for v in vs if v["hits"])
-                expect = vs[0]["expect"]
-                gated = [v["gate"]["text"] for v in vs if v["gate"] and v["outcome"] == outcome]
-                rate = None
-                if len(vs) > 1:
-                    rate = f"found {found}/{len(vs)}" if expect == "observe" else f"{count}/{len(vs)}"
-                title = (f"{cp} · {m}" + (f" · {subject}" if subject != SECRET else "")
-                         + f" · {_expect_text(expect)} · {outcome} in {count} of {len(vs)} run(s) · "
-                         f"{'secret' if subject == SECRET else subject} found in {found} of {len(vs)}"
-                         + (f" · {gated[0]}" if gated else ""))
-                target = next(v for v in vs if v["outcome"] == outcome)
-                chips.append({"checkpoint": cp, "subject": None if subject == SECRET else subject,
-                              "outcome": outcome, "rate": rate, "title": title,
-                              "href": "#" + target["id"], "gated": bool(gated)})
-            outcome = worst(c["outcome"] for c in chips)
-            first = next(c for c in chips if c["outcome"] == outcome)
-            # where the failing copies sit, so the matrix alone tells the story
-            where: list[str] = []
-            failing_subjects = set()
-            for vs in checkpoints.values():
-                for v in vs:
-                    if v["outcome"] == "FAIL":
-                        if v["hits"]:
-                            failing_subjects.add(v["subject_key"])
-                        for h in v["hits"]:
-                            name = h["region_base"] or h["region_kind"]
-                            if name not in where:
-                                where.append(name)
-            row["cells"].append({"method": m, "outcome": outcome, "chips": chips, "href": first["href"],
-                                 "gated": all(c["gated"] for c in chips if c["outcome"] == outcome),
-                                 "where": ", ".join(where[:3]) + (f" +{len(where) - 3}" if len(where) > 3 else ""),
-                                 "where_what": (next(iter(failing_subjects)) if len(failing_subjects) == 1
-                                                else "copies" if failing_subjects else SECRET)})
-        group["rows"].append(row)
+            last = points[-1]
+            tones = {p["tone"] for p in points}
+            outcome = worst(o for p in points for o in p["outcomes"])
+            first = next((p for p in points if p["outcome"] == outcome), last)
+            cells.append({
+                "method": m, "outcome": outcome, "kind": last["kind"], "word": last["word"], "glyph": last["glyph"],
+                "tone": "unexpected" if "unexpected" in tones else "expected" if tones == {"expected"} else "neutral",
+                "regions": ", ".join(dict.fromkeys(r for p in points for r in p["regions"].split(", ") if r)),
+                "rate": last["rate"] if len(points) == 1 else None, "title": last["title"] if len(points) == 1 else
+                f"{len(points)} steps; the word is the last step's", "href": first["href"],
+                "gated": all(p["gated"] for p in points if p["outcome"] == outcome),
+                "steps": points if row["stepped"] else []})
+        sc["rows"].append({"checkpoint": row["checkpoint"], "subject": row["subject"], "cells": cells,
+                           "steps": len(next(iter(row["by_method"].values()))) if row["stepped"] else 0})
     return list(groups.values())
 
 
