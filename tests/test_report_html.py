@@ -290,6 +290,16 @@ def test_passing_verdicts_are_one_line_each_and_failures_in_full(doc, page):
     assert "found as expected: full copy (raw) in [heap] at 0x556e0bcb82e0 [intended region]" in nowipe
 
 
+def test_an_inconclusive_verdict_lists_its_gaps_and_draws_no_map(doc):
+    changed = copy.deepcopy(doc)
+    v = _document_verdict(changed, "sodium.live", "in_use", "gcore")
+    v.update(outcome="INCONCLUSIVE", kind="unreadable", reason="absent not proven")
+    page = HtmlReporter().render(changed)
+    article = re.search(r'<article class="verdict o-INCONCLUSIVE".*?</article>', page, re.S)[0]
+    assert "<th>gap</th>" in article and 'class="amap"' not in article
+    assert all(g["start"] in article for g in v["snapshot"]["gaps"])
+
+
 # --- a real browser -------------------------------------------------------------------------------------
 
 def _chromium(*args: str, tmp: Path) -> str:

@@ -493,7 +493,7 @@ def _fragment_text(hit: dict) -> str:
         else "fragment"
 
 
-def _hit_view(hit: dict, secrets_shown: bool, n: int) -> dict:
+def _hit_view(hit: dict, secrets_shown: bool, n: int, dumped: bool) -> dict:
     region = hit.get("region") or {}
     return {
         "n": n, "address": hit.get("address") or "—", "encoding": hit.get("encoding") or "?",
@@ -506,7 +506,7 @@ def _hit_view(hit: dict, secrets_shown: bool, n: int) -> dict:
         "region_range": (f"{region.get('start')} + {human_size(int(region.get('size') or 0))}"
                          if _is_memory(region) else
                          f"thread {region.get('thread')} {region.get('register_set') or ''}".strip()),
-        "flags": _flags(region), "hexdump": hexdump(hit, secrets_shown),
+        "flags": _flags(region), "hexdump": hexdump(hit, secrets_shown) if dumped else None,
         "process": hit_process(hit),
     }
 
@@ -517,17 +517,22 @@ def _expect_text(expect: str) -> str:
 
 
 class _MapCache:
-    """A snapshot's map is drawn once; a later snapshot with the very same regions and gaps refers to it."""
+    """A snapshot's map is drawn once; a later snapshot with the very same regions and gaps refers to it. At most
+    MAPS_MAX are drawn: the hit table says where each copy is, the maps only show it."""
 
     def __init__(self, ids: _Ids) -> None:
         self.ids = ids
         self.seen: dict[str, tuple[str, dict]] = {}
+        self.left_out = 0
 
     def get(self, snapshot: dict) -> tuple[dict | None, str | None, bool]:
         key = json.dumps([snapshot.get("regions"), snapshot.get("gaps")], sort_keys=True)
         if key in self.seen:
             map_id, layout = self.seen[key]
             return layout, map_id, True
+        if len(self.seen) >= MAPS_MAX:
+            self.left_out += 1
+            return None, None, False
         layout = layout_map(snapshot)
         if layout is None:
             return None, None, False
@@ -554,6 +559,14 @@ def _subject_title(subject: str) -> str:
 # Verdicts shown in full (the map, every hit with its hexdump, the snapshot's gaps): those that explain a failure or
 # a missing piece of evidence. The others are one line each (their reason names the first hits), passes collapsed.
 DETAILED = ("FAIL", "INCONCLUSIVE")
+# A map (the snapshot's address space with its hits pinned) for the verdicts whose copies fail: it shows where they
+# are. Of a suite's snapshot (~60 KiB of SVG for 160 regions) at most MAPS_MAX, so a run where everything fails stays
+# a page a browser opens at once.
+MAPPED = ("FAIL",)
+MAPS_MAX = 16
+# Of a detailed verdict's hits, the first HITS_SHOWN in its table, the first DUMPS_SHOWN with their hexdump; results.json
+# holds every one.
+HITS_SHOWN, DUMPS_SHOWN = 8, 3
 
 
 def _verdict_view(v: dict, vid: str, secrets_shown: bool, maps: _MapCache, control_word: str) -> dict:
@@ -561,7 +574,7 @@ def _verdict_view(v: dict, vid: str, secrets_shown: bool, maps: _MapCache, contr
     snap = v.get("snapshot") if isinstance(v.get("snapshot"), dict) else None
     snapshot = None
     if snap is not None and detailed:
-        layout, map_id, reused = maps.get(snap)
+        layout, map_id, reused = maps.get(snap) if v.get("outcome") in MAPPED and v.get("hits") else (None, None, False)
         gaps = snap.get("gaps") or []
         gap_kinds: dict[str, int] = {}
         for g in gaps:
@@ -576,6 +589,7 @@ def _verdict_view(v: dict, vid: str, secrets_shown: bool, maps: _MapCache, contr
         }
     scan = v.get("scan") or {}
     subject = _subject(v)
+    hits = (v.get("hits") or []) if detailed else []
     return {
         "id": vid, "scenario": v.get("scenario"), "repetition": v.get("repetition"),
         "checkpoint": v.get("checkpoint"), "method": v.get("method"), "expect": v.get("expect"),
@@ -587,7 +601,8 @@ def _verdict_view(v: dict, vid: str, secrets_shown: bool, maps: _MapCache, contr
         "intended_address": v.get("intended_address"),
         "scan": f"{human_size(scan.get('bytes'))} in {scan.get('duration_s')} s" if scan.get("bytes") else None,
         "detailed": detailed, "snapshot": snapshot,
-        "hits": [_hit_view(h, secrets_shown, n) for n, h in enumerate(v.get("hits") or [], 1)] if detailed else [],
+        "hits": [_hit_view(h, secrets_shown, n, n <= DUMPS_SHOWN) for n, h in enumerate(hits[:HITS_SHOWN], 1)],
+        "hit_count": len(v.get("hits") or []), "hits_more": max(0, len(hits) - HITS_SHOWN),
         "gate": _gate(v), "fingerprints": v.get("fingerprints") or [],
     }
 
@@ -701,6 +716,7 @@ def build_view(doc: dict) -> dict:
         "has_subjects": has_subjects,
         "scenarios": list(scenarios.values()), "has_maps": any(v["snapshot"] and v["snapshot"]["layout"]
                                                              for v in all_views),
+        "maps_left_out": maps.left_out, "maps_max": MAPS_MAX,
         "schema_version": doc.get("schema_version"),
     }
 
