@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from remanence.report import write_report
-from remanence.report.html_report import DETAILED, HtmlReporter, build_view, layout_map, overlay
+from remanence.report.html_report import DETAILED, MAPS_MAX, HtmlReporter, build_view, layout_map, overlay
+from suite_document import SUITE, shape, suite_sized_document
 
 GOLDEN = Path(__file__).parent / "golden"
 SAMPLE = GOLDEN / "sample-results.json"
@@ -300,6 +301,47 @@ def test_an_inconclusive_verdict_lists_its_gaps_and_draws_no_map(doc):
     assert all(g["start"] in article for g in v["snapshot"]["gaps"])
 
 
+# --- as large as the suite's -----------------------------------------------------------------------------------
+
+MAX_BYTES = 3_000_000
+MAX_ELEMENTS = 60_000      # the suite's report had 494,000 before findings came first
+
+
+@pytest.fixture(scope="module")
+def suite_doc() -> dict:
+    return suite_sized_document()
+
+
+@pytest.fixture(scope="module")
+def suite_page(suite_doc) -> str:
+    return HtmlReporter().render(suite_doc)
+
+
+def _elements(page: str) -> int:
+    return len(re.findall(r"<[a-zA-Z]", page))
+
+
+def test_a_suite_sized_report_stays_light(suite_doc, suite_page):
+    assert {k: v for k, v in shape(suite_doc).items() if k != "outcomes"} == \
+        {k: v for k, v in SUITE.items() if k != "outcomes"}
+    assert len(suite_page.encode()) <= MAX_BYTES and _elements(suite_page) <= MAX_ELEMENTS
+    # every verdict is on the page, in full or as a line, and every aggregate in the findings grid
+    assert len(re.findall(r'<(?:article class="verdict|tr class="vl) ', suite_page)) == len(suite_doc["verdicts"])
+    cells = sum(len(sc["rows"]) for group in build_view(suite_doc)["findings"] for sc in group["scenarios"])
+    assert cells and suite_page.count('<tr class="fr"') == cells
+
+
+def test_a_report_where_everything_fails_draws_a_bounded_number_of_maps(suite_doc):
+    failing = copy.deepcopy(suite_doc)
+    for v in failing["verdicts"]:
+        if v["hits"]:
+            v["outcome"] = "FAIL"
+    page = HtmlReporter().render(failing)
+    assert len(re.findall(r'<g id="map-', page)) == MAPS_MAX
+    assert f"The first {MAPS_MAX} failing snapshots' address spaces are drawn" in page
+    assert "more hit(s)</i>not listed here: results.json lists every hit" in page
+
+
 # --- a real browser -------------------------------------------------------------------------------------
 
 def _chromium(*args: str, tmp: Path) -> str:
@@ -436,3 +478,65 @@ def test_subjects_in_headless_chromium(derived_doc, tmp_path):
     (scan,) = _find(dom.root, "section", data_scenario="core.4242")
     keys = [_text(i) for i in _find(scan, "i")]
     assert "control" in keys and "canary" not in keys
+
+
+# The report, unchanged, in an iframe as wide as the screen to test (a headless window is at least 500 px wide), and a
+# script in the page around it that writes what the browser laid out into that page's DOM, where --dump-dom shows it.
+LAYOUT_PROBE = """<!DOCTYPE html>
+<html><body style="margin: 0; overflow: hidden">
+<iframe id="report" style="border: 0; width: %(width)dpx; height: 900px" srcdoc="%(page)s"></iframe>
+<script>
+document.getElementById("report").addEventListener("load", function () {
+  var doc = this.contentDocument;
+  function box(e) { var r = e.getBoundingClientRect(); return {left: r.left, right: r.right, width: r.width, height: r.height}; }
+  var facts = {viewport: doc.documentElement.clientWidth, page: doc.documentElement.scrollWidth, heads: [], cells: []};
+  doc.querySelectorAll("table.findings thead th.m").forEach(function (th) {
+    facts.heads.push(Object.assign(box(th), {method: th.textContent})); });
+  doc.querySelectorAll("table.findings td.f:not(.none)").forEach(function (td) {
+    facts.cells.push(Object.assign(box(td), {outcome: box(td.querySelector(".vo")), finding: box(td.querySelector(".fw"))})); });
+  document.body.setAttribute("data-layout", JSON.stringify(facts));
+});
+</script>
+</body></html>
+"""
+
+
+def _layout(page: str, width: int, tmp: Path) -> dict:
+    """What Chromium laid out for the report at this width (the facts LAYOUT_PROBE writes), and a screenshot of it."""
+    probe = tmp / f"probe-{width}.html"
+    probe.write_text(LAYOUT_PROBE % {"width": width, "page": html.escape(page)}, encoding="utf-8")
+    window = f"--window-size={max(width, 500)},900"
+    dom = _Dom()
+    dom.feed(_chromium(window, "--hide-scrollbars", "--dump-dom", probe.as_uri(), tmp=tmp))
+    (body,) = _find(dom.root, "body")
+    assert "data-layout" in body["attrs"], "the probe did not run: no layout facts in the DOM"
+    shot = tmp / f"report-{width}.png"
+    _chromium(f"--screenshot={shot}", window, "--hide-scrollbars", probe.as_uri(), tmp=tmp)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return json.loads(body["attrs"]["data-layout"])
+
+
+def _inside(box: dict, width: float) -> bool:
+    return box["width"] > 0 and box["height"] > 0 and box["left"] >= 0 and box["right"] <= width
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is absent: install Debian's chromium "
+                                                  "(make test does) to check the page in a real browser")
+def test_every_method_column_shows_at_1280_px(suite_doc, suite_page, tmp_path):
+    facts = _layout(suite_page, 1280, tmp_path)
+    assert facts["viewport"] == 1280 and facts["page"] <= 1280, "the page scrolls sideways"
+    assert [h["method"] for h in facts["heads"]] == SUITE["methods"]
+    assert all(_inside(h, 1280) for h in facts["heads"]), facts["heads"]
+    assert len(facts["cells"]) == len({(v["scenario"], v["step"]["checkpoint"] if v.get("step") else v["checkpoint"],
+                                        v["method"]) for v in suite_doc["verdicts"]})
+    assert all(_inside(c, 1280) and _inside(c["outcome"], 1280) and _inside(c["finding"], 1280)
+               for c in facts["cells"])
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is absent: install Debian's chromium "
+                                                  "(make test does) to check the page in a real browser")
+def test_every_verdict_shows_at_390_px(suite_page, tmp_path):
+    facts = _layout(suite_page, 390, tmp_path)
+    assert facts["viewport"] == 390 and facts["page"] <= 390, "the page scrolls sideways"
+    assert facts["cells"] and all(_inside(c, 390) and _inside(c["outcome"], 390) and _inside(c["finding"], 390)
+                                  for c in facts["cells"])
