@@ -281,6 +281,18 @@ def test_findings_are_the_documents_aggregates(doc):
     assert "fragments only in 2" in cell["title"] and "no evidence in 1" in cell["title"]
 
 
+def test_a_crash_verdicts_finding_is_how_the_target_died(doc):
+    """A crash verdict looks for no copy: its cell says crashed or no crash (its outcome), never clean."""
+    for outcome, word, tone in (("PASS", "crashed", "expected"), ("FAIL", "no crash", "unexpected")):
+        changed = copy.deepcopy(doc)
+        v = _document_verdict(changed, "selftest.crash", "after", "procmem")
+        v.update(subject="crash", expect="crash", outcome=outcome, method="kernel-core")
+        agg = next(a for a in changed["aggregates"] if (a["scenario"], a["checkpoint"]) == ("selftest.crash", "after"))
+        agg.update(subject="crash", expect="crash", method="kernel-core", outcomes={outcome: 1}, clean=1, unknown=0)
+        cell = _findings(build_view(changed))[("selftest.crash", "after", "crash", "kernel-core")]
+        assert (cell["word"], cell["tone"], cell["outcome"]) == (word, tone, outcome)
+
+
 def test_passing_verdicts_are_one_line_each_and_failures_in_full(doc, page):
     articles = re.findall(r'<article class="verdict o-([A-Z]+)" id="([^"]+)"', page)
     lines = re.findall(r'<tr class="vl o-([A-Z]+)" id="([^"]+)"', page)

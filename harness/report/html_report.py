@@ -724,37 +724,47 @@ def build_view(doc: dict) -> dict:
 # The finding of an aggregate (scenario x checkpoint x method x subject over its repetitions), as the document counts
 # it: the first kind with a run wins (any run with a full copy makes it "full copy"). `found`: a document written
 # before aggregates told full copies from fragments.
+# A crash verdict (expect "crash") looks for no copy: its finding is whether the target died as the checkpoint
+# accepts, which is its outcome.
 FINDINGS = {"full": ("full copy", "●"), "found": ("found", "●"), "fragments": ("fragments", "◐"),
-            "clean": ("clean", "○"), "unknown": ("no evidence", "?")}
+            "clean": ("clean", "○"), "no-crash": ("no crash", "!"), "crashed": ("crashed", "✕"),
+            "unknown": ("no evidence", "?")}
 
 
-def _finding(a: dict, step: dict | None) -> dict:
+def _finding(a: dict) -> dict:
     runs = int(a.get("runs") or 0)
-    counts = {k: int(a.get(k) or 0) for k in ("full", "fragments", "clean", "unknown")}
-    if "full" not in a:
-        counts["found"] = int(a.get("found") or 0)
+    outcomes = {o: int(n) for o, n in (a.get("outcomes") or {}).items() if n}
+    expect = a.get("expect") or ""
+    if expect == "crash":
+        counts = {"no-crash": outcomes.get("FAIL", 0), "crashed": outcomes.get("PASS", 0)}
+    else:
+        counts = {k: int(a.get(k) or 0) for k in ("full", "fragments", "clean", "unknown")}
+        if "full" not in a:
+            counts["found"] = int(a.get("found") or 0)
     kind = next((k for k in FINDINGS if counts.get(k)), "unknown")
     found = kind in ("full", "found", "fragments")
-    expect = a.get("expect") or ""
-    if expect == "absent":
+    if expect == "crash":
+        tone = {"crashed": "expected", "no-crash": "unexpected"}.get(kind, "neutral")
+    elif expect == "absent":
         tone = "unexpected" if found else "expected" if kind == "clean" else "neutral"
     elif expect == "present":
         tone = "expected" if found else "unexpected" if kind == "clean" else "neutral"
     else:
         tone = "neutral"
-    outcomes = {o: int(n) for o, n in (a.get("outcomes") or {}).items() if n}
     regions = ", ".join(a.get("regions") or [])
     word, glyph = FINDINGS[kind]
     title = (f"{a.get('checkpoint')} · {a.get('method')}"
              + (f" · {_subject(a)}" if _subject(a) != SECRET else "") + f" · {_expect_text(expect)}: "
-             + (f"found in {counts['found']} of {runs} run(s)" if "found" in counts else
+             + (f"crashed as accepted in {counts['crashed']} of {runs} run(s), not in {counts['no-crash']}"
+                if expect == "crash" else
+                f"found in {counts['found']} of {runs} run(s)" if "found" in counts else
                 f"full copy in {counts['full']} of {runs} run(s), fragments only in {counts['fragments']}, "
                 f"clean in {counts['clean']}, no evidence in {counts['unknown']}")
              + (f"; copies in {regions}" if regions else "") + " · "
              + ", ".join(f"{o} {n}" for o, n in outcomes.items()))
     return {"kind": kind, "word": word, "glyph": glyph, "tone": tone, "regions": regions,
             "rate": f"{counts.get(kind, 0)}/{runs}" if runs > 1 else None, "title": title,
-            "outcome": worst(outcomes), "outcomes": outcomes, "step": step}
+            "outcome": worst(outcomes), "outcomes": outcomes}
 
 
 def _findings(aggregates: list[dict], verdicts: list[dict], views: list[dict], scenarios: dict[str, dict],
@@ -775,7 +785,7 @@ def _findings(aggregates: list[dict], verdicts: list[dict], views: list[dict], s
         row = rows.setdefault((a.get("scenario"), checkpoint, subject), {
             "scenario": a.get("scenario"), "checkpoint": checkpoint, "subject": None if subject == SECRET else subject,
             "stepped": step is not None, "by_method": {}})
-        point = _finding(a, step)
+        point = _finding(a)
         matching = views_by_key.get((a.get("scenario"), a.get("checkpoint"), a.get("method"), subject), [])
         target = next((vd for vd in matching if vd["outcome"] == point["outcome"]), matching[0] if matching else None)
         point["href"] = "#" + target["id"] if target else None
