@@ -501,7 +501,10 @@ LAYOUT_PROBE = """<!DOCTYPE html>
 document.getElementById("report").addEventListener("load", function () {
   var doc = this.contentDocument;
   function box(e) { var r = e.getBoundingClientRect(); return {left: r.left, right: r.right, width: r.width, height: r.height}; }
-  var facts = {viewport: doc.documentElement.clientWidth, page: doc.documentElement.scrollWidth, heads: [], cells: []};
+  var facts = {viewport: doc.documentElement.clientWidth, page: doc.documentElement.scrollWidth, heads: [], cells: [],
+               spilling: []};
+  doc.querySelectorAll(".tile, td.f, .findings th").forEach(function (e) {
+    if (e.scrollWidth > e.clientWidth + 1) facts.spilling.push(e.className + ": " + e.textContent); });
   doc.querySelectorAll("table.findings thead th.m").forEach(function (th) {
     facts.heads.push(Object.assign(box(th), {method: th.textContent})); });
   doc.querySelectorAll("table.findings td.f:not(.none)").forEach(function (td) {
@@ -537,6 +540,7 @@ def _inside(box: dict, width: float) -> bool:
 def test_every_method_column_shows_at_1280_px(suite_doc, suite_page, tmp_path):
     facts = _layout(suite_page, 1280, tmp_path)
     assert facts["viewport"] == 1280 and facts["page"] <= 1280, "the page scrolls sideways"
+    assert facts["spilling"] == [], "text wider than its box"
     assert [h["method"] for h in facts["heads"]] == SUITE["methods"]
     assert all(_inside(h, 1280) for h in facts["heads"]), facts["heads"]
     assert len(facts["cells"]) == len({(v["scenario"], v["step"]["checkpoint"] if v.get("step") else v["checkpoint"],
@@ -550,5 +554,6 @@ def test_every_method_column_shows_at_1280_px(suite_doc, suite_page, tmp_path):
 def test_every_verdict_shows_at_390_px(suite_page, tmp_path):
     facts = _layout(suite_page, 390, tmp_path)
     assert facts["viewport"] == 390 and facts["page"] <= 390, "the page scrolls sideways"
+    assert facts["spilling"] == [], "text wider than its box"
     assert facts["cells"] and all(_inside(c, 390) and _inside(c["outcome"], 390) and _inside(c["finding"], 390)
                                   for c in facts["cells"])
