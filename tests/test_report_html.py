@@ -451,6 +451,14 @@ def test_in_headless_chromium(doc, tmp_path):
     for line in freed:
         assert "0x556e0bcb82e0" in _text(line) and "[heap]" in _text(line) and "PASS" in _text(line)
 
+    # a findings cell links to its verdict; a passing one's line is collapsed, and the browser opens it
+    def holding(root, verdict_id):
+        return next(d for d in _find(root, "details", class_="lines") if _find(d, "tr", id=verdict_id))
+    assert "open" not in holding(dom.root, "v-malloc.nowipe-1-freed-gcore")["attrs"]
+    linked = _Dom()
+    linked.feed(_chromium("--dump-dom", report.as_uri() + "#v-malloc.nowipe-1-freed-gcore", tmp=tmp_path))
+    assert "open" in holding(linked.root, "v-malloc.nowipe-1-freed-gcore")["attrs"]
+
     shot = tmp_path / "report.png"
     _chromium(f"--screenshot={shot}", "--window-size=1400,2000", "--hide-scrollbars", report.as_uri(), tmp=tmp_path)
     data = shot.read_bytes()
