@@ -1,8 +1,8 @@
 """report.html: one self-contained page (no network, no script) rendered from the results document.
 
 The page is built in two steps. This module turns the document into a plain *view*: everything the page
-shows, already ordered, grouped and laid out (the summary matrix, the runs, the hexdump lines, the
-coordinates of each address-space picture). The jinja2 templates under templates/ only turn that view
+shows, already ordered, grouped and laid out (the findings grid first: where the secret survives, from the
+document's aggregates; then the runs, the hexdump lines, the coordinates of each address-space picture). The jinja2 templates under templates/ only turn that view
 into markup, with autoescaping on: every string that came from a target (region names, notes, reasons)
 is escaped there, never marked safe here.
 
@@ -28,7 +28,7 @@ from ..verdict import CRASH_SUBJECT, hit_process
 TEMPLATES = Path(__file__).with_name("templates")
 
 OUTCOMES = ("PASS", "FAIL", "INCONCLUSIVE", "ERROR", "SKIP")
-# "worst" first: a cell of the summary matrix takes the colour of its worst verdict. A SKIP is worse than
+# "worst" first: a findings cell shows the worst of its verdicts beside the finding. A SKIP is worse than
 # a PASS: something was not verified.
 SEVERITY = {"FAIL": 5, "ERROR": 4, "INCONCLUSIVE": 3, "SKIP": 2, "PASS": 1}
 LANGUAGES = {"c": "C", "go": "Go", "rust": "Rust", "python": "Python", "java": "Java", "js": "JavaScript",
