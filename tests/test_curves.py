@@ -14,7 +14,7 @@ from suite_run import SCHEMA, require
 
 from remanence.cli import main
 from remanence.document import ABSENT, Document
-from remanence.report.html_report import HtmlReporter
+from remanence.report.html_report import HtmlReporter, build_view
 from remanence.scenario import Repeat, ScenarioError, load_scenario
 
 GOLDEN = Path(__file__).parent / "golden" / "sample-results.json"   # a document written before steps existed
@@ -137,6 +137,18 @@ def test_the_html_report_draws_one_chart_per_series_with_a_point_per_step(go_cur
     heap = next(c for c in charts if 'id="c-secret.heap-before_gc-' in c)
     rate = re.search(r'data-panel="rate".*?</g>', heap, re.S)[0]
     assert "2 of 2 repetition(s) had a full copy" in rate and rate.count("0 of 2 repetition(s)") == 5
+
+
+def test_the_html_findings_give_a_repeating_checkpoint_one_row_with_a_mark_per_step(go_curves):
+    """secret.Do's promise at a glance: the copy is gone from the first collection on; without Do it stays."""
+    _, doc = go_curves
+    rows = {(sc["name"], row["checkpoint"]): row for group in build_view(doc)["findings"] for sc in group["scenarios"]
+            for row in sc["rows"]}
+    for scenario, after_first in (("secret.heap", "clean"), ("secret.heap_nodo", "full")):
+        row = rows[(scenario, "before_gc")]
+        (cell,) = [c for c in row["cells"] if c["outcome"]]
+        assert row["steps"] == 6 and [p["kind"] for p in cell["steps"]] == ["full"] + [after_first] * 5
+        assert cell["kind"] == after_first and cell["rate"] == "2/2"
 
 
 def test_a_document_with_steps_reads_back_and_an_old_one_without_still_reads(go_curves):

@@ -816,8 +816,8 @@ def _findings(aggregates: list[dict], verdicts: list[dict], views: list[dict], s
                 "method": m, "outcome": outcome, "kind": last["kind"], "word": last["word"], "glyph": last["glyph"],
                 "tone": "unexpected" if "unexpected" in tones else "expected" if tones == {"expected"} else "neutral",
                 "regions": ", ".join(dict.fromkeys(r for p in points for r in p["regions"].split(", ") if r)),
-                "rate": last["rate"] if len(points) == 1 else None, "title": last["title"] if len(points) == 1 else
-                f"{len(points)} steps; the word is the last step's", "href": first["href"],
+                "rate": last["rate"], "title": last["title"] if len(points) == 1 else
+                f"{len(points)} steps, the word is the last one's: {last['title']}", "href": first["href"],
                 "gated": all(p["gated"] for p in points if p["outcome"] == outcome),
                 "steps": points if row["stepped"] else []})
         sc["rows"].append({"checkpoint": row["checkpoint"], "subject": row["subject"], "cells": cells,
