@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from remanence.report import write_report
-from remanence.report.html_report import DETAILED, MAPS_MAX, HtmlReporter, build_view, layout_map, overlay
+from remanence.report.html_report import (DETAILED, DUMPS_SHOWN, HITS_SHOWN, MAPS_MAX, HtmlReporter, build_view,
+                                          layout_map, overlay)
 from suite_document import SUITE, shape, suite_sized_document
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -348,10 +349,15 @@ def test_a_report_where_everything_fails_draws_a_bounded_number_of_maps(suite_do
     for v in failing["verdicts"]:
         if v["hits"]:
             v["outcome"] = "FAIL"
+    many = next(v for v in failing["verdicts"] if v["hits"])
+    many["hits"] = [dict(many["hits"][0], fingerprint=f"{i:016x}") for i in range(HITS_SHOWN + 12)]
     page = HtmlReporter().render(failing)
     assert len(re.findall(r'<g id="map-', page)) == MAPS_MAX
     assert f"The first {MAPS_MAX} failing snapshots' address spaces are drawn" in page
-    assert "more hit(s)</i>not listed here: results.json lists every hit" in page
+    article = re.search(rf'<article [^>]*data-scenario="{re.escape(many["scenario"])}" data-checkpoint='
+                        rf'"{re.escape(many["checkpoint"])}" data-method="{many["method"]}".*?</article>', page, re.S)[0]
+    assert article.count('<tr class="hit">') == HITS_SHOWN and article.count('<pre class="hx">') == DUMPS_SHOWN
+    assert "12 more hit(s)</i>not listed here: results.json lists every hit" in article
 
 
 # --- a real browser -------------------------------------------------------------------------------------
@@ -549,7 +555,7 @@ def test_every_method_column_shows_at_1280_px(suite_doc, suite_page, tmp_path):
     facts = _layout(suite_page, 1280, tmp_path)
     assert facts["viewport"] == 1280 and facts["page"] <= 1280, "the page scrolls sideways"
     assert facts["spilling"] == [], "text wider than its box"
-    assert [h["method"] for h in facts["heads"]] == SUITE["methods"]
+    assert sorted(h["method"] for h in facts["heads"]) == sorted(SUITE["methods"])
     assert all(_inside(h, 1280) for h in facts["heads"]), facts["heads"]
     assert len(facts["cells"]) == len({(v["scenario"], v["step"]["checkpoint"] if v.get("step") else v["checkpoint"],
                                         v["method"]) for v in suite_doc["verdicts"]})
