@@ -147,6 +147,8 @@ class Runner:
             with self._start(planned, secret, canary, workdir, cgroup, follow) as target:
                 record.pid = target.pid
                 self._active[planned.run_id] = target
+                if self.stopping:   # interrupted while it started: _stop did not see it
+                    target.kill()
                 run = (_CommandRun if scenario.command else _Run)(self, planned, record, target, secret, canary,
                                                                    workdir, pending)
                 try:
