@@ -33,13 +33,6 @@ class Finding:
         where = f" in {', '.join(self.regions)}" if self.regions else ""
         return (self.counts or self.state) + where
 
-    @property
-    def mark(self) -> str:
-        return {True: "expected", False: "unexpected", None: ""}[self.expected]
-
-    @property
-    def gate_text(self) -> str:
-        return ", ".join(outcome if self.runs == 1 else f"{count}/{self.runs} {outcome}" for outcome, count in self.gate)
 
 
 FINDING_KEYS = ("full", "fragments", "clean", "unknown")
@@ -66,7 +59,7 @@ def _state(a: dict) -> tuple[str, str]:
     return state, counts
 
 
-def _expected(expect: str, a: dict, state: str) -> bool | None:
+def _expected(expect: str, a: dict) -> bool | None:
     """Copies where none should be, or none where one should be, are unexpected."""
     found, judged = a.get("found", 0), a.get("found", 0) + a.get("clean", 0)
     if expect not in ("present", "absent") or not judged or not _recorded(a):
@@ -84,6 +77,6 @@ def findings(doc: dict) -> list[Finding]:
         gate = tuple(sorted(a.get("outcomes", {}).items(), key=lambda kv: OUTCOME_ORDER.index(kv[0])
                             if kv[0] in OUTCOME_ORDER else len(OUTCOME_ORDER)))
         made.append(Finding(a["scenario"], a["checkpoint"], a["method"], a.get("subject") or "secret", expect, state,
-                            counts, tuple(a.get("regions", ())), _expected(expect, a, state) if expect != "crash" else None,
+                            counts, tuple(a.get("regions", ())), _expected(expect, a) if expect != "crash" else None,
                             gate, a.get("runs", 0)))
     return made
