@@ -34,7 +34,6 @@ class Finding:
         return (self.counts or self.state) + where
 
 
-
 FINDING_KEYS = ("full", "fragments", "clean", "unknown")
 
 
