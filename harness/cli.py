@@ -24,6 +24,7 @@ from .report import reporters, write_report
 from .report.terminal import print_verdicts
 from .results import EXIT_FAIL, EXIT_USAGE
 from .probe import ProbeRequest, probe_scenario
+from .progress import Progress
 from .runner import RunOptions, Runner
 from .schedule import MAX_JOBS, default_jobs
 from .scenario import (LANGUAGES, LIVE_METHODS, MAX_REPEAT, SECRET_LENGTHS, SNAPSHOT_EXPECTS, SNAPSHOT_METHODS, Scenario,
@@ -98,7 +99,11 @@ def _add_gate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-skip", action="store_true",
                    help="SKIP verdicts (checks this machine cannot do) do not fail the gate (default: they exit 3); "
                         "config: [run] allow_skip = true")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr, no table on stdout")
+    talk = p.add_mutually_exclusive_group()
+    talk.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr, no table on stdout")
+    talk.add_argument("-v", "--verbose", action="store_true",
+                      help="on a terminal, every progress line (each snapshot) above the live display "
+                           "(when stderr is not a terminal every line is printed anyway)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -376,9 +381,7 @@ class _Reporting:
         self.baseline = load_baseline(self.baseline_path) if self.baseline_path else None
         self.allow_skip = args.allow_skip         # the gate adds the config's [run] allow_skip
         self.quiet = args.quiet
-        console = _console(stderr=True)
-        self.progress = (lambda message: None) if args.quiet else \
-            (lambda message: console.print(escape(message), style="dim"))
+        self.progress = Progress(_console(stderr=True), quiet=args.quiet, verbose=args.verbose)
 
     def finish(self, doc: dict) -> int:
         """Gate, table and reports; a Ctrl-C or SIGTERM meanwhile waits until every report file is complete."""
@@ -450,8 +453,9 @@ def _run(args) -> int:
         plan = Plan(tuple(r for r in plan.runs if r.run_id in mine))
         reporting.progress(f"shard {shard[0]}/{shard[1]}: {len(plan.runs)} of {len(planned)} planned run(s)")
     jobs = args.jobs or defaults.jobs or default_jobs()
-    results = Runner(RunOptions(reporting.out, args.keep_snapshots, timeout, args.follow, jobs),
-                     reporting.progress).run(plan)
+    with reporting.progress.live():
+        results = Runner(RunOptions(reporting.out, args.keep_snapshots, timeout, args.follow, jobs),
+                         reporting.progress).run(plan)
     results.machine = machine_facts()
     doc = results_document(results, show_secrets=args.show_secrets)
     if shard:
@@ -535,7 +539,8 @@ def _probe(args) -> int:
         timeout_s=args.timeout, repeat=args.repeat, name=args.name, follow=args.follow)
     scenario = probe_scenario(request, reporting.out)
     reporting.progress(f"probe scenario written to {scenario.source}")
-    results = Runner(RunOptions(reporting.out, args.keep_snapshots, None), reporting.progress).run(make_plan([scenario]))
+    with reporting.progress.live():
+        results = Runner(RunOptions(reporting.out, args.keep_snapshots, None), reporting.progress).run(make_plan([scenario]))
     results.machine = machine_facts()
     return reporting.finish(results_document(results, show_secrets=args.show_secrets))
 

@@ -170,16 +170,19 @@ def make_plan(scenarios: list[Scenario], methods: list[str] | None = None, repea
         if not chosen:
             continue
         method_skips = {m: reason for m in chosen if (reason := method_unavailable(m))}
+        cpu = cpu_lacks(scenario.requires_cpu)
         if scenario.program:
-            try:
-                program, broken = _built_program(scenario, built), None
-            except ProgramBroken as e:
-                program, broken = None, str(e)
-            runs += [PlannedRun(scenario, repetition, chosen, program, error_reason=broken, method_skips=method_skips)
-                     for repetition in range(1, (repeat or scenario.repeat) + 1)]
+            program, broken = None, None
+            if not cpu:
+                try:
+                    program = _built_program(scenario, built)
+                except ProgramBroken as e:
+                    broken = str(e)
+            runs += [PlannedRun(scenario, repetition, chosen, program, cpu, error_reason=broken,
+                                method_skips=method_skips) for repetition in range(1, (repeat or scenario.repeat) + 1)]
             continue
         program = program_for(scenario, programs)
-        skip = program if isinstance(program, str) else cpu_lacks(scenario.requires_cpu)
+        skip = program if isinstance(program, str) else cpu
         if not skip and not program.registers(scenario.entry):
             raise ScenarioError(scenario.source, "entry", f"{scenario.entry!r} is not registered in the {scenario.target} target "
                                 f"(known: {', '.join(program.entries)})")

@@ -9,12 +9,11 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
-
 from .command import CANARY_ENV, CommandProcess, CommandUnavailable
 from .model import Expect, Hit, Outcome, ScanResult, Secret, Snapshot
 from .paths import inside
 from .plan import Plan, PlannedRun
+from .progress import CheckpointReached, Note, PlanStarted, RunFinished, RunStarted, Sink, SnapshotEvent
 from .process import TargetError, TargetProcess, command_line, describe_status
 from .results import Results, RunRecord, utc_now
 from .schedule import MemoryGauge, run_all
@@ -28,7 +27,6 @@ from .snapshot.methods import Occasion, Timing, method as snapshot_method
 from .verdict import CRASH_SUBJECT, Kind, ProcessView, Step, Verdict, judge_death, judge_processes, process_name
 from .workspace import workspace
 
-Progress = Callable[[str], None]
 DERIVED_PREFIX = "derived:"
 STARTUP_TIMEOUT_S = 30.0
 EXIT_TIMEOUT_S = 10.0
@@ -64,21 +62,34 @@ class _Control:
 
 
 class Runner:
-    def __init__(self, options: RunOptions, progress: Progress = lambda message: None):
+    def __init__(self, options: RunOptions, progress: Sink = lambda event: None):
         self.options = options
         self._progress_lock = threading.Lock()
         self._report = progress
+        self._planned = self._done = 0
         self.gauge = MemoryGauge()
         self.stopping = False             # interrupted: running runs give up, no new one starts
         self._active: dict[str, TargetProcess | CommandProcess] = {}
 
-    def progress(self, message: str) -> None:
-        with self._progress_lock:       # runs on several threads: one line at a time
-            self._report(message)
+    def progress(self, event) -> None:
+        with self._progress_lock:       # runs on several threads: one event at a time
+            self._report(event)
+
+    def _finished(self, planned: PlannedRun, record: RunRecord) -> None:
+        counts: dict[str, int] = {}
+        for verdict in record.verdicts:
+            counts[verdict.outcome.value] = counts.get(verdict.outcome.value, 0) + 1
+        with self._progress_lock:
+            self._done += 1
+            self._report(RunFinished(planned.run_id, record.duration_s or 0.0,
+                                     ", ".join(f"{n} {outcome}" for outcome, n in counts.items()),
+                                     self._done, self._planned))
 
     def run(self, plan: Plan) -> Results:
         results = Results(runs=[])
         workspace()   # its sentinel is forked now: before any run's thread, and before any secret exists
+        self._planned, self._done = len(plan.runs), 0
+        self.progress(PlanStarted(len(plan.runs)))
 
         def started():
             for planned in plan.runs:
@@ -87,10 +98,10 @@ class Runner:
                 yield planned, record
         try:
             run_all(started(), lambda item: self._run_one(*item), self.options.jobs, self.gauge,
-                    on_wait=self.progress, stop=self._stop)
+                    on_wait=lambda message: self.progress(Note(message)), stop=self._stop)
         except KeyboardInterrupt:
             results.interrupted = True
-            self.progress("interrupted: target killed, writing what we have")
+            self.progress(Note("interrupted: target killed, writing what we have"))
         results.finished_at = utc_now()
         return results
 
@@ -104,6 +115,12 @@ class Runner:
     # --- one run -----------------------------------------------------------
 
     def _run_one(self, planned: PlannedRun, record: RunRecord) -> None:
+        try:
+            self._carry_out(planned, record)
+        finally:
+            self._finished(planned, record)
+
+    def _carry_out(self, planned: PlannedRun, record: RunRecord) -> None:
         scenario = planned.scenario
         if planned.skip_reason:
             record.skip_reason = planned.skip_reason
@@ -125,11 +142,13 @@ class Runner:
         record.secret_fingerprint, record.canary_fingerprint = secret.fingerprint, canary.fingerprint
         started = time.monotonic()
         pending = [c for c in scenario.checkpoints if _methods_at(planned, c)]
-        self.progress(f"{planned.run_id}: starting {scenario.target} target")
+        self.progress(RunStarted(planned.run_id, scenario.target))
         try:
             with self._start(planned, secret, canary, workdir, cgroup, follow) as target:
                 record.pid = target.pid
                 self._active[planned.run_id] = target
+                if self.stopping:   # interrupted while it started: _stop did not see it
+                    target.kill()
                 run = (_CommandRun if scenario.command else _Run)(self, planned, record, target, secret, canary,
                                                                    workdir, pending)
                 try:
@@ -388,6 +407,7 @@ class _Run:
         """Take every snapshot first, so the positive control may come from any method at this checkpoint; then judge.
         `step`: where these snapshots lie in a repeating checkpoint's series."""
         planned = self.planned
+        self.runner.progress(CheckpointReached(planned.run_id, step.shown if step else spec.name))
         self._establish_control(spec)
         with self._hold(spec) as held:
             processes = held if self.following and not spec.is_exit else self.target.processes()
@@ -439,7 +459,7 @@ class _Run:
             return t
         for pid in followed:
             who = "" if pid == self.target.pid else f" of {process_name(pid, commands[pid])}"
-            progress(f"{planned.run_id}: {spec.name}: {method} snapshot{who}")
+            progress(SnapshotEvent(planned.run_id, spec.name, method, who))
             try:
                 capture = self._capture(method, pid, commands[pid], earlier, crash=spec.expects_crash)
             except (SnapshotError, ScanError, EOFError) as e:
@@ -454,11 +474,11 @@ class _Run:
                 self.control.observe(method, spec.name, snapshot, secret_hits, address)
             for label, control in self.derived_controls.items():
                 control.observe(method, spec.name, snapshot, [h for h in scan.hits if h.secret == DERIVED_PREFIX + label], None)
-            progress(f"{planned.run_id}: {spec.name}: {method}{who}: " + (
+            progress(SnapshotEvent(planned.run_id, spec.name, method, who, result=(
                 snapshot.not_produced or
                 (f"the {snapshot.served_by} image serves it, " if snapshot.served_by else
                  f"{scan.bytes_scanned / (1 << 20):.1f} MiB scanned in {scan.duration_s:.2f} s, ")
-                + f"{len(secret_hits)} hit(s)"))
+                + f"{len(secret_hits)} hit(s)")))
         return t
 
     def _establish_control(self, spec: CheckpointSpec) -> None:

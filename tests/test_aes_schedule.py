@@ -9,7 +9,7 @@ import pytest
 
 from remanence.cli import main
 from remanence.model import Secret
-from remanence.plan import cpu_lacks
+from remanence.plan import cpu_lacks, make_plan
 from remanence.scenario import ScenarioError, load_scenario
 from remanence.targets import PROJECT_ROOT
 from remanence.scan.aes_schedule import expand_key, word_swapped
@@ -184,3 +184,24 @@ def test_a_cpu_flag_must_be_spelled_as_cpuinfo_does(tmp_path):
 def test_reports_name_a_schedule_window_by_its_round_keys():
     assert fragment_text("aes256-schedule", (80, 192)) == "round keys 5-11 [80:192)"
     assert fragment_text("raw", [16, 32]) == "fragment [16:32)"
+
+
+def test_a_program_scenario_needing_a_cpu_flag_this_cpu_lacks_is_skipped_unbuilt(tmp_path):
+    (tmp_path / "p.toml").write_text('''
+name = "p.aes"
+target = "program"
+methods = ["procmem"]
+requires_cpu = ["no_such_flag"]
+
+[program]
+argv = ["./never-built"]
+build = ["false"]
+
+[[checkpoints]]
+name = "in_use"
+expect = "present"
+why = "the key is live"
+''')
+    [run] = make_plan([load_scenario(tmp_path / "p.toml")]).runs
+    assert (run.program, run.error_reason) == (None, None)
+    assert run.skip_reason == "this CPU lacks no_such_flag (flags in /proc/cpuinfo), which the scenario requires"

@@ -1,13 +1,21 @@
 """JUnit XML: one testsuite per scenario, one testcase per scenario x method x checkpoint x subject.
 
-The testcase is named `checkpoint[method]`; a verdict about something other than the planted secret (a
-value the target derived from it, `derived:<label>`, or a `remanence scan` value) adds its subject:
-`checkpoint[method] derived:session_rx`.
+Valid against the common JUnit schema (junit-10.xsd: Jenkins' xUnit plugin, pytest's tests), so that CI
+dashboards group the results by language and scenario:
 
-A testcase aggregates the scenario's repetitions: it fails if any repetition FAILed, errs if any
-was ERROR or INCONCLUSIVE (and none FAILed), is skipped only if every repetition was SKIPped.
-A FAIL the gate marked `baseline` or `suppressed` counts as passing, with a <system-out> note, so
-CI dashboards show only new failures.
+- testsuite `name`: the scenario; `file` and the `source` property: its scenario file.
+- testcase `classname`: `remanence.<target>.<scenario>`, the scenario's dots written as `:` (a scenario name
+  never holds one), because Jenkins splits a classname at its last dot: package `remanence.python`, class
+  `py:kx:xchacha`. GitLab shows the suite, then classname and name.
+- testcase `name`: `checkpoint[method]` (the pytest plugin's test id), a repeating checkpoint's step included
+  (`after_gc [step 2/5][gcore]`); a verdict about something other than the planted secret (a value the target
+  derived from it, `derived:<label>`, the `crash` of a target expected to crash, or a `remanence scan` value)
+  adds its subject: `checkpoint[method] derived:session_rx`. Unique within a class.
+
+A testcase aggregates the scenario's repetitions: it fails if any repetition FAILed, ERRORed or was INCONCLUSIVE
+(the failure's `type` says which: the FAIL's kind, `ERROR` or `INCONCLUSIVE`; the schema has no `<error>`
+element), is skipped only if every repetition was SKIPped. A FAIL the gate marked `baseline` or `suppressed`
+counts as passing, with a <system-out> note, so CI dashboards show only new failures.
 
 This module also holds the few helpers the other text reporters share (grouping, gate, redaction).
 No format ever carries hexdump bytes: hit contexts are not rendered, whatever `secrets_shown` says.
@@ -198,12 +206,16 @@ def testcase_name(case: Case) -> str:
     return f"{case.checkpoint}[{case.method}]" + (f" {case.subject}" if case.label else "")
 
 
-def _testcase(case: Case, classname: str, source: str | None) -> tuple[ET.Element, str | None]:
-    """The testcase element and its status: "failure", "error", "skipped" or None (passed)."""
+def classname(scenario: str, target: str | None) -> str:
+    """`remanence.<target>.<scenario>` with the scenario's dots as `:`, so that Jenkins, which splits a classname at
+    its last dot, files the whole scenario as the class under the package `remanence.<target>`."""
+    return ".".join(("remanence", *([target] if target else []), scenario.replace(".", ":")))
+
+
+def _testcase(case: Case, class_name: str) -> tuple[ET.Element, str | None]:
+    """The testcase element and its status: "failure", "skipped" or None (passed)."""
     n = len(case.verdicts)
-    elem = ET.Element("testcase", {"name": testcase_name(case), "classname": classname})
-    if source:
-        elem.set("file", source)
+    elem = ET.Element("testcase", {"name": testcase_name(case), "classname": class_name})
     elem.set("time", _seconds(sum(verdict_seconds(v) for v in case.verdicts)))
 
     new_fails = [v for v in case.verdicts if v.get("outcome") == "FAIL" and not gated_fail(v)]
@@ -213,19 +225,19 @@ def _testcase(case: Case, classname: str, source: str | None) -> tuple[ET.Elemen
     details = "\n".join(_repetition_lines(case))
 
     status: str | None = None
-    if new_fails:
+    if new_fails or troubles:
+        # ERROR and INCONCLUSIVE are failures too, not <error>s: junit-10.xsd declares no <error> element (only an
+        # <errors> no dashboard reads), and missing evidence must never look green.
         status = "failure"
-        first = new_fails[0]
-        kind = ET.SubElement(elem, "failure", {"message": _xml_text(f"FAIL in {rate(len(new_fails), n)}: {first.get('reason', '')}"),
-                                               "type": leak_kind(first) or "FAIL"})
-        kind.text = _xml_text(details)
-    elif troubles:
-        status = "error"
-        first = troubles[0]
-        outcomes = sorted({v["outcome"] for v in troubles}, key=("ERROR", "INCONCLUSIVE").index)
-        kind = ET.SubElement(elem, "error", {"message": _xml_text(f"{'/'.join(outcomes)} in {rate(len(troubles), n)}: {first.get('reason', '')}"),
-                                             "type": outcomes[0]})
-        kind.text = _xml_text(details)
+        if new_fails:
+            first, count = new_fails[0], len(new_fails)
+            outcome, kind = "FAIL", leak_kind(new_fails[0]) or "FAIL"
+        else:
+            first, count = troubles[0], len(troubles)
+            outcomes = sorted({v["outcome"] for v in troubles}, key=("ERROR", "INCONCLUSIVE").index)
+            outcome, kind = "/".join(outcomes), outcomes[0]
+        message = f"{outcome} in {rate(count, n)}: {first.get('reason', '')}"
+        ET.SubElement(elem, "failure", {"message": _xml_text(message), "type": kind}).text = _xml_text(details)
     elif len(skips) == n:
         status = "skipped"
         ET.SubElement(elem, "skipped", {"message": _xml_text(skips[0].get("reason", ""))})
@@ -236,7 +248,7 @@ def _testcase(case: Case, classname: str, source: str | None) -> tuple[ET.Elemen
         out.append(f"FAIL in {rate(len(known_fails), n)}, not counted as a failure: {gate_note(first)}: {first.get('reason', '')}")
     if skips and status != "skipped":
         out.append(f"SKIP in {rate(len(skips), n)}: {skips[0].get('reason', '')}")
-    if status not in ("failure", "error"):   # those carry the details in their element already
+    if status != "failure":   # a failure carries the details in its element already
         out.append(details)
     if out:
         ET.SubElement(elem, "system-out").text = _xml_text("\n".join(out))
@@ -255,15 +267,16 @@ class JunitReporter:
             by_scenario.setdefault(case.scenario, []).append(case)
 
         root = ET.Element("testsuites", {"name": "remanence"})
-        totals = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+        totals = {"tests": 0, "failures": 0, "errors": 0}
         total_time = 0.0
         for scenario, scenario_cases in by_scenario.items():
             run = runs.get(scenario, {})
-            target = run.get("target")
-            classname = f"remanence.{target}.{scenario}" if target else f"remanence.{scenario}"
+            target, source = run.get("target"), run.get("source")
             suite = ET.SubElement(root, "testsuite", {"name": scenario})
+            if source:
+                suite.set("file", _xml_text(source))
             properties = ET.SubElement(suite, "properties")
-            for name, value in (("target", target), ("source", run.get("source")),
+            for name, value in (("target", target), ("source", source),
                                 ("target_source", f"{run['target_source']['path']}:{run['target_source']['line']}"
                                  if run.get("target_source") else None),
                                 ("description", run.get("description"))):
@@ -271,21 +284,23 @@ class JunitReporter:
                     ET.SubElement(properties, "property", {"name": name, "value": _xml_text(value)})
             if not len(properties):
                 suite.remove(properties)
+            # errors stays 0: ERROR and INCONCLUSIVE testcases are failures (see _testcase); the schema requires it.
             counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
             cases_time = 0.0
             for case in scenario_cases:
-                elem, status = _testcase(case, classname, run.get("source"))
+                elem, status = _testcase(case, classname(scenario, target))
                 suite.append(elem)
                 counts["tests"] += 1
                 if status:
-                    counts["failures" if status == "failure" else "errors" if status == "error" else "skipped"] += 1
+                    counts["failures" if status == "failure" else "skipped"] += 1
                 cases_time += sum(verdict_seconds(v) for v in case.verdicts)
             # The suite took as long as its runs (target start-up included), never less than its testcases.
             runs_time = sum(float(r.get("duration_s") or 0.0) for r in doc.get("runs", []) if r.get("scenario") == scenario)
             suite_time = max(runs_time, cases_time)
             for key, value in counts.items():
                 suite.set(key, str(value))
-                totals[key] += value
+            for key in totals:     # the schema's testsuites has no skipped count
+                totals[key] += counts[key]
             suite.set("time", _seconds(suite_time))
             total_time += suite_time
         for key, value in totals.items():

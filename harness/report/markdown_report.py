@@ -1,15 +1,16 @@
 """Markdown summary for a pull-request comment or $GITHUB_STEP_SUMMARY.
 
-A headline with the counts and the exit code, a table of what needs attention (non-passing
-verdicts, aggregated over repetitions), repetition rates for repeated scenarios, then every verdict
-in a collapsed <details>. When some verdict is about something other than the planted secret (a derived
+A headline with the counts and the exit code, where the secret survives (the findings, from the document's
+aggregates, beside the gate), a table of what needs attention (non-passing verdicts, aggregated over
+repetitions), repetition rates for repeated scenarios, then every verdict in a collapsed <details>. When some verdict is about something other than the planted secret (a derived
 value, a `remanence scan` value), every table gets a subject column. Kept under GitHub's 64 KiB limit: whatever does not fit is left out with a
-note. No secret bytes and no hexdumps, whatever `secrets_shown` says.
+note (what needs attention is kept first, then the findings). No secret bytes and no hexdumps, whatever `secrets_shown` says.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .findings import findings
 from .junit_report import Case, cases, gate_note, gate_state, gated_fail, has_subjects, redact, subject_of
 
 EMOJI = {"PASS": "✅", "FAIL": "❌", "INCONCLUSIVE": "❔", "ERROR": "💥", "SKIP": "⏭️"}
@@ -56,6 +57,25 @@ def _subject_cell(subject: str) -> list[str]:
     return [cell(subject)]
 
 
+MARKS = {True: "✓ ", False: "✗ ", None: ""}
+FINDINGS_LEGEND = ("✓ as the scenario expects, ✗ not as it expects (copies where none should be, or none where one "
+                   "should be); the gate judges placement and evidence too.")
+
+
+def _findings(doc: dict, subjects: bool) -> list[str]:
+    """One row per scenario x checkpoint x method (x subject); a scenario and checkpoint are named once for the rows
+    below them."""
+    rows, previous = [], ("", "")
+    for f in findings(doc):
+        scenario = "" if f.scenario == previous[0] else cell(f.scenario)
+        checkpoint = "" if (f.scenario, f.checkpoint) == previous else cell(f.checkpoint)
+        previous = (f.scenario, f.checkpoint)
+        gate = ", ".join(f"{EMOJI.get(o, '')} {o if f.runs == 1 else f'{n}/{f.runs} {o}'}" for o, n in f.gate)
+        rows.append(_row(scenario, checkpoint, cell(f.method), *(_subject_cell(f.subject) if subjects else []),
+                         MARKS[f.expected] + cell(f.text), gate))
+    return rows
+
+
 def _attention(all_cases: list[Case], subjects: bool) -> list[tuple[int, str]]:
     """(priority, row) for each scenario x checkpoint x method (x subject) x non-passing outcome (gated FAILs apart)."""
     rank = {"FAIL": 0, "ERROR": 1, "INCONCLUSIVE": 2, "baseline": 3, "suppressed": 4, "SKIP": 5}
@@ -75,6 +95,14 @@ def _attention(all_cases: list[Case], subjects: bool) -> list[tuple[int, str]]:
                                                 *(_subject_cell(case.subject) if subjects else []),
                                                 cell(case.expect), label, cell(_with_gate(first)))))
     return sorted(rows, key=lambda r: r[0])   # stable: document order within a rank
+
+
+@dataclass(frozen=True)
+class Section:
+    opening: list[str]
+    rows: list[str]
+    closing: list[str]
+    priority: int = 2      # lower: given room first when the text must be cut
 
 
 @dataclass(frozen=True)
@@ -124,14 +152,20 @@ class MarkdownReporter:
             facts.append(f"{cell(doc['started_at'])} → {cell(doc.get('finished_at') or '?')}")
         head += [" · ".join(facts), ""]
 
-        sections: list[tuple[list[str], list[str], list[str]]] = []   # (opening lines, rows, closing lines)
+        sections: list[Section] = []
+        found = _findings(doc, subjects)
+        if found:
+            sections.append(Section(["### Where the secret survives", "", FINDINGS_LEGEND, ""]
+                                    + _header("scenario", "checkpoint", "method", *subject_col, "found", "gate"),
+                                    found, [""], priority=1))
         attention = [row for _, row in _attention(all_cases, subjects)]
         if attention:
-            sections.append(([f"### Needs attention ({len(attention)})", ""]
-                             + _header("scenario", "checkpoint", "method", *subject_col, "expected", "verdict", "reason"),
-                             attention, [""]))
+            sections.append(Section([f"### Needs attention ({len(attention)})", ""]
+                                    + _header("scenario", "checkpoint", "method", *subject_col, "expected", "verdict",
+                                              "reason"),
+                                    attention, [""], priority=0))
         else:
-            sections.append((["All verdicts passed.", ""], [], []))
+            sections.append(Section(["All verdicts passed.", ""], [], [], priority=0))
         repeated = [c for c in all_cases if len(c.verdicts) > 1]
         if repeated:
             rows = []
@@ -141,48 +175,53 @@ class MarkdownReporter:
                 rows.append(_row(cell(c.scenario), cell(c.checkpoint), cell(c.method),
                                  *(_subject_cell(c.subject) if subjects else []), cell(c.expect),
                                  f"{found}/{len(c.verdicts)}", outcomes))
-            sections.append((["### Repetition rates", ""]
-                             + _header("scenario", "checkpoint", "method", *subject_col, "expected",
-                                       "found" if subjects else "secret found", "outcomes"),
-                             rows, [""]))
+            sections.append(Section(["### Repetition rates", ""]
+                                    + _header("scenario", "checkpoint", "method", *subject_col, "expected",
+                                              "found" if subjects else "secret found", "outcomes"),
+                                    rows, [""]))
         if verdicts:
             rows = [_row(cell(v.get("scenario")), str(v.get("repetition", "")), cell(v.get("checkpoint")),
                          cell(v.get("method")), *(_subject_cell(subject_of(v)) if subjects else []),
                          cell(v.get("expect")), _verdict_label(v), cell(_with_gate(v)))
                     for v in verdicts]
-            sections.append(([f"<details><summary>All verdicts ({len(verdicts)})</summary>", ""]
-                             + _header("scenario", "#", "checkpoint", "method", *subject_col, "expected", "verdict",
-                                       "reason"),
-                             rows, ["", "</details>", ""]))
+            sections.append(Section([f"<details><summary>All verdicts ({len(verdicts)})</summary>", ""]
+                                    + _header("scenario", "#", "checkpoint", "method", *subject_col, "expected",
+                                              "verdict", "reason"),
+                                    rows, ["", "</details>", ""]))
         return self._fit(head, sections)
 
-    def _fit(self, head: list[str], sections: list[tuple[list[str], list[str], list[str]]]) -> str:
-        """Join the sections, leaving rows out once the next would push the text past max_bytes."""
+    def _fit(self, head: list[str], sections: list[Section]) -> str:
+        """Join the sections in their order, leaving rows out once the next would push the text past max_bytes; room
+        goes to the sections by priority (what needs attention first), and once a section is cut the ones after it
+        in priority get nothing."""
         def size(lines: list[str]) -> int:
             return sum(len(line.encode("utf-8")) + 1 for line in lines)
 
         note_room = 400
+        used = size(head)
         budget = self.max_bytes - note_room
-        out = list(head)
-        used = size(out)
+        kept: dict[int, int | None] = {}     # section index -> rows kept (None: the section is left out)
         omitted = 0
-        for opening, rows, closing in sections:
-            if omitted:
-                omitted += len(rows)
+        for i in sorted(range(len(sections)), key=lambda i: sections[i].priority):
+            section = sections[i]
+            frame = size(section.opening) + size(section.closing)
+            if omitted or used + frame > budget:
+                kept[i] = None
+                omitted += len(section.rows) or 1
                 continue
-            if used + size(opening) + size(closing) > budget:
-                omitted += len(rows) or 1
-                continue
-            out += opening
-            used += size(opening)
-            for i, row in enumerate(rows):
-                if used + size([row]) + size(closing) > budget:
-                    omitted += len(rows) - i
+            used += frame
+            count = 0
+            for row in section.rows:
+                if used + size([row]) > budget:
                     break
-                out.append(row)
                 used += size([row])
-            out += closing
-            used += size(closing)
+                count += 1
+            kept[i] = count
+            omitted += len(section.rows) - count
+        out = list(head)
+        for i, section in enumerate(sections):
+            if kept[i] is not None:
+                out += section.opening + section.rows[:kept[i]] + section.closing
         if omitted:
             out += ["", f"> ⚠️ **Truncated** to stay under {self.max_bytes // 1024} KiB: {omitted} row(s) left out. "
                         "Every verdict is in results.json (and the JUnit and SARIF reports).", ""]

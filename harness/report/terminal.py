@@ -1,4 +1,5 @@
-"""The terminal view of a results document: a rich table of verdicts. Colour follows rich's rules, NO_COLOR included.
+"""The terminal view of a results document: findings first (where the secret survives, beside the gate), then the
+table of verdicts. Colour follows rich's rules, NO_COLOR included.
 
 A `subject` column appears only when some verdict is about something other than the planted secret (a value the
 target derived from it, or a `remanence scan` value); documents without the field are about the secret alone."""
@@ -9,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..model import Outcome
+from .findings import findings
 
 STYLES = {Outcome.PASS.value: "green", Outcome.FAIL.value: "bold red", Outcome.INCONCLUSIVE.value: "yellow",
           Outcome.ERROR.value: "bold magenta", Outcome.SKIP.value: "dim"}
@@ -18,8 +20,38 @@ def _subject(item: dict) -> str:
     return item.get("subject") or "secret"
 
 
+MARK_STYLES = {True: "green", False: "bold red", None: ""}   # by Finding.expected
+MARKS = {True: "✓ ", False: "✗ ", None: ""}
+
+
+def print_findings(doc: dict, console: Console, subjects: bool) -> None:
+    """One row per scenario x checkpoint x method (x subject); a scenario and checkpoint are named once for the rows
+    below them, so the table stays narrow enough for 80 columns."""
+    rows = findings(doc)
+    if not rows:
+        return
+    table = Table(title="where the secret survives", title_justify="left", box=None, padding=(0, 1), pad_edge=False)
+    for column in ("scenario", "checkpoint", "method") + (("subject",) if subjects else ()) + ("found", "gate"):
+        table.add_column(column, overflow="fold", no_wrap=column == "method")
+    previous = ("", "")
+    for f in rows:
+        scenario = "" if f.scenario == previous[0] else f.scenario
+        checkpoint = "" if (f.scenario, f.checkpoint) == previous else f.checkpoint
+        previous = (f.scenario, f.checkpoint)
+        style = "yellow" if f.state == "no evidence" else MARK_STYLES[f.expected]
+        found = f"{MARKS[f.expected]}{escape(f.text)}"
+        found = f"[{style}]{found}[/]" if style else found
+        gate = ", ".join(f"[{STYLES.get(o, '')}]{o if f.runs == 1 else f'{n}/{f.runs} {o}'}[/]" for o, n in f.gate)
+        table.add_row(escape(scenario), escape(checkpoint), f.method, *((escape(f.subject),) if subjects else ()),
+                      found, gate)
+    console.print(table)
+    console.print(f"{MARKS[True]}as the scenario expects   {MARKS[False]}not as it expects (copies where none should be, "
+                  "or none where one should be); the gate judges placement and evidence too\n", style="dim")
+
+
 def print_verdicts(doc: dict, console: Console) -> None:
     subjects = any(_subject(v) != "secret" for v in doc["verdicts"])
+    print_findings(doc, console, subjects)
     table = Table(title="remanence verdicts", show_lines=False, expand=False)
     columns = ("scenario", "#", "checkpoint", "method") + (("subject",) if subjects else ()) \
         + ("expect", "verdict", "reason")
