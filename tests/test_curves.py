@@ -144,11 +144,11 @@ def test_the_html_findings_give_a_repeating_checkpoint_one_row_with_a_mark_per_s
     _, doc = go_curves
     rows = {(sc["name"], row["checkpoint"]): row for group in build_view(doc)["findings"] for sc in group["scenarios"]
             for row in sc["rows"]}
-    for scenario, after_first in (("secret.heap", "clean"), ("secret.heap_nodo", "full")):
+    for scenario, after_first in (("secret.heap", "clean"), ("secret.heap_nodo", "full-copy")):
         row = rows[(scenario, "before_gc")]
         (cell,) = [c for c in row["cells"] if c["outcome"]]
-        assert row["steps"] == 6 and [p["kind"] for p in cell["steps"]] == ["full"] + [after_first] * 5
-        assert cell["kind"] == after_first and cell["rate"] == "2/2"
+        assert row["steps"] == 6 and [p["kind"] for p in cell["steps"]] == ["full-copy"] + [after_first] * 5
+        assert cell["kind"] == after_first and cell["word"] == ("clean 2/2" if after_first == "clean" else "full 2/2")
 
 
 def test_a_document_with_steps_reads_back_and_an_old_one_without_still_reads(go_curves):

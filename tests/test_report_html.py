@@ -247,23 +247,22 @@ def _findings(view) -> dict:
 def test_findings_say_what_survives_beside_the_outcome(doc):
     view = build_view(doc)
     cells = _findings(view)
-    seen = {key[:3] + (key[3],): (c["outcome"], c.get("kind"), c.get("tone"), c.get("regions"), c.get("rate"))
-            for key, c in cells.items() if c["outcome"]}
+    seen = {key: (c["outcome"], c.get("word"), c.get("tone"), c.get("regions")) for key, c in cells.items() if c["outcome"]}
     assert seen == {
-        ("malloc.memset", "in_use", None, "procmem"): ("PASS", "full", "expected", "heap", None),
-        ("malloc.memset", "freed", None, "procmem"): ("FAIL", "full", "unexpected", "heap", None),
-        ("malloc.memzero", "in_use", None, "procmem"): ("PASS", "full", "expected", "heap", "2/2"),
-        ("malloc.memzero", "freed", None, "procmem"): ("PASS", "clean", "expected", "", "2/2"),
+        ("malloc.memset", "in_use", None, "procmem"): ("PASS", "full copy", "expected", "heap"),
+        ("malloc.memset", "freed", None, "procmem"): ("FAIL", "full copy", "unexpected", "heap"),
+        ("malloc.memzero", "in_use", None, "procmem"): ("PASS", "full 2/2", "expected", "heap"),
+        ("malloc.memzero", "freed", None, "procmem"): ("PASS", "clean 2/2", "expected", ""),
         # the leak the scenario expects: a full copy, as expected, beside a PASS -- not the same cell as a clean PASS
-        ("malloc.nowipe", "in_use", None, "procmem"): ("PASS", "full", "expected", "heap", None),
-        ("malloc.nowipe", "in_use", None, "gcore"): ("PASS", "full", "expected", "heap", None),
-        ("malloc.nowipe", "freed", None, "procmem"): ("PASS", "full", "expected", "heap", None),
-        ("malloc.nowipe", "freed", None, "gcore"): ("PASS", "full", "expected", "heap", None),
-        ("secret.return", "after", None, "procmem"): ("SKIP", "unknown", "neutral", "", None),
-        ("selftest.crash", "in_use", None, "procmem"): ("PASS", "full", "expected", "file", None),
-        ("selftest.crash", "after", None, "procmem"): ("ERROR", "unknown", "neutral", "", None),
-        ("sodium.live", "in_use", None, "procmem"): ("PASS", "full", "expected", "anonymous", None),
-        ("sodium.live", "in_use", None, "gcore"): ("PASS", "clean", "expected", "", None)}
+        ("malloc.nowipe", "in_use", None, "procmem"): ("PASS", "full copy", "expected", "heap"),
+        ("malloc.nowipe", "in_use", None, "gcore"): ("PASS", "full copy", "expected", "heap"),
+        ("malloc.nowipe", "freed", None, "procmem"): ("PASS", "full copy", "expected", "heap"),
+        ("malloc.nowipe", "freed", None, "gcore"): ("PASS", "full copy", "expected", "heap"),
+        ("secret.return", "after", None, "procmem"): ("SKIP", "no evidence", "neutral", ""),
+        ("selftest.crash", "in_use", None, "procmem"): ("PASS", "full copy", "expected", "file"),
+        ("selftest.crash", "after", None, "procmem"): ("ERROR", "no evidence", "neutral", ""),
+        ("sodium.live", "in_use", None, "procmem"): ("PASS", "full copy", "expected", "anonymous"),
+        ("sodium.live", "in_use", None, "gcore"): ("PASS", "clean", "expected", "")}
     assert cells[("malloc.memset", "in_use", None, "gcore")]["outcome"] is None
     assert cells[("malloc.memset", "freed", None, "procmem")]["href"] == "#v-malloc.memset-1-freed-procmem"
     assert [g["language"] for g in view["findings"]] == ["C", "Go"]
@@ -275,23 +274,24 @@ def test_findings_are_the_documents_aggregates(doc):
     fragments and another had no evidence is shown so, whatever the verdicts hold."""
     changed = copy.deepcopy(doc)
     agg = next(a for a in changed["aggregates"] if (a["scenario"], a["checkpoint"]) == ("malloc.memzero", "freed"))
-    agg.update(runs=3, full=0, fragments=2, clean=0, unknown=1, regions=["stack"], outcomes={"PASS": 1, "FAIL": 2})
+    agg.update(runs=3, found=2, full=0, fragments=2, clean=0, unknown=1, regions=["stack"],
+               outcomes={"PASS": 1, "FAIL": 2})
     cell = _findings(build_view(changed))[("malloc.memzero", "freed", None, "procmem")]
-    assert (cell["kind"], cell["word"], cell["rate"], cell["regions"], cell["outcome"], cell["tone"]) == (
-        "fragments", "fragments", "2/3", "stack", "FAIL", "unexpected")
-    assert "fragments only in 2" in cell["title"] and "no evidence in 1" in cell["title"]
+    assert (cell["kind"], cell["word"], cell["regions"], cell["outcome"], cell["tone"]) == (
+        "mixed", "fragments 2/3, no evidence 1/3", "stack", "FAIL", "unexpected")
+    assert "FAIL 2, PASS 1" in cell["title"]
 
 
-def test_a_crash_verdicts_finding_is_how_the_target_died(doc):
-    """A crash verdict looks for no copy: its cell says crashed or no crash (its outcome), never clean."""
-    for outcome, word, tone in (("PASS", "crashed", "expected"), ("FAIL", "no crash", "unexpected")):
+def test_a_crash_verdict_is_a_crash_check_never_clean(doc):
+    """A crash verdict looks for no copy: its cell is a crash check, how the target died being its outcome beside."""
+    for outcome in ("PASS", "FAIL"):
         changed = copy.deepcopy(doc)
         v = _document_verdict(changed, "selftest.crash", "after", "procmem")
         v.update(subject="crash", expect="crash", outcome=outcome, method="kernel-core")
         agg = next(a for a in changed["aggregates"] if (a["scenario"], a["checkpoint"]) == ("selftest.crash", "after"))
         agg.update(subject="crash", expect="crash", method="kernel-core", outcomes={outcome: 1}, clean=1, unknown=0)
         cell = _findings(build_view(changed))[("selftest.crash", "after", "crash", "kernel-core")]
-        assert (cell["word"], cell["tone"], cell["outcome"]) == (word, tone, outcome)
+        assert (cell["word"], cell["glyph"], cell["tone"], cell["outcome"]) == ("crash check", "✕", "neutral", outcome)
 
 
 def test_passing_verdicts_are_one_line_each_and_failures_in_full(doc, page):
@@ -442,11 +442,12 @@ def test_in_headless_chromium(doc, tmp_path):
     (memset,) = _find(grid, "tbody", data_scenario="malloc.memset")
     (freed,) = _find(memset, "tr", data_checkpoint="freed")
     (cell,) = _find(freed, "td", data_method="procmem")
-    assert (cell["attrs"]["data-outcome"], cell["attrs"]["data-finding"]) == ("FAIL", "full")
+    assert (cell["attrs"]["data-outcome"], cell["attrs"]["data-finding"]) == ("FAIL", "full-copy")
     assert "full copy" in _text(cell) and "FAIL" in _text(cell) and "heap" in _text(cell)
     (memzero,) = _find(grid, "tbody", data_scenario="malloc.memzero")
     (wiped,) = _find(_find(memzero, "tr", data_checkpoint="freed")[0], "td", data_method="procmem")
     assert (wiped["attrs"]["data-outcome"], wiped["attrs"]["data-finding"]) == ("PASS", "clean")
+    assert "clean 2/2" in _text(wiped)
 
     (leak,) = _find(dom.root, "article", data_scenario="malloc.memset", data_checkpoint="freed")
     (hit,) = _find(leak, "tr", class_="hit")
@@ -487,9 +488,9 @@ def test_subjects_in_headless_chromium(derived_doc, tmp_path):
     rows = [(r["attrs"]["data-checkpoint"], r["attrs"].get("data-subject"),
              _find(r, "td", data_method="procmem")[0]["attrs"]["data-outcome"],
              _find(r, "td", data_method="procmem")[0]["attrs"]["data-finding"]) for r in _find(kx, "tr", class_="fr")]
-    assert rows == [("exchanged", None, "PASS", "full"), ("exchanged", "derived:session_rx", "PASS", "full"),
-                    ("wiped", None, "PASS", "clean"), ("wiped", "derived:session_rx", "FAIL", "full"),
-                    ("wiped", "derived:session_tx", "ERROR", "unknown")]
+    assert rows == [("exchanged", None, "PASS", "full-copy"), ("exchanged", "derived:session_rx", "PASS", "full-copy"),
+                    ("wiped", None, "PASS", "clean"), ("wiped", "derived:session_rx", "FAIL", "mixed"),
+                    ("wiped", "derived:session_tx", "ERROR", "no-evidence")]
 
     failed = _find(dom.root, "article", data_scenario="proto.kx", data_checkpoint="wiped",
                    data_subject="derived:session_rx", data_outcome="FAIL")

@@ -238,11 +238,11 @@ def test_html_findings_per_subject():
 
     def procmem(row):
         return next(c for c in row["cells"] if c["method"] == "procmem")
-    assert [(r["checkpoint"], r["subject"], procmem(r)["outcome"], procmem(r)["word"], procmem(r)["rate"])
+    assert [(r["checkpoint"], r["subject"], procmem(r)["outcome"], procmem(r)["word"], procmem(r)["tone"])
             for r in rows["proto.kx"]] == [
-        ("exchanged", None, "PASS", "full copy", "2/2"), ("exchanged", RX, "PASS", "full copy", "2/2"),
-        ("wiped", None, "PASS", "clean", "2/2"), ("wiped", RX, "FAIL", "full copy", "1/2"),
-        ("wiped", TX, "ERROR", "no evidence", "2/2")]
+        ("exchanged", None, "PASS", "full 2/2", "expected"), ("exchanged", RX, "PASS", "full 2/2", "expected"),
+        ("wiped", None, "PASS", "clean 2/2", "expected"), ("wiped", RX, "FAIL", "full 1/2, clean 1/2", "unexpected"),
+        ("wiped", TX, "ERROR", "no evidence 2/2", "neutral")]
     assert procmem(rows["proto.kx"][3])["regions"] == "heap"
     scan = [(r["subject"], next(c for c in r["cells"] if c["method"] == "core-file")["outcome"])
             for r in rows["core.4242"]]

@@ -24,6 +24,7 @@ import jinja2
 from ..scan.encodings import fragment_text
 from ..snapshot import methods as snapshot_methods
 from ..verdict import CRASH_SUBJECT, hit_process
+from .findings import Finding, findings
 
 TEMPLATES = Path(__file__).with_name("templates")
 
@@ -693,7 +694,7 @@ def build_view(doc: dict) -> dict:
     methods = [m for m in snapshot_methods.names() if m in seen_methods] + \
         [m for m in seen_methods if m not in snapshot_methods.names()]
 
-    findings = _findings(doc.get("aggregates") or [], verdicts, all_views, scenarios, methods)
+    grid = _findings(doc, all_views, scenarios, methods)
     summary = doc.get("summary") or {}
     counts = [{"outcome": o, "n": int(summary.get(o, 0) or 0)} for o in OUTCOMES]
     counts += [{"outcome": o, "n": int(n)} for o, n in summary.items() if o not in OUTCOMES]
@@ -712,7 +713,7 @@ def build_view(doc: dict) -> dict:
         "exit_code": exit_code, "exit_meaning": EXIT_MEANING.get(exit_code, ""),
         "exit_tone": {0: "PASS", 1: "FAIL", 3: "INCONCLUSIVE", 130: "ERROR"}.get(exit_code, "SKIP"),
         "counts": counts, "verdict_total": sum(c["n"] for c in counts), "run_total": len(runs),
-        "scenario_total": len(scenarios), "machine": machine, "findings": findings, "methods": methods,
+        "scenario_total": len(scenarios), "machine": machine, "findings": grid, "methods": methods,
         "has_subjects": has_subjects,
         "scenarios": list(scenarios.values()), "has_maps": any(v["snapshot"] and v["snapshot"]["layout"]
                                                              for v in all_views),
@@ -721,76 +722,46 @@ def build_view(doc: dict) -> dict:
     }
 
 
-# The finding of an aggregate (scenario x checkpoint x method x subject over its repetitions), as the document counts
-# it: the first kind with a run wins (any run with a full copy makes it "full copy"). `found`: a document written
-# before aggregates told full copies from fragments.
-# A crash verdict (expect "crash") looks for no copy: its finding is whether the target died as the checkpoint
-# accepts, which is its outcome.
-FINDINGS = {"full": ("full copy", "●"), "found": ("found", "●"), "fragments": ("fragments", "◐"),
-            "clean": ("clean", "○"), "no-crash": ("no crash", "!"), "crashed": ("crashed", "✕"),
-            "unknown": ("no evidence", "?")}
+# A mark per finding (findings.py's states), so a column of cells reads at a glance.
+GLYPHS = {"full copy": "●", "found": "●", "mixed": "◑", "fragments": "◐", "clean": "○", "no copy found": "○",
+          "no evidence": "?", "crash check": "✕"}
+TONES = {True: "expected", False: "unexpected", None: "neutral"}
 
 
-def _finding(a: dict) -> dict:
-    runs = int(a.get("runs") or 0)
-    outcomes = {o: int(n) for o, n in (a.get("outcomes") or {}).items() if n}
-    expect = a.get("expect") or ""
-    if expect == "crash":
-        counts = {"no-crash": outcomes.get("FAIL", 0), "crashed": outcomes.get("PASS", 0)}
-    else:
-        counts = {k: int(a.get(k) or 0) for k in ("full", "fragments", "clean", "unknown")}
-        if "full" not in a:
-            counts["found"] = int(a.get("found") or 0)
-    kind = next((k for k in FINDINGS if counts.get(k)), "unknown")
-    found = kind in ("full", "found", "fragments")
-    if expect == "crash":
-        tone = {"crashed": "expected", "no-crash": "unexpected"}.get(kind, "neutral")
-    elif expect == "absent":
-        tone = "unexpected" if found else "expected" if kind == "clean" else "neutral"
-    elif expect == "present":
-        tone = "expected" if found else "unexpected" if kind == "clean" else "neutral"
-    else:
-        tone = "neutral"
-    regions = ", ".join(a.get("regions") or [])
-    word, glyph = FINDINGS[kind]
-    title = (f"{a.get('checkpoint')} · {a.get('method')}"
-             + (f" · {_subject(a)}" if _subject(a) != SECRET else "") + f" · {_expect_text(expect)}: "
-             + (f"crashed as accepted in {counts['crashed']} of {runs} run(s), not in {counts['no-crash']}"
-                if expect == "crash" else
-                f"found in {counts['found']} of {runs} run(s)" if "found" in counts else
-                f"full copy in {counts['full']} of {runs} run(s), fragments only in {counts['fragments']}, "
-                f"clean in {counts['clean']}, no evidence in {counts['unknown']}")
-             + (f"; copies in {regions}" if regions else "") + " · "
-             + ", ".join(f"{o} {n}" for o, n in outcomes.items()))
-    return {"kind": kind, "word": word, "glyph": glyph, "tone": tone, "regions": regions,
-            "rate": f"{counts.get(kind, 0)}/{runs}" if runs > 1 else None, "title": title,
+def _point(f: Finding) -> dict:
+    """One finding as a findings cell shows it: the state (or the counts over repetitions), its mark, the regions,
+    expected or not, and the gate's outcomes beside it."""
+    outcomes = dict(f.gate)
+    title = (f"{f.checkpoint} · {f.method}" + (f" · {f.subject}" if f.subject != SECRET else "")
+             + f" · {_expect_text(f.expect)}: {f.text} over {f.runs} run(s) · "
+             + ", ".join(f"{o} {n}" for o, n in f.gate))
+    return {"kind": _slug(f.state), "word": f.counts or f.state, "glyph": GLYPHS.get(f.state, "·"),
+            "tone": TONES[f.expected], "regions": ", ".join(f.regions), "title": title,
             "outcome": worst(outcomes), "outcomes": outcomes}
 
 
-def _findings(aggregates: list[dict], verdicts: list[dict], views: list[dict], scenarios: dict[str, dict],
-              methods: list[str]) -> list[dict]:
+def _findings(doc: dict, views: list[dict], scenarios: dict[str, dict], methods: list[str]) -> list[dict]:
     """Findings first: per language, per scenario, a row per checkpoint (and subject other than the secret), a cell per
-    method: what the aggregates say was found (full copy, fragments, clean, no evidence; in which kinds of region),
-    marked expected or unexpected, with the gate's outcome beside it. A repeating checkpoint's steps share a row: a
-    mark per step."""
+    method: the finding (findings.py: what the aggregates say was found, in which kinds of region, expected or not),
+    with the gate's outcome beside it. A repeating checkpoint's steps share a row: a mark per step."""
+    verdicts = doc.get("verdicts") or []
     steps = {(v.get("scenario"), v.get("checkpoint")): v["step"] for v in verdicts if isinstance(v.get("step"), dict)}
     views_by_key: dict[tuple, list[dict]] = {}
     for vd in views:
         views_by_key.setdefault((vd["scenario"], vd["checkpoint"], vd["method"], vd["subject_key"]), []).append(vd)
     rows: dict[tuple, dict] = {}
-    for a in aggregates:
-        step = steps.get((a.get("scenario"), a.get("checkpoint")))
-        checkpoint = step.get("checkpoint") if step else a.get("checkpoint")
-        subject = _subject(a)
-        row = rows.setdefault((a.get("scenario"), checkpoint, subject), {
-            "scenario": a.get("scenario"), "checkpoint": checkpoint, "subject": None if subject == SECRET else subject,
+    for f in findings(doc):
+        step = steps.get((f.scenario, f.checkpoint))
+        checkpoint = step.get("checkpoint") if step else f.checkpoint
+        row = rows.setdefault((f.scenario, checkpoint, f.subject), {
+            "scenario": f.scenario, "checkpoint": checkpoint, "subject": None if f.subject == SECRET else f.subject,
             "stepped": step is not None, "by_method": {}})
-        point = _finding(a)
-        matching = views_by_key.get((a.get("scenario"), a.get("checkpoint"), a.get("method"), subject), [])
+        point = _point(f)
+        matching = views_by_key.get((f.scenario, f.checkpoint, f.method, f.subject), [])
         target = next((vd for vd in matching if vd["outcome"] == point["outcome"]), matching[0] if matching else None)
         point["href"] = "#" + target["id"] if target else None
         point["gated"] = bool(matching) and all(vd["gate"] for vd in matching if vd["outcome"] == point["outcome"])
-        row["by_method"].setdefault(a.get("method"), []).append(point)
+        row["by_method"].setdefault(f.method, []).append(point)
     groups: dict[str, dict] = {}
     placed: dict[str, dict] = {}
     for row in rows.values():
@@ -815,8 +786,8 @@ def _findings(aggregates: list[dict], verdicts: list[dict], views: list[dict], s
             cells.append({
                 "method": m, "outcome": outcome, "kind": last["kind"], "word": last["word"], "glyph": last["glyph"],
                 "tone": "unexpected" if "unexpected" in tones else "expected" if tones == {"expected"} else "neutral",
-                "regions": ", ".join(dict.fromkeys(r for p in points for r in p["regions"].split(", ") if r)),
-                "rate": last["rate"], "title": last["title"] if len(points) == 1 else
+                "regions": last["regions"],
+                "title": last["title"] if len(points) == 1 else
                 f"{len(points)} steps, the word is the last one's: {last['title']}", "href": first["href"],
                 "gated": all(p["gated"] for p in points if p["outcome"] == outcome),
                 "steps": points if row["stepped"] else []})
