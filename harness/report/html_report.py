@@ -792,7 +792,7 @@ def _findings(doc: dict, views: list[dict], scenarios: dict[str, dict], methods:
                 "gated": all(p["gated"] for p in points if p["outcome"] == outcome),
                 "steps": points if row["stepped"] else []})
         sc["rows"].append({"checkpoint": row["checkpoint"], "subject": row["subject"], "cells": cells,
-                           "steps": len(next(iter(row["by_method"].values()))) if row["stepped"] else 0})
+                           "steps": max(map(len, row["by_method"].values())) if row["stepped"] else 0})
     return list(groups.values())
 
 
