@@ -1,5 +1,5 @@
 """results.json, the one record of a run: built from Results, read back and checked, merged (schema:
-harness/schema/results-v1.schema.json).
+harness/schema/results-v2.schema.json; version 1 documents are still read).
 
 `Document` and the classes it holds mirror the JSON one to one, in its key order. `Document.from_results`
 builds it, `to_json` gives the plain data every reporter renders and `results.json` holds, `from_json` /
@@ -11,6 +11,11 @@ then left out again). `merge` makes one document of several: the pytest plugin's
 
 A verdict's `kind` (verdict.Kind) says what kind of outcome it is; documents written before it existed lack it,
 and `fallback_kind` is the one place that stands in for it.
+
+The file and the plain data differ: `to_json` gives every verdict its own snapshot, hit regions and contexts (what
+reporters render, and version 1's layout); `pack` stores each snapshot's image (regions, gaps, notes) and each
+distinct hit context once, in top-level `snapshots` and `contexts` tables the verdicts refer to, and `dumps` writes
+that (version 2); `from_json` reads both versions, unpacking version 2.
 """
 from __future__ import annotations
 
@@ -33,8 +38,9 @@ from .targets import PROJECT_ROOT, registration_site
 from .verdict import Finding, Kind, Verdict, outcome_kind
 
 SCHEMA_NAME = "remanence-results"
-SCHEMA_VERSION = 1
-SCHEMA_FILE = Path(__file__).parent / "schema" / f"results-v{SCHEMA_VERSION}.schema.json"
+SCHEMA_VERSION = 2
+READ_VERSIONS = (1, 2)
+SCHEMA_DIR = Path(__file__).parent / "schema"
 
 
 class DocumentError(ValueError):
@@ -426,10 +432,14 @@ class Document(_Record):
         that must be there although older documents may lack them (a shard's plan, for instance)."""
         if not isinstance(data, dict) or data.get("schema") != SCHEMA_NAME:
             raise DocumentError(f"{source}: not a remanence {what} (no \"schema\": \"{SCHEMA_NAME}\")")
-        if data.get("schema_version") != SCHEMA_VERSION:
-            raise DocumentError(f"{source}: schema_version {data.get('schema_version')!r}, this remanence reads {SCHEMA_VERSION}")
+        version = data.get("schema_version")
+        if version not in READ_VERSIONS or isinstance(version, bool):
+            raise DocumentError(f"{source}: schema_version {version!r}: this remanence reads "
+                                f"{' and '.join(map(str, READ_VERSIONS))}")
         if not isinstance(data.get("verdicts"), list):
             raise DocumentError(f"{source}: no verdicts list")
+        if version == 2 and "snapshots" in data:   # a file; the plain data of to_json has no tables
+            data = unpack(data, source)
         for key in needs:
             if key not in data:
                 raise DocumentError(f"{source}: {key} is missing")
@@ -466,9 +476,9 @@ def read(path: Path, what: str = "results document", needs: tuple[str, ...] = ()
     return Document.from_json(data, name, what, needs)
 
 
-def schema() -> dict:
-    """The JSON schema every document this module writes satisfies."""
-    return json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
+def schema(version: int = SCHEMA_VERSION) -> dict:
+    """The JSON schema of results.json files of `version` (the current one: every file `dumps` writes satisfies it)."""
+    return json.loads((SCHEMA_DIR / f"results-v{version}.schema.json").read_text(encoding="utf-8"))
 
 
 # --- derived values ---------------------------------------------------------------------------------------------
@@ -561,12 +571,196 @@ def kind_of(verdict: dict) -> Kind | None:
         return fallback_kind(verdict.get("outcome", ""), verdict.get("expect", ""), bool(verdict.get("hits")))
 
 
+# --- the file: version 2's tables ---------------------------------------------------------------------------------
+
+_TABLES = ("regions", "gaps", "snapshots", "contexts")
+
+
+def _key(value) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+class _Table:
+    """Distinct values in order of first appearance; a value's index is its reference."""
+
+    def __init__(self):
+        self.index: dict[str, int] = {}
+        self.entries: list = []
+
+    def add(self, value, key: str | None = None) -> int:
+        """The index of `value` (of `key`, when values alike by key share an entry: the first one's)."""
+        key = _key(value) if key is None else key
+        if key not in self.index:
+            self.index[key] = len(self.entries)
+            self.entries.append(value)
+        return self.index[key]
+
+
+class _Packer:
+    """The tables of one document being packed."""
+
+    def __init__(self):
+        self.tables = {name: _Table() for name in _TABLES}
+        self.from_served: dict[int, bool] = {}   # image id -> whether its entry is a served method's snapshot
+
+    def add_image(self, snapshot: dict | None) -> int | None:
+        """The id of the image `snapshot` shows. An image served to a second method, or judged for several subjects,
+        is one entry: the snapshot of the method that took it (without served_by), whichever verdict comes first."""
+        if snapshot is None:
+            return None
+        image = {k: val for k, val in snapshot.items() if k != "served_by"}
+        same = (snapshot.get("pid"), snapshot["regions"], snapshot["gaps"]) if snapshot["regions"] else image
+        images = self.tables["snapshots"]
+        number = images.add(image, _key(same))
+        if self.from_served.setdefault(number, "served_by" in snapshot) and "served_by" not in snapshot:
+            images.entries[number] = image     # the taking method's own snapshot stands for the image
+            self.from_served[number] = False
+        return number
+
+    def snapshot(self, snapshot: dict | None) -> tuple[int | dict | None, dict | None]:
+        """(what a verdict or process holds for `snapshot`: its image's id, or {"image": id, <what differs>}, for
+        instance a served method's own method, duration, notes and served_by; the image, unpacked)."""
+        number = self.add_image(snapshot)
+        if number is None:
+            return None, None
+        image = self.tables["snapshots"].entries[number]
+        differs = {k: val for k, val in snapshot.items() if k not in image or image[k] != val}
+        return (number if not differs else {"image": number, **differs}), image
+
+    def hit(self, hit: dict, image: dict | None) -> dict:
+        """A hit's region as its index in the regions of the image it lies in, its context as an index in
+        `contexts`."""
+        hit = dict(hit)
+        if image is not None and hit["region"] in image["regions"]:
+            hit["region"] = image["regions"].index(hit["region"])
+        if hit.get("context") is not None:
+            hit["context"] = self.tables["contexts"].add(hit["context"])
+        return hit
+
+    def verdict(self, v: dict) -> dict:
+        v = dict(v)
+        v["snapshot"], own = self.snapshot(v.get("snapshot"))
+        by_pid = {}
+        if "processes" in v:
+            v["processes"] = [dict(p) for p in v["processes"]]
+            for p in v["processes"]:
+                p["snapshot"], by_pid[p["pid"]] = self.snapshot(p["snapshot"])
+        v["hits"] = [self.hit(h, by_pid.get(h.get("pid"), own)) for h in v.get("hits", [])]
+        return v
+
+    def images(self) -> list[dict]:
+        """The snapshots table: each image with its id, its regions and gaps as indexes in `regions` and `gaps`."""
+        return [{"id": i, **image, "regions": [self.tables["regions"].add(r) for r in image["regions"]],
+                 "gaps": [self.tables["gaps"].add(g) for g in image["gaps"]]}
+                for i, image in enumerate(self.tables["snapshots"].entries)]
+
+
+def pack(doc: dict) -> dict:
+    """results.json's version 2 of the plain data `doc` (to_json's, gated or not): each snapshot's image once in
+    `snapshots`, referred to by id from its verdicts and processes, its regions and gaps as indexes in the
+    document's `regions` and `gaps` (each distinct one once); a hit's region as its index in the regions of the
+    image of the process it lies in; each distinct hit context once in `contexts`, referred to by its index."""
+    packer = _Packer()
+    for v in doc["verdicts"]:       # every image first: its entry is the taking method's snapshot
+        for snapshot in [v.get("snapshot")] + [p["snapshot"] for p in v.get("processes", [])]:
+            packer.add_image(snapshot)
+    verdicts = [packer.verdict(v) for v in doc["verdicts"]]
+    snapshots = packer.images()
+    data = {k: val for k, val in doc.items() if k != "verdicts"}
+    data["schema_version"] = SCHEMA_VERSION
+    extras = {k: data.pop(k) for k in ("series", "gate", "shard", "planned_runs", "shard_runs", "merged_from") if k in data}
+    tables = {"regions": packer.tables["regions"].entries, "gaps": packer.tables["gaps"].entries,
+              "snapshots": snapshots, "contexts": packer.tables["contexts"].entries}
+    return {**data, **tables, "verdicts": verdicts, **extras}
+
+
+def _entry(table: list, ref, where: str, what: str):
+    _expect(isinstance(ref, int) and not isinstance(ref, bool), where, f"an index in {what}", ref)
+    if not 0 <= ref < len(table):
+        raise DocumentError(f"{where}: {ref} is not an index in {what} (it has {len(table)})")
+    return table[ref]
+
+
+class _Unpacker:
+    """The tables of a version 2 file, and the references into them resolved."""
+
+    def __init__(self, data: dict, source: str):
+        self.source = source
+        for name in _TABLES:
+            _expect(isinstance(data.get(name), list), f"{source}: {name}", "a list", data.get(name))
+        self.regions, self.gaps, self.contexts = data["regions"], data["gaps"], data["contexts"]
+        self.images = [self.image(image, f"{source}: snapshots[{i}]") for i, image in enumerate(data["snapshots"])]
+
+    def image(self, image, where: str) -> dict:
+        _expect(isinstance(image, dict), where, "an object", image)
+        image = {k: val for k, val in image.items() if k != "id"}
+        for name, table in (("regions", self.regions), ("gaps", self.gaps)):
+            _expect(isinstance(image.get(name), list), f"{where}.{name}", "a list", image.get(name))
+            image[name] = [_entry(table, ref, f"{where}.{name}[{j}]", name) for j, ref in enumerate(image[name])]
+        return image
+
+    def snapshot(self, ref, where: str) -> dict | None:
+        if ref is None:
+            return None
+        overrides = ref if isinstance(ref, dict) else {"image": ref}
+        image = _entry(self.images, overrides.get("image"), f"{where}.image" if ref is overrides else where, "snapshots")
+        return {**image, **{k: val for k, val in overrides.items() if k != "image"}}
+
+    def hit(self, hit, image: dict | None, where: str):
+        if not isinstance(hit, dict):
+            return hit          # Document.from_json names it
+        hit = dict(hit)
+        if isinstance(hit.get("region"), int):
+            _expect(image is not None, f"{where}.region", "a region object (the verdict has no snapshot)", hit["region"])
+            hit["region"] = _entry(image["regions"], hit["region"], f"{where}.region", "its snapshot's regions")
+        if hit.get("context") is not None:
+            hit["context"] = _entry(self.contexts, hit["context"], f"{where}.context", "contexts")
+        return hit
+
+    def verdict(self, v, where: str):
+        if not isinstance(v, dict):
+            return v
+        v = dict(v)
+        v["snapshot"] = own = self.snapshot(v.get("snapshot"), f"{where}.snapshot")
+        by_pid = {}
+        if isinstance(v.get("processes"), list):
+            v["processes"] = [dict(p) if isinstance(p, dict) else p for p in v["processes"]]
+            for j, p in enumerate(v["processes"]):
+                if isinstance(p, dict):
+                    p["snapshot"] = by_pid[p.get("pid")] = self.snapshot(p.get("snapshot"), f"{where}.processes[{j}].snapshot")
+        if isinstance(v.get("hits"), list):
+            v["hits"] = [self.hit(h, by_pid.get(h.get("pid"), own) if isinstance(h, dict) else None, f"{where}.hits[{j}]")
+                         for j, h in enumerate(v["hits"])]
+        return v
+
+
+def unpack(data: dict, source: str) -> dict:
+    """The plain data (to_json's layout) of a version 2 file's `data`; DocumentError naming a reference that points
+    nowhere."""
+    tables = _Unpacker(data, source)
+    verdicts = [tables.verdict(v, f"{source}: verdicts[{i}]") for i, v in enumerate(data["verdicts"])]
+    return {**{k: val for k, val in data.items() if k not in _TABLES}, "verdicts": verdicts}
+
+
+def dumps(doc: dict) -> str:
+    """The text of results.json for the plain data `doc`: version 2 (see pack), one line per table entry, verdict
+    and run, so that it is both small and read (and diffed) line by line."""
+    lines = []
+    for key, value in pack(doc).items():
+        if isinstance(value, list) and value:
+            items = ",\n".join(f"    {json.dumps(item)}" for item in value)
+            lines.append(f"  {json.dumps(key)}: [\n{items}\n  ]")
+        else:
+            lines.append(f"  {json.dumps(key)}: {json.dumps(value)}")
+    return "{\n" + ",\n".join(lines) + "\n}\n"
+
+
 # --- merging -----------------------------------------------------------------------------------------------------
 
 def merge(docs: list[Document], run_order: list[str] | None = None, allow_skip: bool = False) -> Document:
     """One document of several runs' documents (scenarios, xdist workers, shards): runs and verdicts in `run_order`
     (run ids) when given, else as given; their gates dropped (gate the merged document anew); summary, aggregates
-    and exit code recomputed. The first document's schema, tool and machine stand for all."""
+    and exit code recomputed. The first document's tool and machine stand for all (it is written in this version)."""
     first = docs[0]
     runs = [r for d in docs for r in d.runs]
     verdicts = [dataclasses.replace(v, gate=ABSENT) for d in docs for v in d.verdicts]
@@ -574,7 +768,7 @@ def merge(docs: list[Document], run_order: list[str] | None = None, allow_skip: 
         position = {rid: i for i, rid in enumerate(run_order)}
         runs.sort(key=lambda r: position[r.run_id])
         verdicts.sort(key=lambda v: position[v.run_id])      # stable: a run's verdicts keep their order
-    merged = Document(first.schema, first.schema_version, verdicts,
+    merged = Document(first.schema, SCHEMA_VERSION, verdicts,
                       secrets_shown=any(d.secrets_shown for d in docs), tool=first.tool,
                       started_at=min(d.started_at for d in docs), finished_at=max(d.finished_at for d in docs),
                       interrupted=any(d.interrupted for d in docs), machine=first.machine,
