@@ -2,7 +2,7 @@
 harness/schema/results-v2.schema.json; version 1 documents are still read).
 
 `Document` and the classes it holds mirror the JSON one to one, in its key order. `Document.from_results`
-builds it, `to_json` gives the plain data every reporter renders and `results.json` holds, `from_json` /
+builds it, `to_json` gives the plain data every reporter renders (`dumps` the text of results.json), `from_json` /
 `read` read one back: a key the readers need that is missing or of the wrong type, or a foreign document, is
 a DocumentError with one line naming the file and the key. A reader takes documents from older versions of
 remanence: a key a class gives a default may be missing (the default stands in; `ABSENT` marks keys that are
@@ -41,6 +41,8 @@ SCHEMA_NAME = "remanence-results"
 SCHEMA_VERSION = 2
 READ_VERSIONS = (1, 2)
 SCHEMA_DIR = Path(__file__).parent / "schema"
+# the document's optional top-level keys, written after its verdicts
+_AFTER_VERDICTS = ("series", "gate", "shard", "planned_runs", "shard_runs", "merged_from")
 
 
 class DocumentError(ValueError):
@@ -423,7 +425,7 @@ class Document(_Record):
     def to_json(self) -> dict:
         data = super().to_json()
         verdicts = data.pop("verdicts")
-        extras = {k: data.pop(k) for k in ("series", "gate", "shard", "planned_runs", "shard_runs", "merged_from") if k in data}
+        extras = {k: data.pop(k) for k in _AFTER_VERDICTS if k in data}
         return {**data, "verdicts": verdicts, **extras}
 
     @classmethod
@@ -668,7 +670,7 @@ def pack(doc: dict) -> dict:
     snapshots = packer.images()
     data = {k: val for k, val in doc.items() if k != "verdicts"}
     data["schema_version"] = SCHEMA_VERSION
-    extras = {k: data.pop(k) for k in ("series", "gate", "shard", "planned_runs", "shard_runs", "merged_from") if k in data}
+    extras = {k: data.pop(k) for k in _AFTER_VERDICTS if k in data}
     tables = {"regions": packer.tables["regions"].entries, "gaps": packer.tables["gaps"].entries,
               "snapshots": snapshots, "contexts": packer.tables["contexts"].entries}
     return {**data, **tables, "verdicts": verdicts, **extras}
