@@ -4,7 +4,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
-import json
 import os
 import signal
 import subprocess
@@ -22,6 +21,7 @@ from remanence.scenario import load_scenarios
 from remanence.snapshot import method_unavailable
 from remanence.snapshot import CAP_SYS_RESOURCE, has_capability
 from remanence.targets import PROJECT_ROOT, TargetUnavailable, build_target
+from suite_run import read_results
 
 pytestmark = pytest.mark.e2e
 SCENARIOS = PROJECT_ROOT / "scenarios"

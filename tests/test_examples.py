@@ -5,7 +5,6 @@ copied to a temporary tree in their checkout layout, so the build (from the scen
 install) writes there and finds the SDK at ../../sdk/<language>."""
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
