@@ -630,11 +630,13 @@ class _Packer:
         return (number if not differs else {"image": number, **differs}), image
 
     def hit(self, hit: dict, image: dict | None) -> dict:
-        """A hit's region as its index in the regions of the image it lies in, its context as an index in
-        `contexts`."""
+        """A hit's region as its index in the regions of the image it lies in, its command left out when it is the
+        image's, its context as an index in `contexts`."""
         hit = dict(hit)
         if image is not None and hit["region"] in image["regions"]:
             hit["region"] = image["regions"].index(hit["region"])
+            if hit.get("command") == image["command"]:
+                del hit["command"]
         if hit.get("context") is not None:
             hit["context"] = self.tables["contexts"].add(hit["context"])
         return hit
@@ -652,9 +654,14 @@ class _Packer:
 
     def images(self) -> list[dict]:
         """The snapshots table: each image with its id, its regions and gaps as indexes in `regions` and `gaps`."""
-        return [{"id": i, **image, "regions": [self.tables["regions"].add(r) for r in image["regions"]],
-                 "gaps": [self.tables["gaps"].add(g) for g in image["gaps"]]}
+        return [{"id": i, **image, "regions": [self.tables["regions"].add(_set_keys(r)) for r in image["regions"]],
+                 "gaps": [self.tables["gaps"].add(_set_keys(g)) for g in image["gaps"]]}
                 for i, image in enumerate(self.tables["snapshots"].entries)]
+
+
+def _set_keys(entry: dict) -> dict:
+    """A region or gap without its null keys (null is their default: RegionEntry, GapEntry)."""
+    return {k: val for k, val in entry.items() if val is not None}
 
 
 def pack(doc: dict) -> dict:
@@ -715,6 +722,7 @@ class _Unpacker:
         if isinstance(hit.get("region"), int):
             _expect(image is not None, f"{where}.region", "a region object (the verdict has no snapshot)", hit["region"])
             hit["region"] = _entry(image["regions"], hit["region"], f"{where}.region", "its snapshot's regions")
+            hit.setdefault("command", image.get("command"))
         if hit.get("context") is not None:
             hit["context"] = _entry(self.contexts, hit["context"], f"{where}.context", "contexts")
         return hit
@@ -750,7 +758,7 @@ def dumps(doc: dict) -> str:
     lines = []
     for key, value in pack(doc).items():
         if isinstance(value, list) and value:
-            items = ",\n".join(f"    {json.dumps(item)}" for item in value)
+            items = ",\n".join(f"    {json.dumps(item, separators=(',', ':'))}" for item in value)
             lines.append(f"  {json.dumps(key)}: [\n{items}\n  ]")
         else:
             lines.append(f"  {json.dumps(key)}: {json.dumps(value)}")

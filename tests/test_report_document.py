@@ -118,9 +118,15 @@ def test_the_file_holds_each_snapshot_once_and_verdicts_refer_to_it():
     assert len(file["regions"]) == 2 and file["snapshots"][1]["regions"] == [0, 1] and len(file["gaps"]) == 1
     [hit] = verdicts[0]["hits"]
     assert file["regions"][file["snapshots"][0]["regions"][hit["region"]]]["name"] == "[heap]"
+    assert "thread" not in file["regions"][0] and "command" not in hit     # null keys, and the snapshot's command
+    assert read_back(file).verdicts[0].hits[0].command == "prog 0"
     assert file["contexts"][hit["context"]]["bytes"].split()[4] == "**"
     assert all(line.startswith(("{", "}", "  ")) for line in dumps(data).splitlines())    # one line per entry
     assert len(dumps(data).splitlines()) < 60
+
+
+def read_back(file: dict) -> Document:
+    return Document.from_json(json.loads(json.dumps(file)), "results.json")
 
 
 def test_an_image_served_to_a_second_method_is_one_entry():
