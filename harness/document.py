@@ -603,29 +603,28 @@ class _Packer:
 
     def __init__(self):
         self.tables = {name: _Table() for name in _TABLES}
-        self.from_served: dict[int, bool] = {}   # image id -> whether its entry is a served method's snapshot
+        self.taken: dict[str, int] = {}    # _taken_key -> the id of the image that method took
 
-    def add_image(self, snapshot: dict | None) -> int | None:
-        """The id of the image `snapshot` shows. An image served to a second method, or judged for several subjects,
-        is one entry: the snapshot of the method that took it (without served_by), whichever verdict comes first."""
-        if snapshot is None:
-            return None
-        image = {k: val for k, val in snapshot.items() if k != "served_by"}
-        same = (snapshot.get("pid"), snapshot["regions"], snapshot["gaps"]) if snapshot["regions"] else image
-        images = self.tables["snapshots"]
-        number = images.add(image, _key(same))
-        if self.from_served.setdefault(number, "served_by" in snapshot) and "served_by" not in snapshot:
-            images.entries[number] = image     # the taking method's own snapshot stands for the image
-            self.from_served[number] = False
-        return number
+    def add_taken(self, snapshot: dict | None) -> None:
+        """A snapshot its own method took (not served) as an image: one entry, however many subjects it was judged
+        for."""
+        if snapshot is not None and "served_by" not in snapshot:
+            self.taken.setdefault(_taken_key(snapshot, snapshot["method"]), self.tables["snapshots"].add(snapshot))
 
     def snapshot(self, snapshot: dict | None) -> tuple[int | dict | None, dict | None]:
-        """(what a verdict or process holds for `snapshot`: its image's id, or {"image": id, <what differs>}, for
-        instance a served method's own method, duration, notes and served_by; the image, unpacked)."""
-        number = self.add_image(snapshot)
-        if number is None:
+        """(what a verdict or process holds for `snapshot`: its image's id, or {"image": id, <what differs>}; the
+        image, unpacked). A snapshot another method's image served refers to that image (add_taken's), with what it
+        says apart from it: its method, duration, notes and served_by."""
+        if snapshot is None:
             return None, None
-        image = self.tables["snapshots"].entries[number]
+        images = self.tables["snapshots"]
+        if "served_by" in snapshot:
+            number = self.taken.get(_taken_key(snapshot, snapshot["served_by"]["method"]))
+            if number is None:      # the serving method's verdicts are not in the document
+                number = images.add({k: val for k, val in snapshot.items() if k != "served_by"})
+        else:
+            number = images.add(snapshot)
+        image = images.entries[number]
         differs = {k: val for k, val in snapshot.items() if k not in image or image[k] != val}
         return (number if not differs else {"image": number, **differs}), image
 
@@ -659,6 +658,11 @@ class _Packer:
                 for i, image in enumerate(self.tables["snapshots"].entries)]
 
 
+def _taken_key(snapshot: dict, method: str) -> str:
+    """What a served snapshot and the image that served it share: process, method, regions and gaps."""
+    return _key((snapshot.get("pid"), method, snapshot["regions"], snapshot["gaps"]))
+
+
 def _set_keys(entry: dict) -> dict:
     """A region or gap without its null keys (null is their default: RegionEntry, GapEntry)."""
     return {k: val for k, val in entry.items() if val is not None}
@@ -670,9 +674,9 @@ def pack(doc: dict) -> dict:
     document's `regions` and `gaps` (each distinct one once); a hit's region as its index in the regions of the
     image of the process it lies in; each distinct hit context once in `contexts`, referred to by its index."""
     packer = _Packer()
-    for v in doc["verdicts"]:       # every image first: its entry is the taking method's snapshot
+    for v in doc["verdicts"]:       # the images taken first: a served snapshot refers to one, whatever the order
         for snapshot in [v.get("snapshot")] + [p["snapshot"] for p in v.get("processes", [])]:
-            packer.add_image(snapshot)
+            packer.add_taken(snapshot)
     verdicts = [packer.verdict(v) for v in doc["verdicts"]]
     snapshots = packer.images()
     data = {k: val for k, val in doc.items() if k != "verdicts"}

@@ -131,7 +131,8 @@ def read_back(file: dict) -> Document:
 
 def test_an_image_served_to_a_second_method_is_one_entry():
     data = Document.from_results(results(("demo.leak", 1))).to_json()
-    own = data["verdicts"][0]
+    own = data["verdicts"][0] = {**data["verdicts"][0], "method": "gcore",
+                                 "snapshot": {**data["verdicts"][0]["snapshot"], "method": "gcore"}}
     served = {**own, "method": "gcore-all", "snapshot": {**own["snapshot"], "method": "gcore-all", "duration_s": 0.0,
                                                          "notes": ["served by the gcore dump", *own["snapshot"]["notes"]],
                                                          "served_by": {"method": "gcore", "why": "same dump"}}}
