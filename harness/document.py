@@ -589,9 +589,8 @@ class _Table:
         self.index: dict[str, int] = {}
         self.entries: list = []
 
-    def add(self, value, key: str | None = None) -> int:
-        """The index of `value` (of `key`, when values alike by key share an entry: the first one's)."""
-        key = _key(value) if key is None else key
+    def add(self, value) -> int:
+        key = _key(value)
         if key not in self.index:
             self.index[key] = len(self.entries)
             self.entries.append(value)
@@ -602,29 +601,35 @@ class _Packer:
     """The tables of one document being packed."""
 
     def __init__(self):
-        self.tables = {name: _Table() for name in _TABLES}
-        self.taken: dict[str, int] = {}    # _taken_key -> the id of the image that method took
+        self.tables = {name: _Table() for name in ("regions", "gaps", "contexts")}
+        self.images: list[dict] = []
+        self.taken: dict[str, int] = {}    # _taken_key -> the id of the image
 
-    def add_taken(self, snapshot: dict | None) -> None:
-        """A snapshot its own method took (not served) as an image: one entry, however many subjects it was judged
-        for."""
+    def add_image(self, verdict: dict, snapshot: dict, method: str) -> int:
+        """The id of the image `method` took that `snapshot` shows: one entry, however many subjects it was judged
+        for; the first snapshot that shows it (without served_by) is the entry."""
+        key = _taken_key(verdict, snapshot, method)
+        if key not in self.taken:
+            self.taken[key] = len(self.images)
+            self.images.append({k: val for k, val in snapshot.items() if k != "served_by"})
+        return self.taken[key]
+
+    def add_taken(self, verdict: dict, snapshot: dict | None) -> None:
+        """A snapshot its own method took (not served) as an image."""
         if snapshot is not None and "served_by" not in snapshot:
-            self.taken.setdefault(_taken_key(snapshot, snapshot["method"]), self.tables["snapshots"].add(snapshot))
+            self.add_image(verdict, snapshot, snapshot["method"])
 
-    def snapshot(self, snapshot: dict | None) -> tuple[int | dict | None, dict | None]:
+    def snapshot(self, verdict: dict, snapshot: dict | None) -> tuple[int | dict | None, dict | None]:
         """(what a verdict or process holds for `snapshot`: its image's id, or {"image": id, <what differs>}; the
-        image, unpacked). A snapshot another method's image served refers to that image (add_taken's), with what it
-        says apart from it: its method, duration, notes and served_by."""
+        image, unpacked). A snapshot another method's image served refers to that image (the one that method took
+        of the same process at the same checkpoint), with what it says apart from it: its method, duration, notes
+        and served_by."""
         if snapshot is None:
             return None, None
-        images = self.tables["snapshots"]
-        if "served_by" in snapshot:
-            number = self.taken.get(_taken_key(snapshot, snapshot["served_by"]["method"]))
-            if number is None:      # the serving method's verdicts are not in the document
-                number = images.add({k: val for k, val in snapshot.items() if k != "served_by"})
-        else:
-            number = images.add(snapshot)
-        image = images.entries[number]
+        # (served by a method whose verdicts are not in the document: the served snapshot stands for the image)
+        number = self.add_image(verdict, snapshot, snapshot["served_by"]["method"] if "served_by" in snapshot
+                                else snapshot["method"])
+        image = self.images[number]
         differs = {k: val for k, val in snapshot.items() if k not in image or image[k] != val}
         return (number if not differs else {"image": number, **differs}), image
 
@@ -642,25 +647,25 @@ class _Packer:
 
     def verdict(self, v: dict) -> dict:
         v = dict(v)
-        v["snapshot"], own = self.snapshot(v.get("snapshot"))
+        v["snapshot"], own = self.snapshot(v, v.get("snapshot"))
         by_pid = {}
         if "processes" in v:
             v["processes"] = [dict(p) for p in v["processes"]]
             for p in v["processes"]:
-                p["snapshot"], by_pid[p["pid"]] = self.snapshot(p["snapshot"])
+                p["snapshot"], by_pid[p["pid"]] = self.snapshot(v, p["snapshot"])
         v["hits"] = [self.hit(h, by_pid.get(h.get("pid"), own)) for h in v.get("hits", [])]
         return v
 
-    def images(self) -> list[dict]:
+    def snapshots(self) -> list[dict]:
         """The snapshots table: each image with its id, its regions and gaps as indexes in `regions` and `gaps`."""
         return [{"id": i, **image, "regions": [self.tables["regions"].add(_set_keys(r)) for r in image["regions"]],
                  "gaps": [self.tables["gaps"].add(_set_keys(g)) for g in image["gaps"]]}
-                for i, image in enumerate(self.tables["snapshots"].entries)]
+                for i, image in enumerate(self.images)]
 
 
-def _taken_key(snapshot: dict, method: str) -> str:
-    """What a served snapshot and the image that served it share: process, method, regions and gaps."""
-    return _key((snapshot.get("pid"), method, snapshot["regions"], snapshot["gaps"]))
+def _taken_key(verdict: dict, snapshot: dict, method: str) -> str:
+    """An image: what `method` took of the snapshot's process at the verdict's checkpoint of its run."""
+    return _key((verdict["scenario"], verdict["repetition"], verdict["checkpoint"], snapshot.get("pid"), method))
 
 
 def _set_keys(entry: dict) -> dict:
@@ -676,9 +681,9 @@ def pack(doc: dict) -> dict:
     packer = _Packer()
     for v in doc["verdicts"]:       # the images taken first: a served snapshot refers to one, whatever the order
         for snapshot in [v.get("snapshot")] + [p["snapshot"] for p in v.get("processes", [])]:
-            packer.add_taken(snapshot)
+            packer.add_taken(v, snapshot)
     verdicts = [packer.verdict(v) for v in doc["verdicts"]]
-    snapshots = packer.images()
+    snapshots = packer.snapshots()
     data = {k: val for k, val in doc.items() if k != "verdicts"}
     data["schema_version"] = SCHEMA_VERSION
     extras = {k: data.pop(k) for k in _AFTER_VERDICTS if k in data}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -133,6 +134,12 @@ def test_a_run_records_which_dump_served_which_method(tmp_path):
     assert "served_by" not in verdicts[("malloc.nowipe", "freed", "gcore")]["snapshot"]
     assert all("served_by" not in verdicts[("sodium.live", "in_use", m)]["snapshot"] for m in ("gcore", "gcore-all"))
     assert (verdicts[("sodium.live", "in_use", "gcore")]["hits"], bool(verdicts[("sodium.live", "in_use", "gcore-all")]["hits"])) == ([], True)
+    # results.json stores the served image once: gcore-all's snapshot refers to gcore's entry
+    refs = {(v["scenario"], v["checkpoint"], v["method"]): v["snapshot"]
+            for v in json.loads((out / "results.json").read_text())["verdicts"]}
+    assert refs[("malloc.nowipe", "freed", "gcore-all")]["image"] == refs[("malloc.nowipe", "freed", "gcore")]
+    assert isinstance(refs[("sodium.live", "in_use", "gcore-all")], int)
+    assert refs[("sodium.live", "in_use", "gcore-all")] != refs[("sodium.live", "in_use", "gcore")]
 
 
 UNTOUCHED_HOLDER = r"""
