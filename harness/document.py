@@ -13,9 +13,10 @@ A verdict's `kind` (verdict.Kind) says what kind of outcome it is; documents wri
 and `fallback_kind` is the one place that stands in for it.
 
 The file and the plain data differ: `to_json` gives every verdict its own snapshot, hit regions and contexts (what
-reporters render, and version 1's layout); `pack` stores each snapshot's image (regions, gaps, notes) and each
-distinct hit context once, in top-level `snapshots` and `contexts` tables the verdicts refer to, and `dumps` writes
-that (version 2); `from_json` reads both versions, unpacking version 2.
+reporters render, and version 1's layout); `pack` stores each image a method took once (`snapshots`: its notes, and
+its regions and gaps as indexes in the `regions` and `gaps` tables, each distinct one once) and each distinct hit
+context once (`contexts`), and verdicts refer to them by index; `dumps` writes that (version 2); `from_json` reads
+both versions, unpacking version 2.
 """
 from __future__ import annotations
 
