@@ -621,8 +621,8 @@ class _Packer:
             self.add_image(verdict, snapshot, snapshot["method"])
 
     def snapshot(self, verdict: dict, snapshot: dict | None) -> tuple[int | dict | None, dict | None]:
-        """(what a verdict or process holds for `snapshot`: its image's id, or {"image": id, <what differs>}; the
-        image, unpacked). A snapshot another method's image served refers to that image (the one that method took
+        """(what a verdict or process holds for `snapshot`: its image's id, or {"image": id, <what differs>};
+        `snapshot`, what a reader unpacks it to). A snapshot another method's image served refers to that image (the one that method took
         of the same process at the same checkpoint), with what it says apart from it: its method, duration, notes
         and served_by."""
         if snapshot is None:
@@ -632,15 +632,15 @@ class _Packer:
                                 else snapshot["method"])
         image = self.images[number]
         differs = {k: val for k, val in snapshot.items() if k not in image or image[k] != val}
-        return (number if not differs else {"image": number, **differs}), image
+        return (number if not differs else {"image": number, **differs}), snapshot
 
-    def hit(self, hit: dict, image: dict | None) -> dict:
-        """A hit's region as its index in the regions of the image it lies in, its command left out when it is the
-        image's, its context as an index in `contexts`."""
+    def hit(self, hit: dict, snapshot: dict | None) -> dict:
+        """A hit's region as its index in the regions of the snapshot it lies in, its command left out when it is
+        the snapshot's, its context as an index in `contexts`."""
         hit = dict(hit)
-        if image is not None and hit["region"] in image["regions"]:
-            hit["region"] = image["regions"].index(hit["region"])
-            if hit.get("command") == image["command"]:
+        if snapshot is not None and hit["region"] in snapshot["regions"]:
+            hit["region"] = snapshot["regions"].index(hit["region"])
+            if hit.get("command") == snapshot["command"]:
                 del hit["command"]
         if hit.get("context") is not None:
             hit["context"] = self.tables["contexts"].add(hit["context"])
@@ -725,14 +725,14 @@ class _Unpacker:
         image = _entry(self.images, overrides.get("image"), f"{where}.image" if ref is overrides else where, "snapshots")
         return {**image, **{k: val for k, val in overrides.items() if k != "image"}}
 
-    def hit(self, hit, image: dict | None, where: str):
+    def hit(self, hit, snapshot: dict | None, where: str):
         if not isinstance(hit, dict):
             return hit          # Document.from_json names it
         hit = dict(hit)
         if isinstance(hit.get("region"), int):
-            _expect(image is not None, f"{where}.region", "a region object (the verdict has no snapshot)", hit["region"])
-            hit["region"] = _entry(image["regions"], hit["region"], f"{where}.region", "its snapshot's regions")
-            hit.setdefault("command", image.get("command"))
+            _expect(snapshot is not None, f"{where}.region", "a region object (the verdict has no snapshot)", hit["region"])
+            hit["region"] = _entry(snapshot["regions"], hit["region"], f"{where}.region", "its snapshot's regions")
+            hit.setdefault("command", snapshot.get("command"))
         if hit.get("context") is not None:
             hit["context"] = _entry(self.contexts, hit["context"], f"{where}.context", "contexts")
         return hit
