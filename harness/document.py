@@ -1,8 +1,8 @@
 """results.json, the one record of a run: built from Results, read back and checked, merged (schema:
-harness/schema/results-v1.schema.json).
+harness/schema/results-v2.schema.json; version 1 documents are still read).
 
 `Document` and the classes it holds mirror the JSON one to one, in its key order. `Document.from_results`
-builds it, `to_json` gives the plain data every reporter renders and `results.json` holds, `from_json` /
+builds it, `to_json` gives the plain data every reporter renders (`dumps` the text of results.json), `from_json` /
 `read` read one back: a key the readers need that is missing or of the wrong type, or a foreign document, is
 a DocumentError with one line naming the file and the key. A reader takes documents from older versions of
 remanence: a key a class gives a default may be missing (the default stands in; `ABSENT` marks keys that are
@@ -11,6 +11,12 @@ then left out again). `merge` makes one document of several: the pytest plugin's
 
 A verdict's `kind` (verdict.Kind) says what kind of outcome it is; documents written before it existed lack it,
 and `fallback_kind` is the one place that stands in for it.
+
+The file and the plain data differ: `to_json` gives every verdict its own snapshot, hit regions and contexts (what
+reporters render, and version 1's layout); `pack` stores each image a method took once (`snapshots`: its notes, and
+its regions and gaps as indexes in the `regions` and `gaps` tables, each distinct one once) and each distinct hit
+context once (`contexts`), and verdicts refer to them by index; `dumps` writes that (version 2); `from_json` reads
+both versions, unpacking version 2.
 """
 from __future__ import annotations
 
@@ -33,8 +39,11 @@ from .targets import PROJECT_ROOT, registration_site
 from .verdict import Finding, Kind, Verdict, outcome_kind
 
 SCHEMA_NAME = "remanence-results"
-SCHEMA_VERSION = 1
-SCHEMA_FILE = Path(__file__).parent / "schema" / f"results-v{SCHEMA_VERSION}.schema.json"
+SCHEMA_VERSION = 2
+READ_VERSIONS = (1, 2)
+SCHEMA_DIR = Path(__file__).parent / "schema"
+# the document's optional top-level keys, written after its verdicts
+_AFTER_VERDICTS = ("series", "gate", "shard", "planned_runs", "shard_runs", "merged_from")
 
 
 class DocumentError(ValueError):
@@ -417,7 +426,7 @@ class Document(_Record):
     def to_json(self) -> dict:
         data = super().to_json()
         verdicts = data.pop("verdicts")
-        extras = {k: data.pop(k) for k in ("series", "gate", "shard", "planned_runs", "shard_runs", "merged_from") if k in data}
+        extras = {k: data.pop(k) for k in _AFTER_VERDICTS if k in data}
         return {**data, "verdicts": verdicts, **extras}
 
     @classmethod
@@ -426,10 +435,14 @@ class Document(_Record):
         that must be there although older documents may lack them (a shard's plan, for instance)."""
         if not isinstance(data, dict) or data.get("schema") != SCHEMA_NAME:
             raise DocumentError(f"{source}: not a remanence {what} (no \"schema\": \"{SCHEMA_NAME}\")")
-        if data.get("schema_version") != SCHEMA_VERSION:
-            raise DocumentError(f"{source}: schema_version {data.get('schema_version')!r}, this remanence reads {SCHEMA_VERSION}")
+        version = data.get("schema_version")
+        if version not in READ_VERSIONS or isinstance(version, bool):
+            raise DocumentError(f"{source}: schema_version {version!r}: this remanence reads "
+                                f"{' and '.join(map(str, READ_VERSIONS))}")
         if not isinstance(data.get("verdicts"), list):
             raise DocumentError(f"{source}: no verdicts list")
+        if version == 2 and "snapshots" in data:   # a file; the plain data of to_json has no tables
+            data = unpack(data, source)
         for key in needs:
             if key not in data:
                 raise DocumentError(f"{source}: {key} is missing")
@@ -466,9 +479,9 @@ def read(path: Path, what: str = "results document", needs: tuple[str, ...] = ()
     return Document.from_json(data, name, what, needs)
 
 
-def schema() -> dict:
-    """The JSON schema every document this module writes satisfies."""
-    return json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
+def schema(version: int = SCHEMA_VERSION) -> dict:
+    """The JSON schema of results.json files of `version` (the current one: every file `dumps` writes satisfies it)."""
+    return json.loads((SCHEMA_DIR / f"results-v{version}.schema.json").read_text(encoding="utf-8"))
 
 
 # --- derived values ---------------------------------------------------------------------------------------------
@@ -561,12 +574,213 @@ def kind_of(verdict: dict) -> Kind | None:
         return fallback_kind(verdict.get("outcome", ""), verdict.get("expect", ""), bool(verdict.get("hits")))
 
 
+# --- the file: version 2's tables ---------------------------------------------------------------------------------
+
+_TABLES = ("regions", "gaps", "snapshots", "contexts")
+
+
+def _key(value) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+class _Table:
+    """Distinct values in order of first appearance; a value's index is its reference."""
+
+    def __init__(self):
+        self.index: dict[str, int] = {}
+        self.entries: list = []
+
+    def add(self, value) -> int:
+        key = _key(value)
+        if key not in self.index:
+            self.index[key] = len(self.entries)
+            self.entries.append(value)
+        return self.index[key]
+
+
+class _Packer:
+    """The tables of one document being packed."""
+
+    def __init__(self):
+        self.tables = {name: _Table() for name in ("regions", "gaps", "contexts")}
+        self.images: list[dict] = []
+        self.taken: dict[str, int] = {}    # _taken_key -> the id of the image
+
+    def add_image(self, verdict: dict, snapshot: dict, method: str) -> int:
+        """The id of the image `method` took that `snapshot` shows: one entry, however many subjects it was judged
+        for; the first snapshot that shows it (without served_by) is the entry."""
+        key = _taken_key(verdict, snapshot, method)
+        if key not in self.taken:
+            self.taken[key] = len(self.images)
+            self.images.append({k: val for k, val in snapshot.items() if k != "served_by"})
+        return self.taken[key]
+
+    def add_taken(self, verdict: dict, snapshot: dict | None) -> None:
+        """A snapshot its own method took (not served) as an image."""
+        if snapshot is not None and "served_by" not in snapshot:
+            self.add_image(verdict, snapshot, snapshot["method"])
+
+    def snapshot(self, verdict: dict, snapshot: dict | None) -> tuple[int | dict | None, dict | None]:
+        """(what a verdict or process holds for `snapshot`: its image's id, or {"image": id, <what differs>};
+        `snapshot`, what a reader unpacks it to). A snapshot another method's image served refers to that image (the one that method took
+        of the same process at the same checkpoint), with what it says apart from it: its method, duration, notes
+        and served_by."""
+        if snapshot is None:
+            return None, None
+        # (served by a method whose verdicts are not in the document: the served snapshot stands for the image)
+        number = self.add_image(verdict, snapshot, snapshot["served_by"]["method"] if "served_by" in snapshot
+                                else snapshot["method"])
+        image = self.images[number]
+        differs = {k: val for k, val in snapshot.items() if k not in image or image[k] != val}
+        return (number if not differs else {"image": number, **differs}), snapshot
+
+    def hit(self, hit: dict, snapshot: dict | None) -> dict:
+        """A hit's region as its index in the regions of the snapshot it lies in, its command left out when it is
+        the snapshot's, its context as an index in `contexts`."""
+        hit = dict(hit)
+        if snapshot is not None and hit["region"] in snapshot["regions"]:
+            hit["region"] = snapshot["regions"].index(hit["region"])
+            if hit.get("command") == snapshot["command"]:
+                del hit["command"]
+        if hit.get("context") is not None:
+            hit["context"] = self.tables["contexts"].add(hit["context"])
+        return hit
+
+    def verdict(self, v: dict) -> dict:
+        v = dict(v)
+        v["snapshot"], own = self.snapshot(v, v.get("snapshot"))
+        by_pid = {}
+        if "processes" in v:
+            v["processes"] = [dict(p) for p in v["processes"]]
+            for p in v["processes"]:
+                p["snapshot"], by_pid[p["pid"]] = self.snapshot(v, p["snapshot"])
+        v["hits"] = [self.hit(h, by_pid.get(h.get("pid"), own)) for h in v.get("hits", [])]
+        return v
+
+    def snapshots(self) -> list[dict]:
+        """The snapshots table: each image with its id, its regions and gaps as indexes in `regions` and `gaps`."""
+        return [{"id": i, **image, "regions": [self.tables["regions"].add(_set_keys(r)) for r in image["regions"]],
+                 "gaps": [self.tables["gaps"].add(_set_keys(g)) for g in image["gaps"]]}
+                for i, image in enumerate(self.images)]
+
+
+def _taken_key(verdict: dict, snapshot: dict, method: str) -> str:
+    """An image: what `method` took of the snapshot's process at the verdict's checkpoint of its run."""
+    return _key((verdict["scenario"], verdict["repetition"], verdict["checkpoint"], snapshot.get("pid"), method))
+
+
+def _set_keys(entry: dict) -> dict:
+    """A region or gap without its null keys (null is their default: RegionEntry, GapEntry)."""
+    return {k: val for k, val in entry.items() if val is not None}
+
+
+def pack(doc: dict) -> dict:
+    """results.json's version 2 of the plain data `doc` (to_json's, gated or not): each snapshot's image once in
+    `snapshots`, referred to by id from its verdicts and processes, its regions and gaps as indexes in the
+    document's `regions` and `gaps` (each distinct one once); a hit's region as its index in the regions of the
+    image of the process it lies in; each distinct hit context once in `contexts`, referred to by its index."""
+    packer = _Packer()
+    for v in doc["verdicts"]:       # the images taken first: a served snapshot refers to one, whatever the order
+        for snapshot in [v.get("snapshot")] + [p["snapshot"] for p in v.get("processes", [])]:
+            packer.add_taken(v, snapshot)
+    verdicts = [packer.verdict(v) for v in doc["verdicts"]]
+    snapshots = packer.snapshots()
+    data = {k: val for k, val in doc.items() if k != "verdicts"}
+    data["schema_version"] = SCHEMA_VERSION
+    extras = {k: data.pop(k) for k in _AFTER_VERDICTS if k in data}
+    tables = {"regions": packer.tables["regions"].entries, "gaps": packer.tables["gaps"].entries,
+              "snapshots": snapshots, "contexts": packer.tables["contexts"].entries}
+    return {**data, **tables, "verdicts": verdicts, **extras}
+
+
+def _entry(table: list, ref, where: str, what: str):
+    _expect(isinstance(ref, int) and not isinstance(ref, bool), where, f"an index in {what}", ref)
+    if not 0 <= ref < len(table):
+        raise DocumentError(f"{where}: {ref} is not an index in {what} (it has {len(table)})")
+    return table[ref]
+
+
+class _Unpacker:
+    """The tables of a version 2 file, and the references into them resolved."""
+
+    def __init__(self, data: dict, source: str):
+        self.source = source
+        for name in _TABLES:
+            _expect(isinstance(data.get(name), list), f"{source}: {name}", "a list", data.get(name))
+        self.regions, self.gaps, self.contexts = data["regions"], data["gaps"], data["contexts"]
+        self.images = [self.image(image, f"{source}: snapshots[{i}]") for i, image in enumerate(data["snapshots"])]
+
+    def image(self, image, where: str) -> dict:
+        _expect(isinstance(image, dict), where, "an object", image)
+        image = {k: val for k, val in image.items() if k != "id"}
+        for name, table in (("regions", self.regions), ("gaps", self.gaps)):
+            _expect(isinstance(image.get(name), list), f"{where}.{name}", "a list", image.get(name))
+            image[name] = [_entry(table, ref, f"{where}.{name}[{j}]", name) for j, ref in enumerate(image[name])]
+        return image
+
+    def snapshot(self, ref, where: str) -> dict | None:
+        if ref is None:
+            return None
+        overrides = ref if isinstance(ref, dict) else {"image": ref}
+        image = _entry(self.images, overrides.get("image"), f"{where}.image" if ref is overrides else where, "snapshots")
+        return {**image, **{k: val for k, val in overrides.items() if k != "image"}}
+
+    def hit(self, hit, snapshot: dict | None, where: str):
+        if not isinstance(hit, dict):
+            return hit          # Document.from_json names it
+        hit = dict(hit)
+        if isinstance(hit.get("region"), int):
+            _expect(snapshot is not None, f"{where}.region", "a region object (the verdict has no snapshot)", hit["region"])
+            hit["region"] = _entry(snapshot["regions"], hit["region"], f"{where}.region", "its snapshot's regions")
+            hit.setdefault("command", snapshot.get("command"))
+        if hit.get("context") is not None:
+            hit["context"] = _entry(self.contexts, hit["context"], f"{where}.context", "contexts")
+        return hit
+
+    def verdict(self, v, where: str):
+        if not isinstance(v, dict):
+            return v
+        v = dict(v)
+        v["snapshot"] = own = self.snapshot(v.get("snapshot"), f"{where}.snapshot")
+        by_pid = {}
+        if isinstance(v.get("processes"), list):
+            v["processes"] = [dict(p) if isinstance(p, dict) else p for p in v["processes"]]
+            for j, p in enumerate(v["processes"]):
+                if isinstance(p, dict):
+                    p["snapshot"] = by_pid[p.get("pid")] = self.snapshot(p.get("snapshot"), f"{where}.processes[{j}].snapshot")
+        if isinstance(v.get("hits"), list):
+            v["hits"] = [self.hit(h, by_pid.get(h.get("pid"), own) if isinstance(h, dict) else None, f"{where}.hits[{j}]")
+                         for j, h in enumerate(v["hits"])]
+        return v
+
+
+def unpack(data: dict, source: str) -> dict:
+    """The plain data (to_json's layout) of a version 2 file's `data`; DocumentError naming a reference that points
+    nowhere."""
+    tables = _Unpacker(data, source)
+    verdicts = [tables.verdict(v, f"{source}: verdicts[{i}]") for i, v in enumerate(data["verdicts"])]
+    return {**{k: val for k, val in data.items() if k not in _TABLES}, "verdicts": verdicts}
+
+
+def dumps(doc: dict) -> str:
+    """The text of results.json for the plain data `doc`: version 2 (see pack), one line per table entry, verdict
+    and run, so that it is both small and read (and diffed) line by line."""
+    lines = []
+    for key, value in pack(doc).items():
+        if isinstance(value, list) and value:
+            items = ",\n".join(f"    {json.dumps(item, separators=(',', ':'))}" for item in value)
+            lines.append(f"  {json.dumps(key)}: [\n{items}\n  ]")
+        else:
+            lines.append(f"  {json.dumps(key)}: {json.dumps(value)}")
+    return "{\n" + ",\n".join(lines) + "\n}\n"
+
+
 # --- merging -----------------------------------------------------------------------------------------------------
 
 def merge(docs: list[Document], run_order: list[str] | None = None, allow_skip: bool = False) -> Document:
     """One document of several runs' documents (scenarios, xdist workers, shards): runs and verdicts in `run_order`
     (run ids) when given, else as given; their gates dropped (gate the merged document anew); summary, aggregates
-    and exit code recomputed. The first document's schema, tool and machine stand for all."""
+    and exit code recomputed. The first document's tool and machine stand for all (it is written in this version)."""
     first = docs[0]
     runs = [r for d in docs for r in d.runs]
     verdicts = [dataclasses.replace(v, gate=ABSENT) for d in docs for v in d.verdicts]
@@ -574,7 +788,7 @@ def merge(docs: list[Document], run_order: list[str] | None = None, allow_skip: 
         position = {rid: i for i, rid in enumerate(run_order)}
         runs.sort(key=lambda r: position[r.run_id])
         verdicts.sort(key=lambda v: position[v.run_id])      # stable: a run's verdicts keep their order
-    merged = Document(first.schema, first.schema_version, verdicts,
+    merged = Document(first.schema, SCHEMA_VERSION, verdicts,
                       secrets_shown=any(d.secrets_shown for d in docs), tool=first.tool,
                       started_at=min(d.started_at for d in docs), finished_at=max(d.finished_at for d in docs),
                       interrupted=any(d.interrupted for d in docs), machine=first.machine,

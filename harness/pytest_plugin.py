@@ -42,7 +42,7 @@ from pathlib import Path
 
 import pytest
 
-from .document import Document, HitEntry, VerdictEntry, merge
+from .document import Document, HitEntry, VerdictEntry, merge, pack
 from .entry import raise_interrupt
 from .model import Outcome
 from .scan.encodings import fragment_text
@@ -411,7 +411,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         return
     if state.worker is not None:
         if state.out is not None and state.docs:
-            session.config.workeroutput[_WORKEROUTPUT_KEY] = json.dumps([doc.to_json() for doc in state.docs])
+            session.config.workeroutput[_WORKEROUTPUT_KEY] = json.dumps([pack(doc.to_json()) for doc in state.docs])
         return
     docs = state.docs + state.received
     if state.out is not None and docs:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import os
 import shutil
 import stat
@@ -25,8 +24,8 @@ from remanence.cli import main
 from remanence.snapshot import dispose_snapshot, take_snapshot
 from remanence.snapshot.elfcore import CoreFormatError, read_core_layout
 from remanence.targets import PROJECT_ROOT
+from suite_run import read_results
 
-SCHEMA = json.loads((PROJECT_ROOT / "harness" / "schema" / "results-v1.schema.json").read_text())
 needs_gdb = pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb not found on PATH: cannot make a core (gcore)")
 
 HOLDER = r"""
@@ -85,10 +84,7 @@ def scan(capsys, *args: str) -> tuple[int, str, str]:
 
 
 def results(out_dir: Path) -> dict:
-    doc = json.loads((out_dir / "results.json").read_text())
-    import jsonschema
-    jsonschema.validate(doc, SCHEMA)
-    return doc
+    return read_results(out_dir / "results.json")
 
 
 def assert_no_secret(holder: Holder, *texts: str | bytes, files: list[Path] = ()) -> None:

@@ -9,7 +9,6 @@ import json
 import shutil
 from pathlib import Path
 
-import jsonschema
 import pytest
 
 from remanence.cli import main
@@ -17,7 +16,7 @@ from remanence.model import Expect
 from remanence.scenario import ScenarioError, load_scenario
 from remanence.snapshot import CAP_SYS_RESOURCE, has_capability, method_unavailable
 from remanence.targets import PROJECT_ROOT
-from suite_run import SCHEMA, TEST_PROGRAMS, assert_every_verdict_passes, require, run_suite, verdicts
+from suite_run import TEST_PROGRAMS, read_results, assert_every_verdict_passes, require, run_suite, verdicts
 
 CRASH = """
 name = "demo.crash"
@@ -120,8 +119,7 @@ def deaths(tmp_path_factory):
     out = folder / "out"
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         code = main(["run", "--scenarios", str(folder), "--out", str(out), "--format", "json,sarif,junit,md,html"])
-    doc = json.loads((out / "results.json").read_text())
-    jsonschema.validate(doc, SCHEMA)
+    doc = read_results(out / "results.json")
     return code, doc, out
 
 
@@ -192,7 +190,7 @@ def test_a_harness_provoked_core_notes_the_programs_own_limit_of_0(tmp_path):
         code = main(["run", str(tmp_path / "s.toml"), "--out", str(tmp_path / "out"), "--format", "json"])
     raised = has_capability(CAP_SYS_RESOURCE)
     assert code == (0 if raised else 1), err.getvalue()
-    doc = json.loads((tmp_path / "out" / "results.json").read_text())
+    doc = read_results(tmp_path / "out" / "results.json")
     [v] = verdicts(doc, "dies.nocore_wait", "act", "kernel-core")
     assert any("the program set its own core limit to 0 (soft and hard)" + (": raised by the harness" if raised else "")
                in n for n in v["snapshot"]["notes"]), v["snapshot"]["notes"]
@@ -268,6 +266,6 @@ why = "a twin would go on"
 ''')
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         code = main(["run", str(tmp_path / "x.toml"), "--out", str(tmp_path / "out"), "--format", "json"])
-    doc = json.loads((tmp_path / "out" / "results.json").read_text())
+    doc = read_results(tmp_path / "out" / "results.json")
     [v] = verdicts(doc, "x.unexpected", "after", "procmem")
     assert code == 3 and v["outcome"] == "ERROR" and "checkpoint never reached: target ended (killed by SIGSEGV)" in v["reason"]

@@ -5,18 +5,16 @@ copied to a temporary tree in their checkout layout, so the build (from the scen
 install) writes there and finds the SDK at ../../sdk/<language>."""
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import jsonschema
 import pytest
 
 from remanence.snapshot import method_unavailable
 from remanence.targets import TARGETS_DIR
-from suite_run import SCHEMA
+from suite_run import read_results
 
 TOOLS = {"c": ("make", "cc"), "go": ("go",), "node": ("node", "npm"), "python": ()}
 
@@ -59,7 +57,7 @@ def example_runs(tmp_path_factory):
             done = subprocess.run([sys.executable, "-m", "remanence", "run", "--scenarios", str(example), "--out",
                                    str(out), "--method", ",".join(methods), "--format", "json"],
                                   capture_output=True, text=True, cwd="/", timeout=900)
-            runs[language] = done, json.loads((out / "results.json").read_text())
+            runs[language] = done, read_results(out / "results.json")
         return runs[language]
     return run
 
@@ -73,7 +71,6 @@ def test_the_leaky_twin_fails_after_the_wipe_and_the_clean_twin_passes(language,
     if reason := method_unavailable(method):
         pytest.skip(f"{method} unavailable here: {reason}")
     done, doc = example_runs(language)
-    jsonschema.validate(doc, SCHEMA)
     assert {v["method"] for v in doc["verdicts"]} == {m for m in METHODS[language] if not method_unavailable(m)}
     verdicts = [v for v in doc["verdicts"] if v["method"] == method]
     leaky, clean = f"example.{language}.leaky", f"example.{language}.clean"

@@ -11,15 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jsonschema
 import pytest
 
-from suite_run import compile_test_program
+from suite_run import compile_test_program, read_results
 from remanence import workspace as workspace_module
 from remanence.cli import main
-from remanence.targets import PROJECT_ROOT
 
-SCHEMA = json.loads((PROJECT_ROOT / "harness" / "schema" / "results-v1.schema.json").read_text())
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None or shutil.which("gdb") is None,
                                 reason="needs gcc (to build the test program) and gdb (gcore)")
@@ -48,8 +45,7 @@ def run(folder: Path, out: Path, *options: str) -> tuple[int, dict]:
                              "--out", str(out), "--format", "json", "-q"],
                             env=dict(os.environ, NO_COLOR="1"), capture_output=True, text=True, timeout=120)
     assert result.returncode in (0, 1, 3), result.stderr
-    doc = json.loads((out / "results.json").read_text())
-    jsonschema.validate(doc, SCHEMA)
+    doc = read_results(out / "results.json")
     return result.returncode, doc
 
 
@@ -126,7 +122,7 @@ def test_a_double_forking_daemon_is_snapshotted_and_killed(tmp_path, holder, mon
     else:   # a machine without a writable cgroup2: found through /proc, as an orphan we reaped as subreaper
         monkeypatch.setattr(workspace_module.Workspace, "run_cgroup", lambda self, folder: None)
         code = main(["run", "--scenarios", str(folder), "--out", str(tmp_path / "out"), "--format", "json", "-q"])
-        doc = json.loads((tmp_path / "out" / "results.json").read_text())
+        doc = read_results(tmp_path / "out" / "results.json")
     daemon = said(doc, "daemon")
     assert code == 1
     for v in doc["verdicts"]:
@@ -144,8 +140,7 @@ def test_a_process_whose_snapshot_lacks_the_canary_keeps_absent_inconclusive(tmp
     out = tmp_path / "out"
     code = main(["probe", "--stdin", "--follow", "--at", "output=done", "--out", str(out), "--format", "json", "-q",
                  "--", "/bin/sh", "-c", "env -i /bin/sleep 600 & cat >/dev/null; echo done; wait"])
-    doc = json.loads((out / "results.json").read_text())
-    jsonschema.validate(doc, SCHEMA)
+    doc = read_results(out / "results.json")
     assert "follow = true" in (out / "probe.sh.toml").read_text().splitlines()
     assert code == 3
     for v in doc["verdicts"]:

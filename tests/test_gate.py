@@ -11,14 +11,14 @@ import pytest
 from remanence.cli import main
 from remanence.config import (Config, ConfigError, FormatSpec, Suppression, discover_config, load_config,
                             parse_formats)
-from remanence.document import Document
+from remanence.document import Document, schema
 from remanence.gate import apply_gate, doc_exit_code
 from remanence.results import fingerprint
 from remanence.targets import PROJECT_ROOT
 from suite_run import require
 
 SCENARIOS = PROJECT_ROOT / "scenarios"
-SCHEMA = json.loads((PROJECT_ROOT / "harness" / "schema" / "results-v1.schema.json").read_text())
+SCHEMA = schema()
 TODAY = dt.date(2026, 6, 15)
 
 

@@ -7,10 +7,10 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from remanence.document import READ_VERSIONS, schema
 from remanence.scenario import LIVE_METHODS, SNAPSHOT_METHODS
 from remanence.snapshot import gcore as gcore_module
 from remanence.snapshot import held_still, methods, scratch
@@ -61,8 +61,7 @@ def test_registry_lists_every_method_once_in_report_order():
 
 
 def test_the_results_schema_knows_every_registered_method():
-    schema = json.loads((Path(methods.__file__).parents[1] / "schema" / "results-v1.schema.json").read_text())
-    enums = [node["enum"] for node in _walk(schema) if isinstance(node, dict) and "core-file" in node.get("enum", [])]
+    enums = [node["enum"] for version in READ_VERSIONS for node in _walk(schema(version)) if isinstance(node, dict) and "core-file" in node.get("enum", [])]
     assert enums and all(set(e) == {*methods.names(), "core-file"} for e in enums)
 
 
@@ -121,13 +120,13 @@ def test_a_lowered_coredump_filter_keeps_the_dumps_apart():
 def test_a_run_records_which_dump_served_which_method(tmp_path):
     """malloc.nowipe has no MADV_DONTDUMP mapping: its gcore dump serves gcore-all, with the same finding. sodium.live's
     key sits in a MADV_DONTDUMP mapping: gdb dumps twice, and only gcore-all finds the key."""
-    from suite_run import require
+    from suite_run import read_results, require
     require("c", "gcore", "gcore-all")
     out = tmp_path / "out"
     run = subprocess.run([sys.executable, "-m", "remanence", "run", "malloc.nowipe", "sodium.live", "--method",
                           "gcore,gcore-all", "--out", str(out), "--format", "json"], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
-    verdicts = {(v["scenario"], v["checkpoint"], v["method"]): v for v in json.loads((out / "results.json").read_text())["verdicts"]}
+    verdicts = {(v["scenario"], v["checkpoint"], v["method"]): v for v in read_results(out / "results.json")["verdicts"]}
     served = verdicts[("malloc.nowipe", "freed", "gcore-all")]
     assert served["snapshot"]["served_by"]["method"] == "gcore"
     assert "no mapping is MADV_DONTDUMP" in served["snapshot"]["served_by"]["why"]
@@ -135,6 +134,12 @@ def test_a_run_records_which_dump_served_which_method(tmp_path):
     assert "served_by" not in verdicts[("malloc.nowipe", "freed", "gcore")]["snapshot"]
     assert all("served_by" not in verdicts[("sodium.live", "in_use", m)]["snapshot"] for m in ("gcore", "gcore-all"))
     assert (verdicts[("sodium.live", "in_use", "gcore")]["hits"], bool(verdicts[("sodium.live", "in_use", "gcore-all")]["hits"])) == ([], True)
+    # results.json stores the served image once: gcore-all's snapshot refers to gcore's entry
+    refs = {(v["scenario"], v["checkpoint"], v["method"]): v["snapshot"]
+            for v in json.loads((out / "results.json").read_text())["verdicts"]}
+    assert refs[("malloc.nowipe", "freed", "gcore-all")]["image"] == refs[("malloc.nowipe", "freed", "gcore")]
+    assert isinstance(refs[("sodium.live", "in_use", "gcore-all")], int)
+    assert refs[("sodium.live", "in_use", "gcore-all")] != refs[("sodium.live", "in_use", "gcore")]
 
 
 UNTOUCHED_HOLDER = r"""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from suite_run import compile_test_program
+from suite_run import compile_test_program, read_results
 from remanence import runner
 from remanence.cli import main
 from remanence.model import Secret
@@ -37,7 +37,7 @@ def probe(tmp_path: Path, *options: str, command: list[str]) -> tuple[int, dict]
     out = tmp_path / "out"
     code = main(["probe", "--timeout", "20", *options, "--out", str(out), "--format", "json,html,sarif,junit", "-q",
                  "--", *command])
-    return code, json.loads((out / "results.json").read_text())
+    return code, read_results(out / "results.json")
 
 
 def outcomes(doc: dict) -> dict[tuple[str, str], str]:
@@ -210,7 +210,7 @@ why = "explicit_bzero before it waits"
 """)
     out = tmp_path / "run"
     code = main(["run", "--scenarios", str(suite), "--out", str(out), "-q"])
-    doc = json.loads((out / "results.json").read_text())
+    doc = read_results(out / "results.json")
     assert code == 0, [(v["checkpoint"], v["method"], v["reason"]) for v in doc["verdicts"]]
     assert outcomes(doc) == {("logged_in", m): "PASS" for m in ("procmem", "gcore", "gcore-all")} | {
         ("wiped", m): "PASS" for m in ("procmem", "gcore", "gcore-all", "kernel-core")}

@@ -9,13 +9,13 @@ import jsonschema
 import pytest
 
 from remanence.cli import main
-from remanence.document import Document
+from remanence.document import Document, schema
 from remanence.shard import ShardError, merge_documents, parse_shard, shard_slice
 from remanence.targets import PROJECT_ROOT
 from suite_run import require
 
 SCENARIOS = PROJECT_ROOT / "scenarios"
-SCHEMA = json.loads((PROJECT_ROOT / "harness" / "schema" / "results-v1.schema.json").read_text())
+SCHEMA = schema()
 
 
 # --- slicing -----------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
-"""results.json: the document itself (built, read and merged by harness/document.py)."""
+"""results.json: the document itself (built, read, written and merged by harness/document.py)."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
+
+from ..document import dumps
 
 
 @dataclass(frozen=True)
@@ -11,4 +12,4 @@ class JsonReporter:
     filename: str = "results.json"
 
     def render(self, doc: dict) -> str:
-        return json.dumps(doc, indent=2) + "\n"
+        return dumps(doc)
