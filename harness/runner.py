@@ -348,9 +348,9 @@ class _Run:
         return held_still(self.target.pid, self.target.processes if self.following else None)
 
     def _let_crash(self) -> None:
-        """An expected crash: let the held target go on to its illegal act."""
+        """An expected crash: tell the target to go on to its illegal act. It runs already: the kernel-core capture
+        resumed it (its `resume_target`), or the checkpoint's hold ended."""
         self.crash_let_go = True
-        resume(self.target.pid)
         self.target.resume()
 
     def _wait_crash(self, timeout: float) -> int:
