@@ -156,6 +156,26 @@ def active_swap_files() -> list[tuple[str, int]]:
     return areas
 
 
+def _page_out_own(page: mmap.mmap, content: bytes, attempts: int = 3) -> int:
+    """Write `content` into `page` (one page of ours), page it out, and return its pagemap entry. MADV_PAGEOUT is
+    best effort: a page just faulted in waits in the faulting CPU's LRU batch, and the advice drains only the batch of
+    the CPU it runs on, so this thread stays on one CPU from the fault to the page-out; a page the kernel could not
+    take at once (locked for a moment, say) is advised again, `attempts` times in all."""
+    cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cpus)})
+    try:
+        page.write(content)
+        address = _address(page)
+        for _ in range(attempts):
+            page_out(os.getpid(), [(address, address + PAGE_SIZE)])
+            entry = _pagemap("self", address, address + PAGE_SIZE)[0]
+            if entry & _SWAPPED:
+                break
+        return entry
+    finally:
+        os.sched_setaffinity(0, cpus)
+
+
 def _address(page: mmap.mmap) -> int:
     anchor = ctypes.c_char.from_buffer(page)   # an export of the buffer: it must not outlive this call
     address = ctypes.addressof(anchor)
@@ -198,10 +218,7 @@ class SwapArea:
         the swap type of its entry: the kernel puts it in the highest-priority area, this one."""
         page = mmap.mmap(-1, PAGE_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         try:
-            page.write(bytes(PAGE_SIZE))
-            address = _address(page)
-            page_out(os.getpid(), [(address, address + PAGE_SIZE)])
-            entry = _pagemap("self", address, address + PAGE_SIZE)[0]
+            entry = _page_out_own(page, bytes(PAGE_SIZE))
             if not entry & _SWAPPED:
                 raise SnapshotError("a page of the harness did not go to swap (MADV_PAGEOUT had no effect)")
             return _swap_slot(entry)[0]
@@ -441,11 +458,8 @@ def _self_test() -> str | None:
     known = secrets.token_bytes(PAGE_SIZE)
     try:
         with swap_area(workspace().root, 64) as area:
-            page.write(known)
-            address = _address(page)
-            page_out(os.getpid(), [(address, address + PAGE_SIZE)])
+            entry = _page_out_own(page, known)
             _wait_for_writeback()
-            entry = _pagemap("self", address, address + PAGE_SIZE)[0]
             kind, slot = _swap_slot(entry)
             if not entry & _SWAPPED or kind != area.type:
                 return "a page paged out with MADV_PAGEOUT did not show up in the swap area (pagemap)"
