@@ -5,6 +5,9 @@ import pytest
 
 from remanence.pytest_plugin import _set_nodeid
 
+# The shared checks there (every verdict PASS, ...) say what failed, as the tests' own asserts do.
+pytest.register_assert_rewrite("suite_run")
+
 # The shared runs that take longest, longest first. They are collected first, so that under xdist
 # (-n N --dist loadgroup --no-loadscope-reorder) the longest starts at once and the other workers take everything
 # else meanwhile; without xdist the order of the tests changes nothing.
