@@ -83,25 +83,37 @@ def _process_madvise(pidfd: int, vectors, count: int) -> int:
 
 
 def page_out(pid: int, spans: list[tuple[int, int]]) -> None:
-    """Ask the kernel to page out [start, end) of each span of process `pid` (MADV_PAGEOUT), IOV_MAX spans a call;
-    a call that advised only part of its spans (it returns the bytes done) is resumed where it stopped."""
+    """Ask the kernel to page out [start, end) of each span of process `pid` (MADV_PAGEOUT), once from each CPU this
+    thread may run on: a page faulted in lately still waits in its CPU's LRU batch, and the advice drains only the
+    batch of the CPU it runs on, so from one CPU it leaves such pages in RAM (seen here: a target's heap pages, under
+    load). A page already out is skipped by the later passes."""
+    cpus = os.sched_getaffinity(0)
     pidfd = _pidfd_open(pid)
     try:
-        pending = list(spans)
-        while pending:
-            batch = pending[:IOV_MAX]
-            vectors = (_IoVec * len(batch))(*[_IoVec(start, end - start) for start, end in batch])
-            try:
-                done = _process_madvise(pidfd, vectors, len(batch))
-            except OSError as exc:
-                raise SnapshotError(_error(f"process_madvise(MADV_PAGEOUT) of process {pid}", exc.errno)) from exc
-            while pending and done >= pending[0][1] - pending[0][0]:
-                done -= pending[0][1] - pending[0][0]
-                pending.pop(0)
-            if done and pending:
-                pending[0] = (pending[0][0] + done, pending[0][1])
+        for cpu in sorted(cpus):
+            os.sched_setaffinity(0, {cpu})
+            _advise_pageout(pidfd, pid, spans)
     finally:
+        os.sched_setaffinity(0, cpus)
         os.close(pidfd)
+
+
+def _advise_pageout(pidfd: int, pid: int, spans: list[tuple[int, int]]) -> None:
+    """MADV_PAGEOUT over `spans`, IOV_MAX spans a call; a call that advised only part of its spans (it returns the
+    bytes done) is resumed where it stopped."""
+    pending = list(spans)
+    while pending:
+        batch = pending[:IOV_MAX]
+        vectors = (_IoVec * len(batch))(*[_IoVec(start, end - start) for start, end in batch])
+        try:
+            done = _process_madvise(pidfd, vectors, len(batch))
+        except OSError as exc:
+            raise SnapshotError(_error(f"process_madvise(MADV_PAGEOUT) of process {pid}", exc.errno)) from exc
+        while pending and done >= pending[0][1] - pending[0][0]:
+            done -= pending[0][1] - pending[0][0]
+            pending.pop(0)
+        if done and pending:
+            pending[0] = (pending[0][0] + done, pending[0][1])
 
 
 def _wait_for_writeback(timeout: float = WRITEBACK_TIMEOUT_S) -> None:
@@ -156,24 +168,15 @@ def active_swap_files() -> list[tuple[str, int]]:
     return areas
 
 
-def _page_out_own(page: mmap.mmap, content: bytes, attempts: int = 3) -> int:
-    """Write `content` into `page` (one page of ours), page it out, and return its pagemap entry. MADV_PAGEOUT is
-    best effort: a page just faulted in waits in the faulting CPU's LRU batch, and the advice drains only the batch of
-    the CPU it runs on, so this thread stays on one CPU from the fault to the page-out; a page the kernel could not
-    take at once (locked for a moment, say) is advised again, `attempts` times in all."""
-    cpus = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {min(cpus)})
-    try:
-        page.write(content)
-        address = _address(page)
-        for _ in range(attempts):
-            page_out(os.getpid(), [(address, address + PAGE_SIZE)])
-            entry = _pagemap("self", address, address + PAGE_SIZE)[0]
-            if entry & _SWAPPED:
-                break
-        return entry
-    finally:
-        os.sched_setaffinity(0, cpus)
+def _page_out_own(page: mmap.mmap, content: bytes) -> int:
+    """Write `content` into `page` (one page of ours), page it out, and return its pagemap entry. The page is kept
+    out of forks: another thread of the harness forking (a target, gdb) shares it with the child until the child
+    execs, and MADV_PAGEOUT leaves a shared page in RAM (seen: 2 probes in 400 beside a thread that forks)."""
+    page.madvise(mmap.MADV_DONTFORK)
+    page.write(content)
+    address = _address(page)
+    page_out(os.getpid(), [(address, address + PAGE_SIZE)])
+    return _pagemap("self", address, address + PAGE_SIZE)[0]
 
 
 def _address(page: mmap.mmap) -> int:
