@@ -71,8 +71,11 @@ def holder(holders):
     return holders()
 
 
-def our_swap_files() -> list[str]:
-    return [path for path, _ in swap.active_swap_files() if Path(path).name == swap.SWAP_FILE]
+def our_swap_files(under: Path) -> list[str]:
+    """The swap method's areas on under `under`: this test's (other tests, on other xdist workers, may have theirs on
+    at the same moment)."""
+    return [path for path, _ in swap.active_swap_files() if Path(path).name == swap.SWAP_FILE
+            and Path(path).is_relative_to(under)]
 
 
 def vm_swap_kb(pid: int) -> int:
@@ -96,7 +99,7 @@ def test_a_page_is_found_at_its_address_in_the_swap_image_and_a_locked_page_is_a
     finally:
         scratch.discard(snapshot.path)
     # swapped off (the pages came back) and deleted
-    assert our_swap_files() == [] and list(tmp_path.iterdir()) == []
+    assert our_swap_files(tmp_path) == [] and list(tmp_path.iterdir()) == []
     assert vm_swap_kb(process.pid) == 0
 
 
@@ -123,12 +126,12 @@ def test_the_area_is_swapped_off_and_deleted_after_an_error_inside(holder, tmp_p
     process = holder[0]
 
     def failing(*args):
-        assert our_swap_files() == [str(tmp_path / swap.SWAP_FILE)]   # it was on when the error came
+        assert our_swap_files(tmp_path) == [str(tmp_path / swap.SWAP_FILE)]   # it was on when the error came
         raise RuntimeError("reading the slots failed")
     monkeypatch.setattr(swap, "_copy_slots", failing)
     with pytest.raises(RuntimeError, match="reading the slots failed"):
         swap.take_swap(process.pid, tmp_path)
-    assert our_swap_files() == [] and list(tmp_path.iterdir()) == []
+    assert our_swap_files(tmp_path) == [] and list(tmp_path.iterdir()) == []
     assert vm_swap_kb(process.pid) == 0
 
 
@@ -140,7 +143,7 @@ def test_take_snapshot_swap_of_a_process(holder):
         assert any("paged out with MADV_PAGEOUT" in note for note in snapshot.notes)
     finally:
         scratch.discard(snapshot.path)
-    assert our_swap_files() == []
+    assert our_swap_files(workspace_module.workspace().root) == []
 
 
 # A harness that turns a swap area on in its workspace and waits to be killed; prints its sentinel's pid and the file.
@@ -159,7 +162,7 @@ def start_killed_harness(tmp_path: Path) -> tuple[subprocess.Popen, int, Path]:
     env = {**os.environ, "TMPDIR": str(tmp_path)}
     harness = subprocess.Popen([sys.executable, "-c", KILLED_HARNESS], stdout=subprocess.PIPE, text=True, env=env)
     sentinel, path = harness.stdout.readline().split()
-    assert our_swap_files() == [path]
+    assert our_swap_files(tmp_path) == [path]
     return harness, int(sentinel), Path(path)
 
 
@@ -181,11 +184,11 @@ def test_a_sigkilled_harness_s_swap_area_is_released_at_the_next_start(tmp_path,
     harness.kill()
     harness.wait()
     wait_gone(sentinel)
-    assert our_swap_files() == [str(path)] and path.exists()
+    assert our_swap_files(tmp_path) == [str(path)] and path.exists()
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     removed = workspace_module.remove_stale()     # what the next harness does as its workspace starts
     assert str(path.parent) in removed
-    assert our_swap_files() == [] and not path.parent.exists()
+    assert our_swap_files(tmp_path) == [] and not path.parent.exists()
 
 
 def test_a_sigkilled_harness_s_sentinel_releases_its_swap_area(tmp_path):
@@ -193,7 +196,7 @@ def test_a_sigkilled_harness_s_sentinel_releases_its_swap_area(tmp_path):
     harness.kill()
     harness.wait()
     wait_gone(sentinel)
-    assert our_swap_files() == [] and not path.parent.exists()
+    assert our_swap_files(tmp_path) == [] and not path.parent.exists()
 
 
 def test_doctor_lists_the_swap_method(monkeypatch):
@@ -226,7 +229,7 @@ def test_the_mlock_promise_holds_in_swap_and_fails_with_mlock(c_target, tmp_path
     assert "locked in RAM (mlock): cannot be paged out" in live["reason"] and live["canary_seen"]
     assert (denied["outcome"], denied["expect"]) == ("PASS", "present"), denied["reason"]
     assert "[intended region" in denied["reason"]
-    assert our_swap_files() == []
+    assert our_swap_files(workspace_module.workspace().root) == []
 
 
 def test_an_unavailable_swap_method_is_skipped_with_its_reason(c_target, tmp_path, monkeypatch):
