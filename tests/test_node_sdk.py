@@ -75,3 +75,28 @@ def test_nothing_is_written_on_fd3_before_start(tmp_path):
     t = start_program(tmp_path, "sdk.fail('too early')")
     assert dies_before_ready(t) == 70
     assert b"too early" in t.stderr
+
+
+def test_a_one_byte_buffer_is_located_even_when_its_first_marker_is_the_commonest_byte(tmp_path):
+    """A zero marker occurs once per zero byte of the heap: more candidates than a JS call takes arguments."""
+    t = start_program(tmp_path, """
+const random = Math.random
+let first = true
+Math.random = () => { if (first) { first = false; return 0 } return random() }
+const n = sdk.start()
+const key = Buffer.alloc(n)
+const address = sdk.locate(key, m => m.name === '[heap]')
+if (address === null) sdk.fail('not found')
+Math.random = random
+sdk.readSecret(key)
+sdk.checkpoint('in_use', address)
+sdk.done()
+""", secret_len=1)
+    secret = fresh(1)
+
+    def probe(t, name, addr, probes):
+        probes["key"] = read_mem(t.pid, int(addr, 16), 1)
+
+    run = drive(t, secret, fresh(16), probe)
+    assert run.rc == 0, run.stderr
+    assert run.probes["key"] == secret

@@ -314,7 +314,8 @@ function locate (storage, select = writableData, rounds = 16) {
     for (let i = 0; i < buf.length; i++) buf[i] = Math.floor(Math.random() * 256)
     if (candidates === null) {
       candidates = []
-      for (const m of mappings().filter(select)) candidates.push(...occurrences(m.lo, m.hi, buf))
+      // concat, not push(...): a one-byte marker can occur a million times, more than a call takes arguments.
+      for (const m of mappings().filter(select)) candidates = candidates.concat(occurrences(m.lo, m.hi, buf))
     } else {
       candidates = candidates.filter(a => {
         for (let i = 0; i < buf.length; i++) probe[i] = ~buf[i]
