@@ -135,7 +135,9 @@ class Progress:
         with self._lock:   # state only: the display's refresh thread takes this lock inside rich's own
             self._follow(event)
             live = self._live
-        if live is None or self.verbose or not isinstance(event, DETAIL):
+        # In live mode a run's detail never prints without -v, not even when it comes after the display has
+        # ended: a run interrupted by Ctrl-C still reports its end while the harness writes its results.
+        if self.mode == "plain" or self.verbose or not isinstance(event, DETAIL):
             self.console.print(escape(str(event)), style="dim")
         if live is not None:
             live.refresh()   # every event shows at once: the display never lags the lines above it

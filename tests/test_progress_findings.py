@@ -158,6 +158,20 @@ def test_live_display_prints_notes_and_with_verbose_every_line(verbose):
     assert printed == (LINES if verbose else ["2 run(s) planned", "waiting for memory"])
 
 
+@pytest.mark.parametrize("verbose", [False, True])
+def test_a_run_that_ends_after_the_live_display_prints_its_end_only_with_verbose(verbose):
+    """Ctrl-C ends the display first; the interrupted run reports its end afterwards."""
+    progress, out = shown(True, verbose=verbose)
+    with progress.live():
+        progress(PlanStarted(1))
+        progress(RunStarted("demo#1", "c"))
+    progress(RunFinished("demo#1", 0.0, "1 ERROR", 1, 1))
+    progress(Note("wrote results.json"))
+    text = ANSI.sub(b"", out.getvalue().encode()).decode()
+    assert ("demo#1: finished in 0.0 s: 1 ERROR (1/1 runs done)" in text) == verbose
+    assert "wrote results.json" in text
+
+
 def test_live_display_shows_runs_done_the_current_runs_and_an_eta():
     now = [100.0]
     progress = Progress(Console(file=io.StringIO(), force_terminal=True, width=120), clock=lambda: now[0])
