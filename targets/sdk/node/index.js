@@ -314,8 +314,9 @@ function locate (storage, select = writableData, rounds = 16) {
     for (let i = 0; i < buf.length; i++) buf[i] = Math.floor(Math.random() * 256)
     if (candidates === null) {
       candidates = []
-      // concat, not push(...): a one-byte marker can occur a million times, more than a call takes arguments.
-      for (const m of mappings().filter(select)) candidates = candidates.concat(occurrences(m.lo, m.hi, buf))
+      // One push each, not push(...spread): a one-byte marker can occur a million times, more than a call takes
+      // arguments.
+      for (const m of mappings().filter(select)) for (const a of occurrences(m.lo, m.hi, buf)) candidates.push(a)
     } else {
       candidates = candidates.filter(a => {
         for (let i = 0; i < buf.length; i++) probe[i] = ~buf[i]
