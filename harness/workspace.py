@@ -107,21 +107,28 @@ class Workspace:
         me = os.getpid()
         self.name = f"{PREFIX}{me}-{start_time(me)}-{secrets.token_hex(4)}"
         self.root = Path(tempfile.gettempdir()) / self.name
-        self.root.mkdir(mode=0o700)
         root = _cgroup2_root()
+        cgroup = root / self.name if root is not None else None
+        # The sentinel before the folder and the cgroup: a harness killed between their creation and its start
+        # would leave them behind (it cleans up whichever of them exists).
+        self._sentinel, self._lifeline = _start_sentinel(self.root, cgroup)
+        HARNESS_HELPERS.add(self._sentinel)
+        try:
+            self.root.mkdir(mode=0o700)
+        except BaseException:
+            self._stop_sentinel()
+            raise
         self.cgroup: Path | None = None
-        if root is not None:
+        if cgroup is not None:
             try:
-                (root / self.name).mkdir()
-                self.cgroup = root / self.name
+                cgroup.mkdir()
+                self.cgroup = cgroup
             except OSError:
                 pass
         self.cgroup_problem = None if self.cgroup else "no writable cgroup2 hierarchy: daemons a run starts are not tracked"
         # Orphans of our targets (daemons that double-fork) become our children, to be reaped at their run's end.
         _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         self._runs = 0
-        self._sentinel, self._lifeline = _start_sentinel(self.root, self.cgroup)
-        HARNESS_HELPERS.add(self._sentinel)
 
     def run_folder(self, label: str) -> Path:
         """A new private (0700) folder for one run."""
@@ -144,6 +151,9 @@ class Workspace:
         if self.cgroup is not None:
             kill_cgroup(self.cgroup, reap_them=True)
         shutil.rmtree(self.root, ignore_errors=True)
+        self._stop_sentinel()
+
+    def _stop_sentinel(self) -> None:
         os.close(self._lifeline)        # the sentinel sees end of file, finds nothing left, and exits
         try:
             os.waitpid(self._sentinel, 0)

@@ -152,6 +152,31 @@ def test_killing_a_go_run_at_ten_moments_leaves_nothing(tmp_path, monkeypatch):
     kill_at_moments(folder, tmp_path / "out", tmp_path, "procmem,gcore", monkeypatch)
 
 
+KILLED_AS_ITS_WORK_FOLDER_APPEARS = """
+import os, signal, pathlib
+from remanence import workspace
+make_folder = pathlib.Path.mkdir
+def mkdir_then_die(path, *args, **kwargs):
+    make_folder(path, *args, **kwargs)
+    if path.name.startswith(workspace.PREFIX) and path.parent == pathlib.Path(os.environ["TMPDIR"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+pathlib.Path.mkdir = mkdir_then_die
+workspace.Workspace()
+"""
+
+
+def test_a_harness_killed_the_moment_its_work_folder_exists_leaves_no_folder(tmp_path):
+    """The narrowest window of a kill: the folder made, nothing else done yet."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_AS_ITS_WORK_FOLDER_APPEARS], env=dict(os.environ, TMPDIR=str(tmp)),
+                            stderr=subprocess.PIPE, text=True)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == -9, stderr
+    _, files, groups = wait_until_clean(set(), tmp, proc.pid)
+    assert (files, groups) == ([], [])
+
+
 def test_a_daemon_started_by_the_target_is_killed_and_reaped_at_the_end_of_its_run(tmp_path):
     require("c", "procmem")
     folder = tmp_path / "scenarios"
