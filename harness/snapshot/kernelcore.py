@@ -770,7 +770,7 @@ def _take_kernel_core(pid: int, core_dir: Path, wait_for_exit: Callable[[float],
                                         if before and after else "unknown")
         + (f"; {limit_problem}" if limit_problem else "")
         + (f"; {OWN_LIMIT_ZERO} (soft and hard)" + ("" if after == before else ": raised by the harness")
-           if before == (0, 0) and limit_problem != OWN_LIMIT_ZERO else ""),
+           if before == (0, 0) and not (limit_problem or "").startswith(OWN_LIMIT_ZERO) else ""),
         dumpable_note,
         f"coredump_filter: {coredump_filter}",
         "where the core goes: " + "; ".join(obstacles + checked),
