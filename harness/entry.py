@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import sys
+import threading
 
 EXIT_INTERRUPTED = 130
 INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -48,6 +49,23 @@ def interrupts_deferred():
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+@contextlib.contextmanager
+def interrupts_held():
+    """Hold Ctrl-C/SIGTERM for a few instructions that must not be cut in two (a run's thread started and
+    recorded), then deliver them to the handlers they were meant for. Only the main thread ever sees a signal's
+    handler run, so elsewhere there is nothing to hold."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    try:
+        with interrupts_deferred() as received:
+            yield
+    finally:
+        for signum in received:
+            signal.raise_signal(signum)
 
 
 def interrupted_message() -> int:

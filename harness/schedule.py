@@ -13,6 +13,8 @@ import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Callable, Iterable, TypeVar
 
+from .entry import interrupts_held
+
 T = TypeVar("T")
 
 MAX_JOBS = 64
@@ -72,10 +74,13 @@ def run_all(items: Iterable[T], work: Callable[[T], None], jobs: int, gauge: Mem
             while running or not exhausted:
                 room = len(running) < jobs
                 if not exhausted and (not running or room and memory() >= gauge.headroom()):
-                    item = next(pending, _END)
-                    exhausted = item is _END
-                    if not exhausted:
-                        running.add(pool.submit(work, item))
+                    # An interrupt inside submit() (it waits for the new thread to start) would lose the future
+                    # while its run goes on, unseen by the wait below: it would outlive run_all.
+                    with interrupts_held():
+                        item = next(pending, _END)
+                        exhausted = item is _END
+                        if not exhausted:
+                            running.add(pool.submit(work, item))
                     continue
                 if not exhausted and room and not told:
                     on_wait(f"waiting for memory before the next run: {memory() >> 20} MiB available, "

@@ -138,8 +138,10 @@ def test_a_process_whose_snapshot_lacks_the_canary_keeps_absent_inconclusive(tmp
     """`env -i` starts a child without the environment that carries the canary: nothing proves its snapshot could
     have shown the secret, so the probe's absent cannot pass, and the reason names that process."""
     out = tmp_path / "out"
+    # "done" only once the child is sleep: before its exec it is a copy of sh, or env, and holds the canary
     code = main(["probe", "--stdin", "--follow", "--at", "output=done", "--out", str(out), "--format", "json", "-q",
-                 "--", "/bin/sh", "-c", "env -i /bin/sleep 600 & cat >/dev/null; echo done; wait"])
+                 "--", "/bin/sh", "-c", "env -i /bin/sleep 600 & until [ \"$(cat /proc/$!/comm)\" = sleep ]; do :; done; "
+                 "cat >/dev/null; echo done; wait"])
     doc = read_results(out / "results.json")
     assert "follow = true" in (out / "probe.sh.toml").read_text().splitlines()
     assert code == 3

@@ -280,7 +280,7 @@ def test_ctrl_c_leaves_the_terminal_clean(tmp_path):
         '[[checkpoints]]\nname = "in_use"\nexpect = "observe"\nwhy = "never reached"\n')
     code, received = on_a_terminal(harness("--scenarios", str(scenarios), "--out", str(tmp_path / "out"),
                                            "--format", "json"), until=b"hang#1: starting")
-    assert code == 130
+    assert code == 130, ANSI.sub(b"", received).decode(errors="replace")[-3000:]
     tail = received[received.rindex(b"\x1b[?25h"):]
     lines = [line.strip() for line in ANSI.sub(b"", tail).decode().splitlines() if line.strip()]
     assert lines == [f"wrote {tmp_path / 'out' / 'results.json'}"]

@@ -151,3 +151,29 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_an_interrupt_while_a_run_starts_still_waits_for_that_run(monkeypatch):
+    """Ctrl-C the moment a run's thread exists (inside the pool's submit): run_all raises it only once that run is
+    over, never leaving it going on unseen after the results are written."""
+    finished = []
+
+    def work(item: int) -> None:
+        time.sleep(0.5)
+        finished.append(item)
+
+    real_start = threading.Thread.start
+
+    def start_then_interrupt(thread):
+        real_start(thread)
+        if threading.current_thread() is threading.main_thread():
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(threading.Thread, "start", start_then_interrupt)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_all([1], work, jobs=2, gauge=MemoryGauge(), memory=lambda: 1 << 40)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert finished == [1]
