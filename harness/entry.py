@@ -17,11 +17,17 @@ INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # Every interrupt signal received. Python drops an exception raised where it cannot propagate (a weakref
 # callback inside importlib, a __del__) with an "Exception ignored" message: such an interrupt is still acted on.
 _received: list[int] = []
+# While the main thread is inside interrupts_held(): how deep, and the interrupts that came meanwhile.
+_holding = 0
+_held: list[int] = []
 
 
 def raise_interrupt(signum, frame):
-    """A signal handler: the signal ends the work like Ctrl-C does."""
+    """A signal handler: the signal ends the work like Ctrl-C does (once any hold is over)."""
     _received.append(signum)
+    if _holding:
+        _held.append(signum)
+        return
     raise KeyboardInterrupt
 
 
@@ -53,19 +59,25 @@ def interrupts_deferred():
 
 @contextlib.contextmanager
 def interrupts_held():
-    """Hold Ctrl-C/SIGTERM for a few instructions that must not be cut in two (a run's thread started and
-    recorded), then deliver them to the handlers they were meant for. Only the main thread ever sees a signal's
-    handler run, so elsewhere there is nothing to hold."""
+    """Ctrl-C/SIGTERM wait while the body runs, then end the work as usual: for instructions an exception must not
+    cut in two, such as a lock taken and not yet given back inside concurrent.futures (a KeyboardInterrupt there
+    leaves it taken for good, and the next wait() hangs), or a run's thread started and not yet recorded. Holds the
+    handler raise_interrupt, which the CLI and the pytest plugin install; handlers run on the main thread only, so
+    elsewhere there is nothing to hold."""
+    global _holding
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    received: list[int] = []
+    _holding += 1
     try:
-        with interrupts_deferred() as received:
-            yield
+        yield
     finally:
-        for signum in received:
-            signal.raise_signal(signum)
+        due = _holding == 1 and bool(_held)
+        if due:
+            _held.clear()
+        _holding -= 1
+        if due:
+            raise KeyboardInterrupt
 
 
 def interrupted_message() -> int:

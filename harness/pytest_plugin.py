@@ -43,7 +43,7 @@ from pathlib import Path
 import pytest
 
 from .document import Document, HitEntry, VerdictEntry, merge, pack
-from .entry import raise_interrupt
+from .entry import INTERRUPT_SIGNALS, raise_interrupt
 from .model import Outcome
 from .scan.encodings import fragment_text
 from .snapshot import machine_facts
@@ -221,7 +221,7 @@ class ScenarioFile(pytest.File):
         options = RunOptions(out_dir=state.snapshot_dir if state.out else Path("."), keep_snapshots=state.keep_snapshots,
                              jobs=state.jobs)
         log.info("%s: running %d repetition(s) with %s", scenario.name, len(plan.runs), ", ".join(chosen))
-        with _sigterm_as_interrupt():
+        with _harness_interrupts():
             results = Runner(options, progress=log.info).run(plan)
         results.machine = state.machine
         doc = Document.from_results(results)  # redacted; the Results (with unmasked hit contexts) are dropped here
@@ -439,13 +439,15 @@ def pytest_report_header(config: pytest.Config) -> str | None:
 # --- process-level helpers -----------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """During a run, SIGTERM (a CI cancel) behaves like Ctrl-C: the runner kills the target, the session stops."""
+def _harness_interrupts():
+    """During a run, Ctrl-C and SIGTERM (a CI cancel) go through the harness's own handler: the runner kills the
+    target, the session stops, and an interrupt never lands inside the scheduler's own locks (entry.interrupts_held)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, raise_interrupt)
+    previous = {signum: signal.signal(signum, raise_interrupt) for signum in INTERRUPT_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

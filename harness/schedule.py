@@ -74,8 +74,9 @@ def run_all(items: Iterable[T], work: Callable[[T], None], jobs: int, gauge: Mem
             while running or not exhausted:
                 room = len(running) < jobs
                 if not exhausted and (not running or room and memory() >= gauge.headroom()):
-                    # An interrupt inside submit() (it waits for the new thread to start) would lose the future
-                    # while its run goes on, unseen by the wait below: it would outlive run_all.
+                    # Interrupts wait for the pool's own code (submit, wait) to finish, at most POLL_S: one inside
+                    # submit() would lose the future while its run goes on unseen, one inside wait() can leave a
+                    # future's lock taken, so that its run and run_all hang.
                     with interrupts_held():
                         item = next(pending, _END)
                         exhausted = item is _END
@@ -86,12 +87,14 @@ def run_all(items: Iterable[T], work: Callable[[T], None], jobs: int, gauge: Mem
                     on_wait(f"waiting for memory before the next run: {memory() >> 20} MiB available, "
                             f"{gauge.headroom() >> 20} MiB wanted (twice the largest checkpoint so far)")
                     told = True
-                done, running = wait(running, timeout=POLL_S, return_when=FIRST_COMPLETED)
-                for future in done:
-                    future.result()
+                with interrupts_held():
+                    done, running = wait(running, timeout=POLL_S, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        future.result()
         except BaseException:
             stop()
-            wait(running)
+            with interrupts_held():
+                wait(running)
             raise
 
 

@@ -41,6 +41,11 @@ def _owner_gone(name: str) -> bool:
     return bool(match) and start_time(int(match[1])) != int(match[2])
 
 
+def abandoned(path: Path) -> bool:
+    """Whether `path` lies in the work folder of a remanence process that no longer exists."""
+    return any(_owner_gone(folder.name) for folder in path.parents)
+
+
 def _cgroup2_root() -> Path | None:
     for root in CGROUP2_ROOTS:
         if (root / "cgroup.procs").exists() and (root / "cgroup.subtree_control").exists() \
@@ -164,6 +169,8 @@ class Workspace:
 
 def _start_sentinel(root: Path, cgroup: Path | None) -> tuple[int, int]:
     """Fork the sentinel; returns (its pid, the write end of its lifeline)."""
+    # Loaded now, not when the harness is gone: an import then (the package upgraded meanwhile) could fail.
+    from .snapshot.swap import release_swap_under
     lifeline_r, lifeline_w = os.pipe()
     pid = os.fork()
     if pid:
@@ -181,9 +188,12 @@ def _start_sentinel(root: Path, cgroup: Path | None) -> tuple[int, int]:
         os.closerange(lifeline_r + 1, os.sysconf("SC_OPEN_MAX"))
         while os.read(lifeline_r, 1):
             pass
-        if cgroup is not None:
-            kill_cgroup(cgroup, reap_them=False)
-        _release_swap(root)
+        # Each step whatever became of the one before: a folder left is a secret on disk.
+        with contextlib.suppress(Exception):
+            if cgroup is not None:
+                kill_cgroup(cgroup, reap_them=False)
+        with contextlib.suppress(Exception):
+            release_swap_under(root)
         shutil.rmtree(root, ignore_errors=True)
     finally:
         os._exit(0)

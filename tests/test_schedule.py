@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from remanence import entry
 from remanence.schedule import MIN_HEADROOM, MemoryGauge, run_all
 
 
@@ -170,10 +171,41 @@ def test_an_interrupt_while_a_run_starts_still_waits_for_that_run(monkeypatch):
             signal.raise_signal(signal.SIGINT)
 
     monkeypatch.setattr(threading.Thread, "start", start_then_interrupt)
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    monkeypatch.setattr(entry, "_received", [])
+    previous = signal.signal(signal.SIGINT, entry.raise_interrupt)
     try:
         with pytest.raises(KeyboardInterrupt):
             run_all([1], work, jobs=2, gauge=MemoryGauge(), memory=lambda: 1 << 40)
     finally:
         signal.signal(signal.SIGINT, previous)
     assert finished == [1]
+
+
+# Ctrl-C the moment wait() has taken a future's lock: a KeyboardInterrupt there would leave the lock taken, the run's
+# thread hangs as it sets its result, and so does run_all (a harness hung 20 minutes that way after a Ctrl-C).
+INTERRUPTED_INSIDE_WAIT = """
+import signal, time
+from concurrent.futures import _base
+from remanence import entry
+from remanence.schedule import MemoryGauge, run_all
+take_locks = _base._AcquireFutures.__enter__
+interrupted = []
+def take_locks_then_interrupt(self):
+    take_locks(self)
+    if not interrupted:
+        interrupted.append(True)
+        signal.raise_signal(signal.SIGINT)
+_base._AcquireFutures.__enter__ = take_locks_then_interrupt
+entry.handle_interrupts()
+finished = []
+try:
+    run_all([1], lambda item: (time.sleep(0.5), finished.append(item)), jobs=2, gauge=MemoryGauge(),
+            memory=lambda: 1 << 40)
+except KeyboardInterrupt:
+    print("interrupted after", finished)
+"""
+
+
+def test_an_interrupt_inside_the_wait_for_runs_neither_hangs_nor_loses_a_run():
+    done = subprocess.run([sys.executable, "-c", INTERRUPTED_INSIDE_WAIT], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (0, "interrupted after [1]\n"), done.stderr

@@ -237,3 +237,27 @@ def test_an_unavailable_swap_method_is_skipped_with_its_reason(c_target, tmp_pat
     verdict = run_scenarios(tmp_path, "procmem,swap", "sodium.live")["sodium.live", "in_use"]
     assert verdict["outcome"] == "SKIP"
     assert verdict["reason"] == "needs CAP_SYS_ADMIN (root) to swapon a swap file"
+
+
+def test_an_area_left_by_a_killed_harness_does_not_stop_another_harness_s_snapshot(holder, tmp_path, monkeypatch):
+    """Harness and sentinel SIGKILLed with an area on: a harness already running (no start of its own to clean up)
+    releases it when it next takes a swap snapshot, instead of an ERROR for a rival area."""
+    (tmp_path / "killed").mkdir()
+    (tmp_path / "mine").mkdir()
+    left_by, sentinel, path = start_killed_harness(tmp_path / "killed")
+    os.kill(sentinel, signal.SIGKILL)
+    left_by.kill()
+    left_by.wait()
+    wait_gone(sentinel)
+    assert our_swap_files(tmp_path / "killed") == [str(path)]
+    process, plain, plain_at, _, _ = holder
+    snapshot = swap.take_swap(process.pid, tmp_path / "mine")
+    try:
+        region = snapshot.region_at(plain_at)
+        image = Path(snapshot.path).read_bytes()
+        assert region is not None and plain in image
+    finally:
+        scratch.discard(snapshot.path)
+    assert our_swap_files(tmp_path) == [] and not path.exists()
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "killed"))
+    assert str(path.parent) in workspace_module.remove_stale()     # its cgroup and folder: the next start's work

@@ -28,6 +28,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..model import Gap, GapKind, Region, RegionKind, Snapshot
+from ..workspace import abandoned
 from . import SnapshotError, has_capability, scratch
 from .procmaps import LiveMapping, read_mappings
 from .procmem import _REFUSED_FLAGS
@@ -44,6 +45,7 @@ SWAP_FILE = "remanence.swap"
 # One lock for the whole machine, wherever TMPDIR points
 LOCK_FILE = Path("/run/lock" if os.path.isdir("/run/lock") else "/tmp") / "remanence.swap.lock"
 WRITEBACK_TIMEOUT_S = 30.0
+ABANDONED_RELEASE_S = 10.0            # for a killed harness's area to be gone (swapoff brings its pages back first)
 LOCKED_REASON = "locked in RAM (mlock): cannot be paged out"
 _FILE_PAGE = "unmodified page of a file mapping: its bytes are the file's, dropped rather than swapped"
 _CHUNK = 1 << 20
@@ -186,6 +188,22 @@ def _address(page: mmap.mmap) -> int:
     return address
 
 
+def _rivals() -> list[str]:
+    """The other swap areas at our priority. One a killed harness left on is released first, as the next harness
+    start would: it holds no lock, and until then it would stop every swap snapshot (its sentinel may be releasing
+    it at this moment, so the area is looked at again until it is gone)."""
+    deadline = time.monotonic() + ABANDONED_RELEASE_S
+    while True:
+        rivals = [path for path, priority in active_swap_files() if priority >= SWAP_PRIORITY]
+        left = [path for path in rivals if Path(path).name == SWAP_FILE and abandoned(Path(path))]
+        if not left or time.monotonic() > deadline:
+            return rivals
+        for path in left:
+            with contextlib.suppress(OSError, SnapshotError):
+                release_swap_file(Path(path))
+        time.sleep(0.05)
+
+
 class SwapArea:
     """A private swap file, swapped on at the highest priority, for one snapshot. `type` is its index among the
     kernel's swap areas (the type in swap entries), found by paging out a page of ours and reading its entry."""
@@ -197,7 +215,7 @@ class SwapArea:
         self.type: int | None = None
 
     def create(self) -> None:
-        if rivals := [path for path, priority in active_swap_files() if priority >= SWAP_PRIORITY]:
+        if rivals := _rivals():
             raise SnapshotError(f"another swap area has priority {SWAP_PRIORITY} ({', '.join(rivals)}): "
                                 "the target's pages could go there instead")
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
