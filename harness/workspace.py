@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .process import HARNESS_HELPERS, reap, start_time
+from .process import HARNESS_HELPERS, reap, start_time, stat_fields
 
 CGROUP2_ROOTS = (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup"))
 PREFIX = "remanence-"
@@ -37,8 +37,16 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _owner_gone(name: str) -> bool:
+    """Whether the process named in a work folder's name has ended: exited, or killed and not yet reaped (its
+    locks are gone already)."""
     match = _OWNED.fullmatch(name)
-    return bool(match) and start_time(int(match[1])) != int(match[2])
+    if not match:
+        return False
+    try:
+        fields = stat_fields(f"/proc/{match[1]}/stat")
+    except OSError:
+        return True
+    return int(fields[19]) != int(match[2]) or fields[0] in ("Z", "X")
 
 
 def abandoned(path: Path) -> bool:

@@ -246,12 +246,16 @@ def test_an_area_left_by_a_killed_harness_does_not_stop_another_harness_s_snapsh
     (tmp_path / "mine").mkdir()
     left_by, sentinel, path = start_killed_harness(tmp_path / "killed")
     os.kill(sentinel, signal.SIGKILL)
-    left_by.kill()
-    left_by.wait()
     wait_gone(sentinel)
+    left_by.kill()      # not reaped yet: its lock is gone, its pid still names it (a zombie)
+    while Path(f"/proc/{left_by.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        time.sleep(0.01)
     assert our_swap_files(tmp_path / "killed") == [str(path)]
     process, plain, plain_at, _, _ = holder
-    snapshot = swap.take_swap(process.pid, tmp_path / "mine")
+    try:
+        snapshot = swap.take_swap(process.pid, tmp_path / "mine")
+    finally:
+        left_by.wait()
     try:
         region = snapshot.region_at(plain_at)
         image = Path(snapshot.path).read_bytes()
