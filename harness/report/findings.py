@@ -9,6 +9,7 @@ only, and no expected mark: they cannot tell a clean snapshot from one that prov
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 OUTCOME_ORDER = ("FAIL", "ERROR", "INCONCLUSIVE", "SKIP", "PASS")
 
@@ -32,6 +33,30 @@ class Finding:
         """The finding in words, e.g. "full copy in heap, stack" or "full 3/5, clean 2/5 in heap"."""
         where = f" in {', '.join(self.regions)}" if self.regions else ""
         return (self.counts or self.state) + where
+
+    @property
+    def mark(self) -> str:
+        return MARKS[self.expected]
+
+    def gate_words(self) -> list[tuple[str, str]]:
+        """The gate's outcomes beside the finding: (outcome, "PASS" for one run, "2/5 PASS" over several)."""
+        return [(o, o if self.runs == 1 else f"{n}/{self.runs} {o}") for o, n in self.gate]
+
+
+# The findings tables' marks (by Finding.expected) and what they mean.
+MARKS = {True: "✓ ", False: "✗ ", None: ""}
+LEGEND = (f"{MARKS[True]}as the scenario expects, {MARKS[False]}not as it expects (copies where none should be, or "
+          "none where one should be); the gate judges placement and evidence too.")
+
+
+def named_once(rows: list[Finding]) -> Iterator[tuple[str, str, Finding]]:
+    """(scenario, checkpoint, finding) for a table's rows, the scenario and checkpoint named only where they change,
+    so a table stays narrow."""
+    previous = ("", "")
+    for f in rows:
+        yield ("" if f.scenario == previous[0] else f.scenario,
+               "" if (f.scenario, f.checkpoint) == previous else f.checkpoint, f)
+        previous = (f.scenario, f.checkpoint)
 
 
 FINDING_KEYS = ("full", "fragments", "clean", "unknown")

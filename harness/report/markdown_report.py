@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .findings import findings
+from .findings import LEGEND, findings, named_once
 from .junit_report import Case, cases, gate_note, gate_state, gated_fail, has_subjects, redact, subject_of
 
 EMOJI = {"PASS": "✅", "FAIL": "❌", "INCONCLUSIVE": "❔", "ERROR": "💥", "SKIP": "⏭️"}
@@ -57,23 +57,13 @@ def _subject_cell(subject: str) -> list[str]:
     return [cell(subject)]
 
 
-MARKS = {True: "✓ ", False: "✗ ", None: ""}
-FINDINGS_LEGEND = ("✓ as the scenario expects, ✗ not as it expects (copies where none should be, or none where one "
-                   "should be); the gate judges placement and evidence too.")
-
-
 def _findings(doc: dict, subjects: bool) -> list[str]:
     """One row per scenario x checkpoint x method (x subject); a scenario and checkpoint are named once for the rows
     below them."""
-    rows, previous = [], ("", "")
-    for f in findings(doc):
-        scenario = "" if f.scenario == previous[0] else cell(f.scenario)
-        checkpoint = "" if (f.scenario, f.checkpoint) == previous else cell(f.checkpoint)
-        previous = (f.scenario, f.checkpoint)
-        gate = ", ".join(f"{EMOJI.get(o, '')} {o if f.runs == 1 else f'{n}/{f.runs} {o}'}" for o, n in f.gate)
-        rows.append(_row(scenario, checkpoint, cell(f.method), *(_subject_cell(f.subject) if subjects else []),
-                         MARKS[f.expected] + cell(f.text), gate))
-    return rows
+    return [_row(cell(scenario), cell(checkpoint), cell(f.method),
+                 *(_subject_cell(f.subject) if subjects else []), f.mark + cell(f.text),
+                 ", ".join(f"{EMOJI.get(o, '')} {words}" for o, words in f.gate_words()))
+            for scenario, checkpoint, f in named_once(findings(doc))]
 
 
 def _attention(all_cases: list[Case], subjects: bool) -> list[tuple[int, str]]:
@@ -155,7 +145,7 @@ class MarkdownReporter:
         sections: list[Section] = []
         found = _findings(doc, subjects)
         if found:
-            sections.append(Section(["### Where the secret survives", "", FINDINGS_LEGEND, ""]
+            sections.append(Section(["### Where the secret survives", "", LEGEND, ""]
                                     + _header("scenario", "checkpoint", "method", *subject_col, "found", "gate"),
                                     found, [""], priority=1))
         attention = [row for _, row in _attention(all_cases, subjects)]

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..model import Outcome
-from .findings import findings
+from .findings import LEGEND, findings, named_once
 
 STYLES = {Outcome.PASS.value: "green", Outcome.FAIL.value: "bold red", Outcome.INCONCLUSIVE.value: "yellow",
           Outcome.ERROR.value: "bold magenta", Outcome.SKIP.value: "dim"}
@@ -21,7 +21,6 @@ def _subject(item: dict) -> str:
 
 
 MARK_STYLES = {True: "green", False: "bold red", None: ""}   # by Finding.expected
-MARKS = {True: "✓ ", False: "✗ ", None: ""}
 
 
 def print_findings(doc: dict, console: Console, subjects: bool) -> None:
@@ -33,20 +32,15 @@ def print_findings(doc: dict, console: Console, subjects: bool) -> None:
     table = Table(title="where the secret survives", title_justify="left", box=None, padding=(0, 1), pad_edge=False)
     for column in ("scenario", "checkpoint", "method") + (("subject",) if subjects else ()) + ("found", "gate"):
         table.add_column(column, overflow="fold", no_wrap=column == "method")
-    previous = ("", "")
-    for f in rows:
-        scenario = "" if f.scenario == previous[0] else f.scenario
-        checkpoint = "" if (f.scenario, f.checkpoint) == previous else f.checkpoint
-        previous = (f.scenario, f.checkpoint)
+    for scenario, checkpoint, f in named_once(rows):
         style = "yellow" if f.state == "no evidence" else MARK_STYLES[f.expected]
-        found = f"{MARKS[f.expected]}{escape(f.text)}"
+        found = f"{f.mark}{escape(f.text)}"
         found = f"[{style}]{found}[/]" if style else found
-        gate = ", ".join(f"[{STYLES.get(o, '')}]{o if f.runs == 1 else f'{n}/{f.runs} {o}'}[/]" for o, n in f.gate)
+        gate = ", ".join(f"[{STYLES.get(o, '')}]{words}[/]" for o, words in f.gate_words())
         table.add_row(escape(scenario), escape(checkpoint), f.method, *((escape(f.subject),) if subjects else ()),
                       found, gate)
     console.print(table)
-    console.print(f"{MARKS[True]}as the scenario expects   {MARKS[False]}not as it expects (copies where none should be, "
-                  "or none where one should be); the gate judges placement and evidence too\n", style="dim")
+    console.print(LEGEND + "\n", style="dim")
 
 
 def print_verdicts(doc: dict, console: Console) -> None:
