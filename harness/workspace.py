@@ -32,13 +32,15 @@ CGROUP2_ROOTS = (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup"))
 PREFIX = "remanence-"
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NAME = 15
+_PF_EXITING = 0x4                   # a task's flags in /proc/PID/stat: do_exit has begun
 _OWNED = re.compile(re.escape(PREFIX) + r"(\d+)-(\d+)-[0-9a-f]{8}")
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _owner_gone(name: str) -> bool:
-    """Whether the process named in a work folder's name has ended: exited, or killed and not yet reaped (its
-    locks are gone already)."""
+    """Whether the process named in a work folder's name has ended: exited, or killed and exiting or not yet reaped.
+    Its locks are released while it exits, before it is a zombie (seen: the swap lock taken while the killed owner
+    still read 'R', with PF_EXITING set)."""
     match = _OWNED.fullmatch(name)
     if not match:
         return False
@@ -46,7 +48,7 @@ def _owner_gone(name: str) -> bool:
         fields = stat_fields(f"/proc/{match[1]}/stat")
     except OSError:
         return True
-    return int(fields[19]) != int(match[2]) or fields[0] in ("Z", "X")
+    return int(fields[19]) != int(match[2]) or fields[0] in ("Z", "X") or bool(int(fields[6]) & _PF_EXITING)
 
 
 def abandoned(path: Path) -> bool:

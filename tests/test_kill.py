@@ -221,3 +221,22 @@ def test_a_target_that_dies_mid_checkpoint_costs_only_its_run(tmp_path):
     later = [v for v in doc["verdicts"] if v["scenario"] == "later"]
     assert len(later) == 2 and all(v["outcome"] == "PASS" for v in later), later
     assert (out / "junit.xml").exists() and (out / "results.sarif").exists()
+
+
+
+def test_a_work_folder_s_owner_counts_as_gone_once_it_has_begun_to_exit(tmp_path, monkeypatch):
+    """An owner's locks go as it exits, before it is a zombie (seen: a SIGKILLed harness still 'R' with PF_EXITING
+    set while another took its swap lock); its area is abandoned from then on. That moment cannot be held still,
+    so the live owner's real stat line is read with the flag added."""
+    from remanence.process import stat_fields
+    owner = subprocess.Popen(["sleep", "60"])
+    try:
+        real = stat_fields(f"/proc/{owner.pid}/stat")
+        swap_file = tmp_path / f"{workspace_module.PREFIX}{owner.pid}-{real[19]}-0badcafe" / "remanence.swap"
+        assert not workspace_module.abandoned(swap_file)
+        exiting = real[:6] + [str(int(real[6]) | 0x4)] + real[7:]
+        monkeypatch.setattr(workspace_module, "stat_fields", lambda path: exiting)
+        assert workspace_module.abandoned(swap_file)
+    finally:
+        owner.kill()
+        owner.wait()

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -144,6 +145,29 @@ def test_take_snapshot_swap_of_a_process(holder):
     finally:
         scratch.discard(snapshot.path)
     assert our_swap_files(workspace_module.workspace().root) == []
+
+
+def test_two_releases_of_one_area_each_return_once_it_is_off(tmp_path):
+    """Two harnesses may release the same abandoned area at once; the one whose swapoff comes second (EINVAL: the
+    other's is under way) must not zero the file under the kernel's reads, nor return while the area is still on."""
+    still_on = []
+    for attempt in range(5):
+        folder = tmp_path / str(attempt)
+        folder.mkdir()
+        both = threading.Barrier(2)
+
+        def release():
+            both.wait()
+            swap.release_swap_under(folder)
+            still_on.append(our_swap_files(folder))
+        with swap.swap_area(folder, 64):         # its own release at the end finds the area gone
+            releasers = [threading.Thread(target=release) for _ in range(2)]
+            for releaser in releasers:
+                releaser.start()
+            for releaser in releasers:
+                releaser.join()
+        assert list(folder.iterdir()) == []
+    assert still_on == [[]] * 10
 
 
 # A harness that turns a swap area on in its workspace and waits to be killed; prints its sentinel's pid and the file.

@@ -270,8 +270,13 @@ def _write_zeros(fd: int, size: int) -> None:
 def release_swap_file(path: Path, on: bool = True) -> None:
     """Swap the file off (its pages go back to their processes), overwrite it with zeros (the target's pages must not
     stay in the disk's free blocks) and delete it."""
-    if on and _libc.swapoff(os.fsencode(path)) != 0 and ctypes.get_errno() != errno.EINVAL:   # EINVAL: not on
-        raise SnapshotError(f"swapoff {path}: {_error('swapoff', ctypes.get_errno())}")
+    if on and _libc.swapoff(os.fsencode(path)) != 0:
+        number = ctypes.get_errno()
+        if number == errno.ENOENT:          # another release has deleted it already
+            return
+        if number != errno.EINVAL:
+            raise SnapshotError(f"swapoff {path}: {_error('swapoff', number)}")
+        _wait_swapped_off(path)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -281,6 +286,18 @@ def release_swap_file(path: Path, on: bool = True) -> None:
     finally:
         os.close(fd)
     path.unlink(missing_ok=True)
+
+
+def _wait_swapped_off(path: Path) -> None:
+    """swapoff says EINVAL for a file that is not on, and for one another process is swapping off at this moment
+    (two harnesses releasing the same abandoned area). Until that ends, the kernel still reads the file's slots back:
+    zeroing it now would hand zeros to the processes, and the area would outlive our release."""
+    deadline = time.monotonic() + ABANDONED_RELEASE_S
+    while any(Path(active) == path for active, _ in active_swap_files()):
+        if time.monotonic() > deadline:
+            raise SnapshotError(f"{path} is still a swap area {ABANDONED_RELEASE_S:.0f} s after another process "
+                                "began to swap it off")
+        time.sleep(0.01)
 
 
 def release_swap_under(folder: Path) -> list[str]:
