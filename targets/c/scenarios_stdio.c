@@ -14,6 +14,11 @@
  * bytes; this is also checked below (no read-ahead left in the FILE), and
  * the control lines are then read from fd 3 itself, never via the FILE.
  *
+ * The secret may arrive in pieces (one write each, PROTOCOL.md).  stdio
+ * refills its buffer from the start at each read(), so it would then hold
+ * only the last piece: the scenario waits until the whole secret is queued
+ * on fd 3, and stdio's one read() takes all of it.
+ *
  * glibc sizes the FILE buffer as min(st_blksize, BUFSIZ), 4096 on a socket,
  * and an fread() of at least a whole buffer bypasses it (read() straight
  * into the destination, no copy).  So the secret must be shorter than the
@@ -23,10 +28,12 @@
 #include "remanence.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <stdio_ext.h>
 #include <stdlib.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -40,6 +47,23 @@ static size_t predicted_bufsize(int fd)
         (size_t)st.st_blksize < (size_t)BUFSIZ)
         size = (size_t)st.st_blksize;
     return size;
+}
+
+/* Until n bytes are queued on fd, or its writer is gone (fread then reports
+ * the short read). */
+static void wait_until_queued(int fd, size_t n)
+{
+    struct pollfd ready = {.fd = fd, .events = POLLIN};
+    int queued;
+
+    while (ioctl(fd, FIONREAD, &queued) == 0 && (size_t)queued < n) {
+        if (poll(&ready, 1, -1) < 0 && errno != EINTR)
+            return;
+        if (ready.revents & (POLLHUP | POLLERR))
+            return;
+        if (queued > 0) /* a piece is there and poll() says so at once */
+            usleep(1000);
+    }
 }
 
 #ifdef __GLIBC__
@@ -91,6 +115,7 @@ static void stdio_copy(void)
 
     /* Not rem_read_secret(): the intermediate copy is the point here. */
     rem_claim_secret(n);
+    wait_until_queued(fd, n);
     if (fread(key, 1, n, f) != n) {
         fprintf(stderr, "remanence-target-c: control channel closed "
                         "(fread of the secret)\n");
