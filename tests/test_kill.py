@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from remanence import workspace as workspace_module
+from remanence.process import stat_fields
 from suite_run import require
 
 # Killed harnesses, their leftovers looked for machine-wide (processes by name, cgroups): under xdist
@@ -223,12 +224,10 @@ def test_a_target_that_dies_mid_checkpoint_costs_only_its_run(tmp_path):
     assert (out / "junit.xml").exists() and (out / "results.sarif").exists()
 
 
-
 def test_a_work_folder_s_owner_counts_as_gone_once_it_has_begun_to_exit(tmp_path, monkeypatch):
     """An owner's locks go as it exits, before it is a zombie (seen: a SIGKILLed harness still 'R' with PF_EXITING
     set while another took its swap lock); its area is abandoned from then on. That moment cannot be held still,
     so the live owner's real stat line is read with the flag added."""
-    from remanence.process import stat_fields
     owner = subprocess.Popen(["sleep", "60"])
     try:
         real = stat_fields(f"/proc/{owner.pid}/stat")

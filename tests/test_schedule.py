@@ -12,6 +12,7 @@ import time
 import pytest
 
 from remanence import entry
+from remanence.process import stat_fields
 from remanence.schedule import MIN_HEADROOM, MemoryGauge, run_all
 
 
@@ -148,8 +149,7 @@ def _descendants(pid: int) -> list[int]:
 
 def _alive(pid: int) -> bool:
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        return stat_fields(f"/proc/{pid}/stat")[0] != "Z"
     except OSError:
         return False
 

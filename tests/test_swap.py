@@ -18,6 +18,7 @@ import pytest
 
 from remanence import doctor, workspace as workspace_module
 from remanence.cli import main
+from remanence.process import stat_fields
 from remanence.snapshot import method_unavailable, scratch, swap, take_snapshot
 from remanence.targets import TargetUnavailable, build_target
 
@@ -198,8 +199,16 @@ def wait_gone(pid: int) -> None:
         return
     except ChildProcessError:
         pass
-    while Path(f"/proc/{pid}").exists() and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+    while state(pid) not in ("Z", "gone"):
         time.sleep(0.01)
+
+
+def state(pid: int) -> str:
+    """The process's state letter, or "gone"."""
+    try:
+        return stat_fields(f"/proc/{pid}/stat")[0]
+    except OSError:
+        return "gone"
 
 
 def test_a_sigkilled_harness_s_swap_area_is_released_at_the_next_start(tmp_path, monkeypatch):
@@ -272,7 +281,7 @@ def test_an_area_left_by_a_killed_harness_does_not_stop_another_harness_s_snapsh
     os.kill(sentinel, signal.SIGKILL)
     wait_gone(sentinel)
     left_by.kill()      # not reaped yet: its lock is gone, its pid still names it (a zombie)
-    while Path(f"/proc/{left_by.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+    while state(left_by.pid) != "Z":
         time.sleep(0.01)
     assert our_swap_files(tmp_path / "killed") == [str(path)]
     process, plain, plain_at, _, _ = holder

@@ -190,18 +190,13 @@ def _address(page: mmap.mmap) -> int:
 
 def _rivals() -> list[str]:
     """The other swap areas at our priority. One a killed harness left on is released first, as the next harness
-    start would: it holds no lock, and until then it would stop every swap snapshot (its sentinel may be releasing
-    it at this moment, so the area is looked at again until it is gone)."""
-    deadline = time.monotonic() + ABANDONED_RELEASE_S
-    while True:
-        rivals = [path for path, priority in active_swap_files() if priority >= SWAP_PRIORITY]
-        left = [path for path in rivals if Path(path).name == SWAP_FILE and abandoned(Path(path))]
-        if not left or time.monotonic() > deadline:
-            return rivals
-        for path in left:
+    start would: it holds no lock, and until then it would stop every swap snapshot (where its sentinel is releasing
+    it at this moment, the release waits for that one to end)."""
+    for path, priority in active_swap_files():
+        if priority >= SWAP_PRIORITY and Path(path).name == SWAP_FILE and abandoned(Path(path)):
             with contextlib.suppress(OSError, SnapshotError):
                 release_swap_file(Path(path))
-        time.sleep(0.05)
+    return [path for path, priority in active_swap_files() if priority >= SWAP_PRIORITY]
 
 
 class SwapArea:
